@@ -1,0 +1,345 @@
+//! Settings: what the node is told, and where each value came from.
+//!
+//! Precedence, highest first (PROTOCOL.md): command-line flag, process
+//! environment, `.env` in the working directory, `.env` in the config dir,
+//! `cyberwave.yml`, `credentials.json`, built-in default. Each resolved value
+//! is a [`Sourced`] so `config show` and every error can name its origin.
+//!
+//! Decisions where the contract is silent (also in the README):
+//! - The working directory is the config file's directory when `--config` is
+//!   given, else the current directory. Install scripts and workloads run there.
+//! - An empty variable (`CYBERWAVE_API_TOKEN=`) counts as unset.
+//! - Aliases are resolved layer by layer: in one layer the primary name wins,
+//!   but a higher layer's alias beats a lower layer's primary name.
+//! - The config dir itself comes from the process environment or the working
+//!   directory's `.env` (the config dir's own `.env` cannot move it).
+
+mod parse;
+mod show;
+mod sources;
+mod yaml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use show::render_table;
+pub use sources::{Credentials, DotEnvFile, Environment};
+pub use yaml::YamlFile;
+
+use crate::identity::{self, Identity};
+
+pub const DEFAULT_API_URL: &str = "https://api.cyberwave.com";
+pub const DEFAULT_MQTT_HOST: &str = "mqtt.cyberwave.com";
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+pub const TLS_PORT: u16 = 8883;
+
+/// Where a value came from, as a person would want to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag(&'static str),
+    Env(&'static str),
+    DotEnv {
+        path: PathBuf,
+        var: &'static str,
+        line: Option<usize>,
+    },
+    Yaml {
+        path: PathBuf,
+        key: &'static str,
+        line: Option<usize>,
+    },
+    Credentials {
+        path: PathBuf,
+        key: &'static str,
+    },
+    Identity {
+        path: PathBuf,
+    },
+    Default,
+    /// A default computed from another setting ("on because the port is 8883").
+    Derived(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::DotEnv { path, var, line } => {
+                write!(f, "{}{} ({var})", path.display(), yaml::line_suffix(*line))
+            }
+            Origin::Yaml { path, key, line } => {
+                write!(f, "{}{} ({key})", path.display(), yaml::line_suffix(*line))
+            }
+            Origin::Credentials { path, key } => write!(f, "{} ({key})", path.display()),
+            Origin::Identity { path } => write!(f, "{}", path.display()),
+            Origin::Default => write!(f, "default"),
+            Origin::Derived(why) => write!(f, "default: {why}"),
+        }
+    }
+}
+
+/// A value with its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> Sourced<T> {
+    pub fn new(value: T, origin: Origin) -> Self {
+        Sourced { value, origin }
+    }
+}
+
+/// A secret that refuses to be printed: `{:?}` and `{}` show a mask, so a
+/// stray `tracing::debug!(?settings)` cannot leak a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The real value, for the few places that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Enough to tell two tokens apart, not enough to use one.
+    pub fn masked(&self) -> String {
+        let chars: Vec<char> = self.0.chars().collect();
+        if chars.len() >= 12 {
+            let tail: String = chars[chars.len() - 4..].iter().collect();
+            format!("****{tail} ({} chars)", chars.len())
+        } else {
+            format!("**** ({} chars)", chars.len())
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Everything that can be wrong with the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} does not exist: check the --config path")]
+    MissingConfigFile { path: PathBuf },
+    #[error("malformed YAML in {path}{}: {message}", yaml::line_suffix(*.line))]
+    Yaml {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("malformed .env file {path}: {message}")]
+    DotEnv { path: PathBuf, message: String },
+    #[error("invalid {setting} {value:?} from {origin}: {problem}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        origin: Origin,
+        problem: String,
+    },
+    #[error(
+        "no API token found. Provide one in any of: the environment (export CYBERWAVE_API_TOKEN=...), \
+         {workdir_env} (CYBERWAVE_API_TOKEN=...), {config_env}, or {credentials} (written by `cyberwave-cli login`)"
+    )]
+    NoToken {
+        workdir_env: PathBuf,
+        config_env: PathBuf,
+        credentials: PathBuf,
+    },
+}
+
+/// Values given on the command line; they beat every other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub slug: Option<String>,
+    pub config: Option<PathBuf>,
+    pub profile: Option<String>,
+    pub mqtt_host: Option<String>,
+    pub mqtt_port: Option<u16>,
+}
+
+/// The node's effective settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_dir: Sourced<PathBuf>,
+    pub working_dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub api_token: Option<Sourced<Secret>>,
+    pub api_url: Sourced<String>,
+    pub workspace_slug: Option<Sourced<String>>,
+    /// The slug hint for the backend, or the saved slug.
+    pub instance_slug: Option<Sourced<String>>,
+    /// A uuid to register, from the environment or the identity file.
+    pub instance_uuid: Option<Sourced<String>>,
+    pub mqtt_host: Sourced<String>,
+    pub mqtt_port: Sourced<u16>,
+    pub mqtt_use_tls: Sourced<bool>,
+    pub mqtt_tls_ca_certs: Option<Sourced<PathBuf>>,
+    /// `None` means "the instance uuid" (PROTOCOL.md default).
+    pub mqtt_username: Option<Sourced<String>>,
+    /// `None` means "the API token".
+    pub mqtt_password: Option<Sourced<Secret>>,
+    pub topic_prefix: Sourced<String>,
+    pub install_script: Option<Sourced<String>>,
+    pub inference_cmd: Option<Sourced<String>>,
+    pub training_cmd: Option<Sourced<String>>,
+    pub simulate_cmd: Option<Sourced<String>>,
+    pub profile_slug: Sourced<String>,
+    pub heartbeat_interval: Sourced<Duration>,
+    pub max_concurrent_workloads: Sourced<u32>,
+    /// The `.env` variables, for child processes (install script, workloads),
+    /// which see them the way the Python node's `load_dotenv` made them visible.
+    pub dotenv_vars: Vec<(String, String)>,
+    /// The identity file as found at load time (`None` when absent or corrupt).
+    pub identity: Option<Identity>,
+    /// Problems worth telling the operator that do not stop the node.
+    pub warnings: Vec<String>,
+}
+
+impl Settings {
+    /// Resolves every setting from `overrides` and the sources `env` points to.
+    pub fn load(overrides: &Overrides, env: &Environment) -> Result<Settings, ConfigError> {
+        let (config_file, working_dir) = locate_config_file(overrides, env)?;
+        let dotenv_workdir = DotEnvFile::load(&working_dir.join(".env"))?;
+        let config_dir = resolve_config_dir(env, dotenv_workdir.as_ref());
+        let dotenv_config = DotEnvFile::load(&config_dir.value.join(".env"))?;
+        let yaml = config_file.as_deref().map(YamlFile::load).transpose()?;
+        let mut warnings = yaml.as_ref().map(|y| y.warnings.clone()).unwrap_or_default();
+        let credentials_path = config_dir.value.join("credentials.json");
+        let credentials = Credentials::load(&credentials_path).unwrap_or_else(|warning| {
+            warnings.push(warning);
+            None
+        });
+        let identity_path = identity::identity_path(&config_dir.value);
+        let identity = identity::load(&identity_path).unwrap_or_else(|e| {
+            warnings.push(format!("{e}; the node will register a new instance"));
+            None
+        });
+        let layers = Layers {
+            env,
+            dotenvs: [dotenv_workdir, dotenv_config].into_iter().flatten().collect(),
+            yaml,
+            credentials,
+        };
+        let mut settings = layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path)?;
+        settings.working_dir = working_dir;
+        settings.config_file = config_file;
+        settings.identity = identity;
+        settings.warnings.splice(0..0, warnings);
+        Ok(settings)
+    }
+
+    /// The API token, or the error that lists every place to put one.
+    pub fn require_token(&self) -> Result<&Sourced<Secret>, ConfigError> {
+        self.api_token.as_ref().ok_or_else(|| ConfigError::NoToken {
+            workdir_env: self.working_dir.join(".env"),
+            config_env: self.config_dir.value.join(".env"),
+            credentials: self.config_dir.value.join("credentials.json"),
+        })
+    }
+
+    /// The template configured for a workload type.
+    pub fn template(&self, workload_type: &str) -> Option<&Sourced<String>> {
+        match workload_type {
+            "inference" => self.inference_cmd.as_ref(),
+            "training" => self.training_cmd.as_ref(),
+            "simulate" => self.simulate_cmd.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn locate_config_file(
+    overrides: &Overrides,
+    env: &Environment,
+) -> Result<(Option<PathBuf>, PathBuf), ConfigError> {
+    if let Some(given) = &overrides.config {
+        let path = env.cwd.join(given);
+        if !path.is_file() {
+            return Err(ConfigError::MissingConfigFile { path });
+        }
+        let dir = path.parent().map(Path::to_owned).unwrap_or(env.cwd.clone());
+        return Ok((Some(path), dir));
+    }
+    let found = ["cyberwave.yml", "cyberwave.yaml"]
+        .iter()
+        .map(|name| env.cwd.join(name))
+        .find(|p| p.is_file());
+    Ok((found, env.cwd.clone()))
+}
+
+fn resolve_config_dir(env: &Environment, workdir_env: Option<&DotEnvFile>) -> Sourced<PathBuf> {
+    const VARS: [&str; 2] = ["CYBERWAVE_CONFIG_DIR", "CYBERWAVE_EDGE_CONFIG_DIR"];
+    for var in VARS {
+        if let Some(value) = env.get(var) {
+            return Sourced::new(env.cwd.join(value), Origin::Env(var));
+        }
+    }
+    if let Some(file) = workdir_env {
+        for var in VARS {
+            if let Some((value, line)) = file.get(var) {
+                let origin = Origin::DotEnv {
+                    path: file.path.clone(),
+                    var,
+                    line,
+                };
+                return Sourced::new(env.cwd.join(value), origin);
+            }
+        }
+    }
+    let home = env.home.clone().unwrap_or_else(|| PathBuf::from("/"));
+    Sourced::new(home.join(".cyberwave"), Origin::Default)
+}
+
+/// Where to look for one setting below the command line.
+struct Spec {
+    name: &'static str,
+    vars: &'static [&'static str],
+    yaml: Option<&'static str>,
+}
+
+const fn spec(
+    name: &'static str,
+    vars: &'static [&'static str],
+    yaml: Option<&'static str>,
+) -> Spec {
+    Spec { name, vars, yaml }
+}
+
+/// Every source below the command line, in precedence order.
+struct Layers<'a> {
+    env: &'a Environment,
+    dotenvs: Vec<DotEnvFile>,
+    yaml: Option<YamlFile>,
+    credentials: Option<Credentials>,
+}
+
+mod resolve;
+
+/// Checks a name bound for MQTT topics and URL paths (used for identities).
+pub fn parse_topic_segment(text: &str) -> Result<String, String> {
+    parse::topic_segment(text)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+//! Precedence and parsing, checked on real files in a temp dir.
+
+use super::*;
+use std::collections::HashMap;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    env: Environment,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let cwd = dir.path().join("repo");
+        std::fs::create_dir_all(home.join(".cyberwave")).unwrap();
+        std::fs::create_dir_all(&cwd).unwrap();
+        Fixture {
+            env: Environment {
+                vars: HashMap::new(),
+                cwd,
+                home: Some(home),
+            },
+            _dir: dir,
+        }
+    }
+
+    fn var(mut self, key: &str, value: &str) -> Self {
+        self.env.vars.insert(key.into(), value.into());
+        self
+    }
+
+    fn cwd_file(self, name: &str, text: &str) -> Self {
+        std::fs::write(self.env.cwd.join(name), text).unwrap();
+        self
+    }
+
+    fn config_file(self, name: &str, text: &str) -> Self {
+        let dir = self.env.home.as_ref().unwrap().join(".cyberwave");
+        std::fs::write(dir.join(name), text).unwrap();
+        self
+    }
+
+    fn load(&self) -> Result<Settings, ConfigError> {
+        Settings::load(&Overrides::default(), &self.env)
+    }
+}
+
+#[test]
+fn defaults_without_any_source() {
+    let s = Fixture::new().load().unwrap();
+    assert!(s.api_token.is_none());
+    assert_eq!(s.api_url.value, DEFAULT_API_URL);
+    assert_eq!(s.mqtt_host.value, DEFAULT_MQTT_HOST);
+    assert_eq!(s.mqtt_port, Sourced::new(1883, Origin::Default));
+    assert!(!s.mqtt_use_tls.value);
+    assert_eq!(s.profile_slug.value, "default");
+    assert_eq!(s.heartbeat_interval.value, Duration::from_secs(30));
+    assert_eq!(s.max_concurrent_workloads.value, 1);
+    assert_eq!(s.topic_prefix.value, "");
+    assert!(s.require_token().unwrap_err().to_string().contains("credentials.json"));
+}
+
+#[test]
+fn token_precedence_env_then_dotenvs_then_credentials() {
+    let base = || {
+        Fixture::new()
+            .config_file("credentials.json", r#"{"token":"from-credentials"}"#)
+            .config_file(".env", "CYBERWAVE_API_TOKEN=from-config-env\n")
+            .cwd_file(".env", "CYBERWAVE_API_TOKEN=from-cwd-env\n")
+    };
+    let token = |f: Fixture| f.load().unwrap().api_token.unwrap().value.expose().to_owned();
+    assert_eq!(token(base().var("CYBERWAVE_API_TOKEN", "from-env")), "from-env");
+    assert_eq!(token(base()), "from-cwd-env");
+    let f = Fixture::new()
+        .config_file("credentials.json", r#"{"token":"from-credentials"}"#)
+        .config_file(".env", "CYBERWAVE_API_TOKEN=from-config-env\n");
+    assert_eq!(token(f), "from-config-env");
+    let f = Fixture::new().config_file("credentials.json", r#"{"token":"from-credentials"}"#);
+    assert_eq!(token(f), "from-credentials");
+}
+
+#[test]
+fn api_key_alias_is_accepted_but_primary_wins_in_a_layer() {
+    let f = Fixture::new().var("CYBERWAVE_API_KEY", "alias");
+    assert_eq!(f.load().unwrap().api_token.unwrap().value.expose(), "alias");
+    let f = Fixture::new()
+        .var("CYBERWAVE_API_KEY", "alias")
+        .var("CYBERWAVE_API_TOKEN", "primary");
+    assert_eq!(f.load().unwrap().api_token.unwrap().value.expose(), "primary");
+}
+
+#[test]
+fn yaml_below_env_above_credentials() {
+    let f = Fixture::new()
+        .cwd_file("cyberwave.yml", "cyberwave-cloud-node:\n  mqtt_host: yaml-host\n  mqtt_port: 1999\n")
+        .config_file("credentials.json", r#"{"token":"t","envs":{"CYBERWAVE_MQTT_HOST":"cred-host","CYBERWAVE_BASE_URL":"https://cred.example"}}"#);
+    let s = f.load().unwrap();
+    assert_eq!(s.mqtt_host.value, "yaml-host");
+    assert_eq!(s.mqtt_port.value, 1999);
+    assert!(matches!(s.mqtt_host.origin, Origin::Yaml { line: Some(2), .. }));
+    assert_eq!(s.api_url.value, "https://cred.example");
+    let s = f.var("CYBERWAVE_MQTT_HOST", "env-host").load().unwrap();
+    assert_eq!(s.mqtt_host, Sourced::new("env-host".into(), Origin::Env("CYBERWAVE_MQTT_HOST")));
+}
+
+#[test]
+fn flags_beat_everything() {
+    let f = Fixture::new()
+        .var("CYBERWAVE_MQTT_PORT", "1000")
+        .var("CYBERWAVE_PROFILE_SLUG", "env-profile");
+    let overrides = Overrides {
+        mqtt_port: Some(2000),
+        profile: Some("flag-profile".into()),
+        slug: Some("flag-slug".into()),
+        ..Overrides::default()
+    };
+    let s = Settings::load(&overrides, &f.env).unwrap();
+    assert_eq!(s.mqtt_port, Sourced::new(2000, Origin::Flag("--mqtt-port")));
+    assert_eq!(s.profile_slug.value, "flag-profile");
+    assert_eq!(s.instance_slug.unwrap().value, "flag-slug");
+}
+
+#[test]
+fn dotenv_never_overrides_the_environment() {
+    let f = Fixture::new()
+        .var("CYBERWAVE_TRAINING_CMD", "env-cmd")
+        .cwd_file(".env", "CYBERWAVE_TRAINING_CMD=dotenv-cmd\nOTHER=1\n");
+    let s = f.load().unwrap();
+    assert_eq!(s.training_cmd.unwrap().value, "env-cmd");
+    assert_eq!(s.dotenv_vars, vec![("OTHER".to_owned(), "1".to_owned())]);
+}
+
+#[test]
+fn tls_defaults_on_for_8883_and_can_be_forced() {
+    let s = Fixture::new().var("CYBERWAVE_MQTT_PORT", "8883").load().unwrap();
+    assert!(s.mqtt_use_tls.value);
+    let s = Fixture::new()
+        .var("CYBERWAVE_MQTT_PORT", "8883")
+        .var("CYBERWAVE_MQTT_USE_TLS", "false")
+        .load()
+        .unwrap();
+    assert!(!s.mqtt_use_tls.value);
+}
+
+#[test]
+fn topic_prefix_from_environment_name() {
+    let s = Fixture::new().var("CYBERWAVE_ENVIRONMENT", "dev").load().unwrap();
+    assert_eq!(s.topic_prefix.value, "dev");
+    let s = Fixture::new().var("CYBERWAVE_ENVIRONMENT", "production").load().unwrap();
+    assert_eq!(s.topic_prefix.value, "");
+    let s = Fixture::new()
+        .var("CYBERWAVE_ENVIRONMENT", "dev")
+        .var("CYBERWAVE_MQTT_TOPIC_PREFIX", "custom/")
+        .load()
+        .unwrap();
+    assert_eq!(s.topic_prefix.value, "custom/");
+}
+
+#[test]
+fn bad_port_names_the_source_and_line() {
+    let err = Fixture::new()
+        .cwd_file("cyberwave.yml", "cyberwave-cloud-node:\n  training: x\n  mqtt_port: abc\n")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cyberwave.yml line 3"), "{err}");
+    assert!(err.contains("not a number"), "{err}");
+    let err = Fixture::new().var("CYBERWAVE_MQTT_PORT", "x1").load().unwrap_err().to_string();
+    assert!(err.contains("environment variable CYBERWAVE_MQTT_PORT"), "{err}");
+}
+
+#[test]
+fn zero_heartbeat_is_an_error() {
+    let err = Fixture::new()
+        .cwd_file(".env", "A=1\nCYBERWAVE_HEARTBEAT_INTERVAL=0\n")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(".env line 2"), "{err}");
+    assert!(err.contains("at least 1 second"), "{err}");
+}
+
+#[test]
+fn config_flag_moves_the_working_directory() {
+    let f = Fixture::new();
+    let sub = f.env.cwd.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("cyberwave.yml"), "cyberwave:\n  training: t\n").unwrap();
+    std::fs::write(sub.join(".env"), "CYBERWAVE_API_TOKEN=sub-token\n").unwrap();
+    let overrides = Overrides {
+        config: Some("sub/cyberwave.yml".into()),
+        ..Overrides::default()
+    };
+    let s = Settings::load(&overrides, &f.env).unwrap();
+    assert_eq!(s.working_dir, sub);
+    assert_eq!(s.api_token.unwrap().value.expose(), "sub-token");
+    let missing = Overrides {
+        config: Some("nope.yml".into()),
+        ..Overrides::default()
+    };
+    assert!(matches!(
+        Settings::load(&missing, &f.env),
+        Err(ConfigError::MissingConfigFile { .. })
+    ));
+}
+
+#[test]
+fn corrupt_identity_and_credentials_are_warnings() {
+    let s = Fixture::new()
+        .config_file("credentials.json", "garbage")
+        .config_file("instance_identity.json", "{")
+        .load()
+        .unwrap();
+    assert!(s.api_token.is_none());
+    assert!(s.identity.is_none());
+    let all = s.warnings.join("\n");
+    assert!(all.contains("credentials.json") && all.contains("instance_identity.json"), "{all}");
+}
+
+#[test]
+fn identity_file_supplies_uuid_and_slug_below_env() {
+    let f = Fixture::new().config_file(
+        "instance_identity.json",
+        r#"{"uuid":"11111111-2222-4333-8444-555555555555","slug":"saved"}"#,
+    );
+    let s = f.load().unwrap();
+    assert_eq!(s.instance_uuid.unwrap().value, "11111111-2222-4333-8444-555555555555");
+    assert_eq!(s.instance_slug.unwrap().value, "saved");
+    let s = f.var("CYBERWAVE_INSTANCE_SLUG", "hint").load().unwrap();
+    assert_eq!(s.instance_slug.unwrap().value, "hint");
+}
+
+#[test]
+fn secrets_are_masked_in_debug_output() {
+    let s = Fixture::new().var("CYBERWAVE_API_TOKEN", "super-secret-token-123").load().unwrap();
+    let debug = format!("{s:?}");
+    assert!(!debug.contains("super-secret-token-123"));
+    assert!(render_table(&s).contains("****-123"));
+}
