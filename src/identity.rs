@@ -105,7 +105,10 @@ mod tests {
         let path = identity_path(dir.path());
         std::fs::write(&path, "{\"uuid\": 3").unwrap();
         let err = load(&path).unwrap_err().to_string();
-        assert!(err.contains(IDENTITY_FILE) && err.contains("corrupt"), "{err}");
+        assert!(
+            err.contains(IDENTITY_FILE) && err.contains("corrupt"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,53 @@
-//! placeholder
+//! `cyberwave-cloud-node` turns a computer into a compute node of the
+//! Cyberwave platform: it registers with the backend over REST, connects out
+//! to an MQTT broker (no open ports) and answers the commands the backend
+//! publishes. The wire contract is PROTOCOL.md; the README says how to run it.
+//!
+//! # Layout
+//!
+//! A newcomer can read the modules in this order:
+//!
+//! - [`cli`]: clap definitions, logging set-up, dispatch; `main.rs` only calls it.
+//! - [`config`]: every setting, from flags, the environment, `.env` files,
+//!   `cyberwave.yml` and `credentials.json`, each value with its origin.
+//! - [`identity`]: the config dir's `instance_identity.json`.
+//! - [`backend`]: the REST client (validate, create, register, heartbeat,
+//!   terminated, failed) with errors the node's policy can match on.
+//! - [`mqtt`]: the broker connection (TLS, last will, reconnect, resubscribe)
+//!   and topic names.
+//! - [`protocol`]: command parsing and the response and presence payloads.
+//! - [`node`]: start-up, the event loop that owns the node's state, the
+//!   heartbeat policy, command handling and the graceful stop.
+//! - [`install`]: the install script run before registration.
+//! - [`shutdown`]: the one token every loop watches, and signal handling.
+//! - [`backoff`], [`fsutil`]: capped exponential backoff; atomic file writes.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! use cyberwave_cloud_node::{config::{Environment, Overrides, Settings}, node, shutdown::Shutdown};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = Settings::load(&Overrides::default(), &Environment::from_process())?;
+//! let shutdown = Shutdown::new();
+//! shutdown.listen_for_signals()?;
+//! node::run(settings, shutdown).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod backend;
+pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod fsutil;
 pub mod identity;
-pub mod cli { pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS } }
+pub mod install;
+pub mod mqtt;
+pub mod node;
+pub mod protocol;
+pub mod shutdown;
+
+/// Picks ring as rustls' crypto provider, once, before any TLS is used.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -27,6 +27,7 @@ pub use show::render_table;
 pub use sources::{Credentials, DotEnvFile, Environment};
 pub use yaml::YamlFile;
 
+use crate::backoff::RetryUnit;
 use crate::identity::{self, Identity};
 
 pub const DEFAULT_API_URL: &str = "https://api.cyberwave.com";
@@ -154,7 +155,7 @@ pub enum ConfigError {
     Invalid {
         setting: &'static str,
         value: String,
-        origin: Origin,
+        origin: Box<Origin>,
         problem: String,
     },
     #[error(
@@ -214,6 +215,8 @@ pub struct Settings {
     pub identity: Option<Identity>,
     /// Problems worth telling the operator that do not stop the node.
     pub warnings: Vec<String>,
+    /// The unit of every retry delay (see [`RetryUnit`]).
+    pub retry_unit: RetryUnit,
 }
 
 impl Settings {
@@ -224,7 +227,10 @@ impl Settings {
         let config_dir = resolve_config_dir(env, dotenv_workdir.as_ref());
         let dotenv_config = DotEnvFile::load(&config_dir.value.join(".env"))?;
         let yaml = config_file.as_deref().map(YamlFile::load).transpose()?;
-        let mut warnings = yaml.as_ref().map(|y| y.warnings.clone()).unwrap_or_default();
+        let mut warnings = yaml
+            .as_ref()
+            .map(|y| y.warnings.clone())
+            .unwrap_or_default();
         let credentials_path = config_dir.value.join("credentials.json");
         let credentials = Credentials::load(&credentials_path).unwrap_or_else(|warning| {
             warnings.push(warning);
@@ -237,14 +243,19 @@ impl Settings {
         });
         let layers = Layers {
             env,
-            dotenvs: [dotenv_workdir, dotenv_config].into_iter().flatten().collect(),
+            dotenvs: [dotenv_workdir, dotenv_config]
+                .into_iter()
+                .flatten()
+                .collect(),
             yaml,
             credentials,
         };
-        let mut settings = layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path)?;
+        let mut settings =
+            layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path)?;
         settings.working_dir = working_dir;
         settings.config_file = config_file;
         settings.identity = identity;
+        settings.retry_unit = RetryUnit::from_env(env.get("CYBERWAVE_RETRY_BASE_MS"));
         settings.warnings.splice(0..0, warnings);
         Ok(settings)
     }

@@ -67,7 +67,7 @@ impl Layers<'_> {
             Err(problem) => Err(ConfigError::Invalid {
                 setting: spec.name,
                 value: text,
-                origin,
+                origin: Box::new(origin),
                 problem,
             }),
         }
@@ -170,7 +170,11 @@ impl Layers<'_> {
         )?;
         let mqtt_use_tls = self
             .get(
-                &spec("MQTT TLS switch", &["CYBERWAVE_MQTT_USE_TLS"], Some("mqtt_use_tls")),
+                &spec(
+                    "MQTT TLS switch",
+                    &["CYBERWAVE_MQTT_USE_TLS"],
+                    Some("mqtt_use_tls"),
+                ),
                 None,
                 parse::boolean,
             )?
@@ -221,13 +225,21 @@ impl Layers<'_> {
                 )?
                 .map(|s| Sourced::new(self.env.cwd.join(s.value), s.origin)),
             mqtt_username: self.get(
-                &spec("MQTT username", &["CYBERWAVE_MQTT_USERNAME"], Some("mqtt_username")),
+                &spec(
+                    "MQTT username",
+                    &["CYBERWAVE_MQTT_USERNAME"],
+                    Some("mqtt_username"),
+                ),
                 None,
                 parse::nonempty,
             )?,
             mqtt_password: self
                 .get(
-                    &spec("MQTT password", &["CYBERWAVE_MQTT_PASSWORD"], Some("mqtt_password")),
+                    &spec(
+                        "MQTT password",
+                        &["CYBERWAVE_MQTT_PASSWORD"],
+                        Some("mqtt_password"),
+                    ),
                     None,
                     parse::verbatim,
                 )?
@@ -243,22 +255,38 @@ impl Layers<'_> {
                 String::new(),
             )?,
             install_script: self.get(
-                &spec("install script", &["CYBERWAVE_INSTALL_SCRIPT"], Some("install_script")),
+                &spec(
+                    "install script",
+                    &["CYBERWAVE_INSTALL_SCRIPT"],
+                    Some("install_script"),
+                ),
                 None,
                 parse::verbatim,
             )?,
             inference_cmd: self.get(
-                &spec("inference template", &["CYBERWAVE_INFERENCE_CMD"], Some("inference")),
+                &spec(
+                    "inference template",
+                    &["CYBERWAVE_INFERENCE_CMD"],
+                    Some("inference"),
+                ),
                 None,
                 parse::verbatim,
             )?,
             training_cmd: self.get(
-                &spec("training template", &["CYBERWAVE_TRAINING_CMD"], Some("training")),
+                &spec(
+                    "training template",
+                    &["CYBERWAVE_TRAINING_CMD"],
+                    Some("training"),
+                ),
                 None,
                 parse::verbatim,
             )?,
             simulate_cmd: self.get(
-                &spec("simulate template", &["CYBERWAVE_SIMULATE_CMD"], Some("simulate")),
+                &spec(
+                    "simulate template",
+                    &["CYBERWAVE_SIMULATE_CMD"],
+                    Some("simulate"),
+                ),
                 None,
                 parse::verbatim,
             )?,
@@ -291,6 +319,7 @@ impl Layers<'_> {
             dotenv_vars: self.dotenv_vars(),
             identity: None,
             warnings: Vec::new(),
+            retry_unit: Default::default(),
         })
     }
 

@@ -23,31 +23,68 @@ fn optional<T>(
     }
 }
 
+#[allow(clippy::ptr_arg)] // used as `impl Fn(&String)` for `Sourced<String>`
 fn text(value: &String) -> String {
-    value.clone()
+    value.to_owned()
 }
 
 fn rows(s: &Settings) -> Vec<Row> {
     vec![
-        optional("api_token", &s.api_token, |t| t.masked(), "missing: set CYBERWAVE_API_TOKEN"),
+        optional(
+            "api_token",
+            &s.api_token,
+            |t| t.masked(),
+            "missing: set CYBERWAVE_API_TOKEN",
+        ),
         row("api_url", &s.api_url, text),
         optional("workspace_slug", &s.workspace_slug, text, "none"),
-        optional("instance_uuid", &s.instance_uuid, text, "assigned by the backend at registration"),
-        optional("instance_slug", &s.instance_slug, text, "assigned by the backend at registration"),
+        optional(
+            "instance_uuid",
+            &s.instance_uuid,
+            text,
+            "assigned by the backend at registration",
+        ),
+        optional(
+            "instance_slug",
+            &s.instance_slug,
+            text,
+            "assigned by the backend at registration",
+        ),
         row("profile_slug", &s.profile_slug, text),
         row("mqtt_host", &s.mqtt_host, text),
         row("mqtt_port", &s.mqtt_port, u16::to_string),
         row("mqtt_use_tls", &s.mqtt_use_tls, bool::to_string),
-        optional("mqtt_tls_ca_certs", &s.mqtt_tls_ca_certs, |p| p.display().to_string(), "system roots"),
-        optional("mqtt_username", &s.mqtt_username, text, "default: the instance uuid"),
-        optional("mqtt_password", &s.mqtt_password, |p| p.masked(), "default: the API token"),
+        optional(
+            "mqtt_tls_ca_certs",
+            &s.mqtt_tls_ca_certs,
+            |p| p.display().to_string(),
+            "system roots",
+        ),
+        optional(
+            "mqtt_username",
+            &s.mqtt_username,
+            text,
+            "default: the instance uuid",
+        ),
+        optional(
+            "mqtt_password",
+            &s.mqtt_password,
+            |p| p.masked(),
+            "default: the API token",
+        ),
         row("topic_prefix", &s.topic_prefix, |p| format!("{p:?}")),
         optional("install_script", &s.install_script, text, "none"),
         optional("inference", &s.inference_cmd, text, "none"),
         optional("training", &s.training_cmd, text, "none"),
         optional("simulate", &s.simulate_cmd, text, "none"),
-        row("heartbeat_interval", &s.heartbeat_interval, |d| format!("{}s", d.as_secs())),
-        row("max_concurrent_workloads", &s.max_concurrent_workloads, u32::to_string),
+        row("heartbeat_interval", &s.heartbeat_interval, |d| {
+            format!("{}s", d.as_secs())
+        }),
+        row(
+            "max_concurrent_workloads",
+            &s.max_concurrent_workloads,
+            u32::to_string,
+        ),
         row("config_dir", &s.config_dir, |p| p.display().to_string()),
     ]
 }
@@ -73,18 +110,29 @@ pub fn render_table(settings: &Settings) -> String {
         out,
         "precedence:   flag > environment > ./.env > <config dir>/.env > cyberwave.yml > credentials.json > default\n"
     );
-    let _ = writeln!(out, "{:name_width$}  {:value_width$}  SOURCE", "SETTING", "VALUE");
+    let _ = writeln!(
+        out,
+        "{:name_width$}  {:value_width$}  SOURCE",
+        "SETTING", "VALUE"
+    );
     for (name, value, origin) in rows {
         let value = value.replace('\n', "\\n");
         let _ = writeln!(out, "{name:name_width$}  {value:value_width$}  {origin}");
     }
     if !settings.dotenv_vars.is_empty() {
-        let names: Vec<&str> = settings.dotenv_vars.iter().map(|(k, _)| k.as_str()).collect();
-        let _ = writeln!(out, "\n.env variables passed to child processes: {}", names.join(", "));
+        let names: Vec<&str> = settings
+            .dotenv_vars
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n.env variables passed to child processes: {}",
+            names.join(", ")
+        );
     }
     for warning in &settings.warnings {
         let _ = writeln!(out, "\nwarning: {warning}");
     }
     out
 }
-

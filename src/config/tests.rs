@@ -58,7 +58,11 @@ fn defaults_without_any_source() {
     assert_eq!(s.heartbeat_interval.value, Duration::from_secs(30));
     assert_eq!(s.max_concurrent_workloads.value, 1);
     assert_eq!(s.topic_prefix.value, "");
-    assert!(s.require_token().unwrap_err().to_string().contains("credentials.json"));
+    assert!(s
+        .require_token()
+        .unwrap_err()
+        .to_string()
+        .contains("credentials.json"));
 }
 
 #[test]
@@ -69,8 +73,19 @@ fn token_precedence_env_then_dotenvs_then_credentials() {
             .config_file(".env", "CYBERWAVE_API_TOKEN=from-config-env\n")
             .cwd_file(".env", "CYBERWAVE_API_TOKEN=from-cwd-env\n")
     };
-    let token = |f: Fixture| f.load().unwrap().api_token.unwrap().value.expose().to_owned();
-    assert_eq!(token(base().var("CYBERWAVE_API_TOKEN", "from-env")), "from-env");
+    let token = |f: Fixture| {
+        f.load()
+            .unwrap()
+            .api_token
+            .unwrap()
+            .value
+            .expose()
+            .to_owned()
+    };
+    assert_eq!(
+        token(base().var("CYBERWAVE_API_TOKEN", "from-env")),
+        "from-env"
+    );
     assert_eq!(token(base()), "from-cwd-env");
     let f = Fixture::new()
         .config_file("credentials.json", r#"{"token":"from-credentials"}"#)
@@ -87,7 +102,10 @@ fn api_key_alias_is_accepted_but_primary_wins_in_a_layer() {
     let f = Fixture::new()
         .var("CYBERWAVE_API_KEY", "alias")
         .var("CYBERWAVE_API_TOKEN", "primary");
-    assert_eq!(f.load().unwrap().api_token.unwrap().value.expose(), "primary");
+    assert_eq!(
+        f.load().unwrap().api_token.unwrap().value.expose(),
+        "primary"
+    );
 }
 
 #[test]
@@ -98,10 +116,16 @@ fn yaml_below_env_above_credentials() {
     let s = f.load().unwrap();
     assert_eq!(s.mqtt_host.value, "yaml-host");
     assert_eq!(s.mqtt_port.value, 1999);
-    assert!(matches!(s.mqtt_host.origin, Origin::Yaml { line: Some(2), .. }));
+    assert!(matches!(
+        s.mqtt_host.origin,
+        Origin::Yaml { line: Some(2), .. }
+    ));
     assert_eq!(s.api_url.value, "https://cred.example");
     let s = f.var("CYBERWAVE_MQTT_HOST", "env-host").load().unwrap();
-    assert_eq!(s.mqtt_host, Sourced::new("env-host".into(), Origin::Env("CYBERWAVE_MQTT_HOST")));
+    assert_eq!(
+        s.mqtt_host,
+        Sourced::new("env-host".into(), Origin::Env("CYBERWAVE_MQTT_HOST"))
+    );
 }
 
 #[test]
@@ -133,7 +157,10 @@ fn dotenv_never_overrides_the_environment() {
 
 #[test]
 fn tls_defaults_on_for_8883_and_can_be_forced() {
-    let s = Fixture::new().var("CYBERWAVE_MQTT_PORT", "8883").load().unwrap();
+    let s = Fixture::new()
+        .var("CYBERWAVE_MQTT_PORT", "8883")
+        .load()
+        .unwrap();
     assert!(s.mqtt_use_tls.value);
     let s = Fixture::new()
         .var("CYBERWAVE_MQTT_PORT", "8883")
@@ -145,9 +172,15 @@ fn tls_defaults_on_for_8883_and_can_be_forced() {
 
 #[test]
 fn topic_prefix_from_environment_name() {
-    let s = Fixture::new().var("CYBERWAVE_ENVIRONMENT", "dev").load().unwrap();
+    let s = Fixture::new()
+        .var("CYBERWAVE_ENVIRONMENT", "dev")
+        .load()
+        .unwrap();
     assert_eq!(s.topic_prefix.value, "dev");
-    let s = Fixture::new().var("CYBERWAVE_ENVIRONMENT", "production").load().unwrap();
+    let s = Fixture::new()
+        .var("CYBERWAVE_ENVIRONMENT", "production")
+        .load()
+        .unwrap();
     assert_eq!(s.topic_prefix.value, "");
     let s = Fixture::new()
         .var("CYBERWAVE_ENVIRONMENT", "dev")
@@ -160,14 +193,24 @@ fn topic_prefix_from_environment_name() {
 #[test]
 fn bad_port_names_the_source_and_line() {
     let err = Fixture::new()
-        .cwd_file("cyberwave.yml", "cyberwave-cloud-node:\n  training: x\n  mqtt_port: abc\n")
+        .cwd_file(
+            "cyberwave.yml",
+            "cyberwave-cloud-node:\n  training: x\n  mqtt_port: abc\n",
+        )
         .load()
         .unwrap_err()
         .to_string();
     assert!(err.contains("cyberwave.yml line 3"), "{err}");
     assert!(err.contains("not a number"), "{err}");
-    let err = Fixture::new().var("CYBERWAVE_MQTT_PORT", "x1").load().unwrap_err().to_string();
-    assert!(err.contains("environment variable CYBERWAVE_MQTT_PORT"), "{err}");
+    let err = Fixture::new()
+        .var("CYBERWAVE_MQTT_PORT", "x1")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("environment variable CYBERWAVE_MQTT_PORT"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -215,7 +258,10 @@ fn corrupt_identity_and_credentials_are_warnings() {
     assert!(s.api_token.is_none());
     assert!(s.identity.is_none());
     let all = s.warnings.join("\n");
-    assert!(all.contains("credentials.json") && all.contains("instance_identity.json"), "{all}");
+    assert!(
+        all.contains("credentials.json") && all.contains("instance_identity.json"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -225,7 +271,10 @@ fn identity_file_supplies_uuid_and_slug_below_env() {
         r#"{"uuid":"11111111-2222-4333-8444-555555555555","slug":"saved"}"#,
     );
     let s = f.load().unwrap();
-    assert_eq!(s.instance_uuid.unwrap().value, "11111111-2222-4333-8444-555555555555");
+    assert_eq!(
+        s.instance_uuid.unwrap().value,
+        "11111111-2222-4333-8444-555555555555"
+    );
     assert_eq!(s.instance_slug.unwrap().value, "saved");
     let s = f.var("CYBERWAVE_INSTANCE_SLUG", "hint").load().unwrap();
     assert_eq!(s.instance_slug.unwrap().value, "hint");
@@ -233,7 +282,10 @@ fn identity_file_supplies_uuid_and_slug_below_env() {
 
 #[test]
 fn secrets_are_masked_in_debug_output() {
-    let s = Fixture::new().var("CYBERWAVE_API_TOKEN", "super-secret-token-123").load().unwrap();
+    let s = Fixture::new()
+        .var("CYBERWAVE_API_TOKEN", "super-secret-token-123")
+        .load()
+        .unwrap();
     let debug = format!("{s:?}");
     assert!(!debug.contains("super-secret-token-123"));
     assert!(render_table(&s).contains("****-123"));

@@ -226,7 +226,11 @@ fn find_line(text: &str, key: &str, after: Option<usize>) -> Option<usize> {
             let unquoted = trimmed.trim_start_matches(['"', '\'']);
             unquoted
                 .strip_prefix(key)
-                .map(|rest| rest.trim_start_matches(['"', '\'']).trim_start().starts_with(':'))
+                .map(|rest| {
+                    rest.trim_start_matches(['"', '\''])
+                        .trim_start()
+                        .starts_with(':')
+                })
                 .unwrap_or(false)
         })
         .map(|(index, _)| index + 1)
@@ -276,7 +280,11 @@ mod tests {
     fn unknown_key_is_a_warning_naming_it() {
         let file = parse("cyberwave-cloud-node:\n  trainig: x\n").unwrap();
         assert_eq!(file.warnings.len(), 1);
-        assert!(file.warnings[0].contains("`trainig`"), "{}", file.warnings[0]);
+        assert!(
+            file.warnings[0].contains("`trainig`"),
+            "{}",
+            file.warnings[0]
+        );
         assert!(file.warnings[0].contains("line 2"), "{}", file.warnings[0]);
     }
 
@@ -289,7 +297,8 @@ mod tests {
 
     #[test]
     fn malformed_yaml_names_file_and_line() {
-        let err = parse("cyberwave-cloud-node:\n  training: [unclosed\n  mqtt_port: 1\n").unwrap_err();
+        let err =
+            parse("cyberwave-cloud-node:\n  training: [unclosed\n  mqtt_port: 1\n").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("/repo/cyberwave.yml"), "{text}");
         assert!(text.contains("line "), "{text}");
@@ -299,7 +308,10 @@ mod tests {
     fn list_value_is_an_error_with_line() {
         let err = parse("cyberwave-cloud-node:\n  mqtt_host:\n    - a\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("line 2") && text.contains("mqtt_host"), "{text}");
+        assert!(
+            text.contains("line 2") && text.contains("mqtt_host"),
+            "{text}"
+        );
     }
 
     #[test]

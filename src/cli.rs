@@ -1,0 +1,165 @@
+//! The command line: clap definitions, logging set-up, dispatch, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Environment, Overrides, Settings};
+use crate::shutdown::Shutdown;
+
+const TOKEN_HELP: &str = "\
+API TOKEN
+  The node needs a Cyberwave API token. It is looked up in this order:
+    1. the environment:      export CYBERWAVE_API_TOKEN=...  (or CYBERWAVE_API_KEY)
+    2. ./.env                CYBERWAVE_API_TOKEN=...  (the --config file's directory when given)
+    3. ~/.cyberwave/.env     (the config dir: $CYBERWAVE_CONFIG_DIR, else ~/.cyberwave)
+    4. ~/.cyberwave/credentials.json, written by `cyberwave-cli login`
+  It is never read from cyberwave.yml, which usually lives in git.
+
+SETTINGS
+  Every setting follows: flag > environment > ./.env > config-dir .env >
+  cyberwave.yml > credentials.json > default. `cyberwave-cloud-node config show`
+  prints each effective value and where it came from.
+
+EXAMPLES
+  cyberwave-cloud-node start --slug gpu1
+  cyberwave-cloud-node start --config ./ml-repo/cyberwave.yml --profile gpu-a100 -v
+  cyberwave-cloud-node config show";
+
+/// Turns this computer into a Cyberwave compute node.
+///
+/// The node registers with the Cyberwave backend over HTTPS, connects out to
+/// the Cyberwave MQTT broker (no open ports) and runs the inference, training
+/// and simulate commands of your repository's cyberwave.yml when the platform
+/// asks for them.
+#[derive(Debug, Parser)]
+#[command(name = "cyberwave-cloud-node", version, after_long_help = TOKEN_HELP)]
+struct Cli {
+    /// Log more: -v for debug, -vv for trace (CYBERWAVE_LOG=<filter> for full control)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Register with Cyberwave and serve commands until stopped (SIGTERM or Ctrl+C)
+    #[command(after_long_help = TOKEN_HELP)]
+    Start(SettingsArgs),
+    /// Inspect the node's settings
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print every effective setting and where it came from (the token is masked)
+    Show(SettingsArgs),
+}
+
+/// Flags that override every other settings source.
+#[derive(Debug, Args)]
+struct SettingsArgs {
+    /// Slug to ask the backend for; a hint, the backend may assign another
+    #[arg(long, value_name = "SLUG")]
+    slug: Option<String>,
+
+    /// Path to cyberwave.yml [default: ./cyberwave.yml]; its directory becomes the working directory
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Node profile slug, e.g. gpu-a100 [default: default]
+    #[arg(long, value_name = "SLUG")]
+    profile: Option<String>,
+
+    /// MQTT broker host [default: mqtt.cyberwave.com]
+    #[arg(long, value_name = "HOST")]
+    mqtt_host: Option<String>,
+
+    /// MQTT broker port; 8883 turns TLS on [default: 1883]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    mqtt_port: Option<u16>,
+}
+
+impl SettingsArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            slug: self.slug.clone(),
+            config: self.config.clone(),
+            profile: self.profile.clone(),
+            mqtt_host: self.mqtt_host.clone(),
+            mqtt_port: self.mqtt_port,
+        }
+    }
+}
+
+/// The binary's whole life.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let outcome = match &cli.command {
+        CliCommand::Start(args) => start(args),
+        CliCommand::Config {
+            action: ConfigAction::Show(args),
+        } => config_show(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_settings(args: &SettingsArgs) -> anyhow::Result<Settings> {
+    Ok(Settings::load(
+        &args.overrides(),
+        &Environment::from_process(),
+    )?)
+}
+
+fn start(args: &SettingsArgs) -> anyhow::Result<()> {
+    let settings = load_settings(args)?;
+    // One thread is plenty for a node that mostly waits, and keeps the idle
+    // footprint small; blocking work goes to tokio's blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown.listen_for_signals()?;
+        crate::node::run(settings, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn config_show(args: &SettingsArgs) -> anyhow::Result<()> {
+    let settings = load_settings(args)?;
+    print!("{}", config::render_table(&settings));
+    Ok(())
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn,cyberwave_cloud_node=info,install=info",
+        1 => "warn,cyberwave_cloud_node=debug,install=info",
+        _ => "warn,cyberwave_cloud_node=trace,install=trace",
+    };
+    let filter = std::env::var("CYBERWAVE_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

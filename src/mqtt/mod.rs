@@ -1,0 +1,287 @@
+//! The node's one MQTT connection.
+//!
+//! [`MqttLink::start`] spawns a task that owns rumqttc's event loop and does
+//! nothing but drive it: it forwards what arrives to the node over an
+//! unbounded channel (so a slow handler can never stall pings or acks),
+//! re-subscribes and re-announces presence on every ConnAck (a restarted
+//! broker without persistence has forgotten both), and reconnects with capped
+//! backoff. Incoming commands are acknowledged by the node only once handled
+//! (manual acks), so a crash between delivery and handling makes the broker
+//! deliver the command again.
+
+pub mod topics;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
+    Publish, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use topics::Topics;
+
+use crate::backoff::Backoff;
+use crate::config::Secret;
+
+/// Largest packet accepted or sent. Generous on purpose: a command the
+/// client refuses to read would kill the connection and, redelivered by a
+/// persistent session, kill it again on every reconnect.
+const MAX_PACKET_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("cannot read the MQTT CA certificate file {path}: {source}; check CYBERWAVE_MQTT_TLS_CA_CERTS / mqtt_tls_ca_certs")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the MQTT CA certificate file {path} holds no usable PEM certificate ({reason})")]
+    CaContent { path: PathBuf, reason: String },
+    #[error("no system CA certificates found for MQTT over TLS: install the ca-certificates package or set CYBERWAVE_MQTT_TLS_CA_CERTS")]
+    NoSystemRoots,
+    #[error("the MQTT connection is closed")]
+    Closed,
+}
+
+/// How to reach and introduce ourselves to the broker.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub use_tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub username: String,
+    pub password: Secret,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    /// Command topics, subscribed with QoS 1 on every connect.
+    pub subscriptions: Vec<String>,
+    pub presence_topic: String,
+    pub online_payload: Vec<u8>,
+    pub offline_payload: Vec<u8>,
+    pub backoff: Backoff,
+}
+
+/// What the connection task reports to the node.
+#[derive(Debug)]
+pub enum MqttEvent {
+    Connected { session_present: bool },
+    Subscribed,
+    Message(Publish),
+    ConnectionLost { error: String, retry_in: Duration },
+}
+
+/// The handle the node publishes through.
+pub struct MqttLink {
+    client: AsyncClient,
+    task: JoinHandle<()>,
+    presence_topic: String,
+    offline_payload: Vec<u8>,
+}
+
+impl MqttLink {
+    /// Starts connecting in the background; progress arrives as [`MqttEvent`]s.
+    pub fn start(
+        config: MqttConfig,
+    ) -> Result<(MqttLink, mpsc::UnboundedReceiver<MqttEvent>), MqttError> {
+        crate::install_crypto_provider();
+        let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_inflight(256)
+            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+            .set_credentials(&config.username, config.password.expose())
+            .set_last_will(LastWill::new(
+                &config.presence_topic,
+                config.offline_payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if config.use_tls {
+            options.set_transport(Transport::tls_with_config(tls_config(
+                config.ca_file.as_ref(),
+            )?));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let mut network = eventloop.network_options();
+        // Without TCP_NODELAY a reply that follows a PUBACK waits ~40 ms for
+        // the broker's delayed ACK (DESIGN.md, "Latency").
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let link = MqttLink {
+            client: client.clone(),
+            presence_topic: config.presence_topic.clone(),
+            offline_payload: config.offline_payload.clone(),
+            task: tokio::spawn(drive(eventloop, client, config, events_tx)),
+        };
+        Ok((link, events_rx))
+    }
+
+    /// Publishes with QoS 1. Waits only for room in the request queue.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), MqttError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .map_err(|_| MqttError::Closed)
+    }
+
+    /// Acknowledges a command once it has been handled.
+    pub async fn ack(&self, publish: &Publish) {
+        if self.client.ack(publish).await.is_err() {
+            tracing::debug!("ack after the connection closed");
+        }
+    }
+
+    /// Publishes presence `offline`, disconnects cleanly (so the broker does
+    /// not fire the last will as well) and waits up to `timeout` for the
+    /// connection task to finish.
+    pub async fn close(self, timeout: Duration) {
+        let offline = self.offline_payload.clone();
+        let _ = self
+            .client
+            .publish(&self.presence_topic, QoS::AtLeastOnce, true, offline)
+            .await;
+        let _ = self.client.disconnect().await;
+        if tokio::time::timeout(timeout, self.task).await.is_err() {
+            tracing::warn!(
+                "the broker did not take the disconnect within {timeout:?}; closing anyway"
+            );
+        }
+    }
+}
+
+fn tls_config(ca_file: Option<&PathBuf>) -> Result<TlsConfiguration, MqttError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| MqttError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let content_error = |reason: String| MqttError::CaContent {
+                path: path.clone(),
+                reason,
+            };
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| content_error(e.to_string()))?;
+                roots.add(cert).map_err(|e| content_error(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(content_error("no BEGIN CERTIFICATE block".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(MqttError::NoSystemRoots);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// The connection task: drive the event loop until a clean disconnect.
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    config: MqttConfig,
+    events: mpsc::UnboundedSender<MqttEvent>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                failures = 0;
+                tracing::debug!(
+                    session_present = ack.session_present,
+                    "connected to the MQTT broker"
+                );
+                on_connect(&client, &config);
+                let _ = events.send(MqttEvent::Connected {
+                    session_present: ack.session_present,
+                });
+            }
+            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    tracing::error!(
+                        topics = ?config.subscriptions,
+                        "the broker refused a command subscription: check the MQTT user's ACL"
+                    );
+                }
+                let _ = events.send(MqttEvent::Subscribed);
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                let _ = events.send(MqttEvent::Message(publish));
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(ConnectionError::RequestsDone) => return,
+            Err(error) => {
+                failures += 1;
+                let retry_in = config.backoff.delay(failures);
+                let error = describe(&error, &config);
+                let _ = events.send(MqttEvent::ConnectionLost { error, retry_in });
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// Subscriptions and presence go through the request queue from a separate
+/// task: awaiting queue space here, inside the only task that drains the
+/// queue, could deadlock.
+fn on_connect(client: &AsyncClient, config: &MqttConfig) {
+    let client = client.clone();
+    let filters: Vec<rumqttc::SubscribeFilter> = config
+        .subscriptions
+        .iter()
+        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+        .collect();
+    let presence_topic = config.presence_topic.clone();
+    let online = config.online_payload.clone();
+    tokio::spawn(async move {
+        let _ = client.subscribe_many(filters).await;
+        let _ = client
+            .publish(presence_topic, QoS::AtLeastOnce, true, online)
+            .await;
+    });
+}
+
+fn describe(error: &ConnectionError, config: &MqttConfig) -> String {
+    use rumqttc::ConnectReturnCode as Code;
+    let at = format!("{}:{}", config.host, config.port);
+    match error {
+        ConnectionError::ConnectionRefused(Code::BadUserNamePassword | Code::NotAuthorized) => format!(
+            "the broker at {at} refused the credentials for user {:?}: check CYBERWAVE_MQTT_USERNAME / CYBERWAVE_MQTT_PASSWORD (defaults: the instance uuid and the API token)",
+            config.username
+        ),
+        ConnectionError::ConnectionRefused(code) => format!("the broker at {at} refused the connection ({code:?})"),
+        ConnectionError::Io(e) => format!("cannot reach the broker at {at}: {e}"),
+        ConnectionError::Tls(e) => format!("TLS with the broker at {at} failed: {e}"),
+        ConnectionError::NetworkTimeout => format!("connecting to the broker at {at} timed out"),
+        other => format!("connection to the broker at {at} failed: {other}"),
+    }
+}

@@ -1,0 +1,368 @@
+//! The registered, connected node: one task that owns all state.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::Publish;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+
+use super::commands::{self, CommandContext};
+use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
+use super::*;
+
+/// Results of work the node spawned.
+enum Background {
+    Heartbeat(Result<(), BackendError>),
+    Reregistered(Result<Registration, RegistrationError>),
+}
+
+/// How the serve loop ended.
+enum Exit {
+    Graceful,
+    Fatal(NodeError),
+}
+
+/// Where the heartbeat schedule stands.
+struct Heartbeat {
+    due: Instant,
+    /// A heartbeat call or a re-registration is under way.
+    busy: bool,
+    rejected_in_a_row: u32,
+}
+
+pub(super) struct RunningNode {
+    settings: Settings,
+    backend: Backend,
+    identity: Identity,
+    node: NodeRef,
+    topics: Topics,
+    mqtt: MqttLink,
+    mqtt_events: mpsc::UnboundedReceiver<MqttEvent>,
+    background_tx: mpsc::UnboundedSender<Background>,
+    background_rx: mpsc::UnboundedReceiver<Background>,
+    shutdown: Shutdown,
+    started: Instant,
+    accepting: bool,
+    ready: bool,
+    heartbeat: Heartbeat,
+}
+
+impl RunningNode {
+    pub(super) fn start(
+        settings: Settings,
+        backend: Backend,
+        identity: Identity,
+        shutdown: Shutdown,
+    ) -> Result<RunningNode, NodeError> {
+        let topics = Topics::new(&settings.topic_prefix.value);
+        let (mqtt, mqtt_events) = MqttLink::start(mqtt_config(&settings, &identity, &topics))?;
+        let (background_tx, background_rx) = mpsc::unbounded_channel();
+        let node = NodeRef {
+            uuid: identity.uuid.clone(),
+            slug: identity.slug.clone(),
+        };
+        let due = Instant::now() + settings.heartbeat_interval.value;
+        Ok(RunningNode {
+            settings,
+            backend,
+            identity,
+            node,
+            topics,
+            mqtt,
+            mqtt_events,
+            background_tx,
+            background_rx,
+            shutdown,
+            started: Instant::now(),
+            accepting: true,
+            ready: false,
+            heartbeat: Heartbeat {
+                due,
+                busy: false,
+                rejected_in_a_row: 0,
+            },
+        })
+    }
+
+    /// The event loop, then the stop.
+    pub(super) async fn serve(mut self) -> Result<(), NodeError> {
+        let shutdown = self.shutdown.clone();
+        let heartbeat_timer = sleep_until(self.heartbeat.due.into());
+        tokio::pin!(heartbeat_timer);
+        let exit = loop {
+            if heartbeat_timer.deadline() != self.heartbeat.due.into() {
+                heartbeat_timer.as_mut().reset(self.heartbeat.due.into());
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break Exit::Graceful,
+                event = self.mqtt_events.recv() => match event {
+                    Some(event) => self.on_mqtt(event).await,
+                    None => break Exit::Fatal(MqttError::Closed.into()),
+                },
+                _ = &mut heartbeat_timer, if !self.heartbeat.busy => self.send_heartbeat(),
+                Some(done) = self.background_rx.recv() => {
+                    if let Err(fatal) = self.on_background(done).await {
+                        break Exit::Fatal(fatal);
+                    }
+                }
+            }
+        };
+        self.stop(exit).await
+    }
+
+    fn context(&self) -> CommandContext<'_> {
+        CommandContext {
+            settings: &self.settings,
+            node: &self.node,
+            started: self.started,
+            accepting: self.accepting,
+        }
+    }
+
+    async fn on_mqtt(&mut self, event: MqttEvent) {
+        match event {
+            MqttEvent::Connected { session_present } => tracing::info!(
+                session_present,
+                "connected to the MQTT broker at {}:{}",
+                self.settings.mqtt_host.value,
+                self.settings.mqtt_port.value
+            ),
+            MqttEvent::Subscribed if !self.ready => {
+                self.ready = true;
+                tracing::info!(
+                    uuid = %self.node.uuid,
+                    slug = %self.node.slug,
+                    "ready: listening on {} and {}",
+                    self.topics.command(&self.node.uuid),
+                    self.topics.command(&self.node.slug)
+                );
+            }
+            MqttEvent::Subscribed => tracing::debug!("subscriptions renewed"),
+            MqttEvent::Message(publish) => self.on_message(publish).await,
+            MqttEvent::ConnectionLost { error, retry_in } => tracing::warn!(
+                "MQTT: {error}; reconnecting in {:.1}s",
+                retry_in.as_secs_f64()
+            ),
+        }
+    }
+
+    /// Answers one command, then acknowledges it to the broker.
+    async fn on_message(&mut self, publish: Publish) {
+        let incoming =
+            protocol::parse_command(&publish.payload, || uuid::Uuid::new_v4().to_string());
+        let response = match incoming {
+            Incoming::Echo => None,
+            Incoming::Invalid { request_id, error } => {
+                tracing::warn!(topic = %publish.topic, request_id = ?request_id, "refused a command: {error}");
+                Some(Response::error(&self.node, request_id.as_deref(), error))
+            }
+            Incoming::Command(command) => {
+                tracing::debug!(command = command.kind.name(), request_id = %command.request_id, "command");
+                Some(commands::handle(&self.context(), &command))
+            }
+        };
+        if let Some(response) = response {
+            let topic = self.topics.response(&self.node.uuid);
+            if let Err(e) = self.mqtt.publish(&topic, response.to_bytes(), false).await {
+                tracing::warn!("could not publish a response: {e}");
+            }
+        }
+        self.mqtt.ack(&publish).await;
+    }
+
+    fn send_heartbeat(&mut self) {
+        self.heartbeat.busy = true;
+        let backend = self.backend.clone();
+        let uuid = self.node.uuid.clone();
+        let summary = commands::heartbeat_summary(&self.context());
+        let done = self.background_tx.clone();
+        tokio::spawn(async move {
+            let outcome = backend.heartbeat(&uuid, summary).await;
+            let _ = done.send(Background::Heartbeat(outcome));
+        });
+    }
+
+    /// Applies the heartbeat policy of PROTOCOL.md; `Err` is fatal.
+    async fn on_background(&mut self, done: Background) -> Result<(), NodeError> {
+        let interval = self.settings.heartbeat_interval.value;
+        match done {
+            Background::Heartbeat(Ok(())) => {
+                tracing::debug!("heartbeat accepted");
+                self.heartbeat.rejected_in_a_row = 0;
+                self.schedule_heartbeat(interval);
+            }
+            Background::Heartbeat(Err(error @ BackendError::Rejected { .. })) => {
+                self.heartbeat.rejected_in_a_row += 1;
+                let tries = self.heartbeat.rejected_in_a_row;
+                if tries >= HEARTBEAT_AUTH_TRIES {
+                    return Err(NodeError::HeartbeatRejected(error));
+                }
+                let delay = self.settings.retry_unit.backend().delay(tries);
+                tracing::warn!(
+                    "heartbeat rejected ({tries}/{HEARTBEAT_AUTH_TRIES}): {error}; retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                self.schedule_heartbeat(delay);
+            }
+            Background::Heartbeat(Err(BackendError::NotFound { .. })) => self.reregister(),
+            Background::Heartbeat(Err(error)) => {
+                tracing::warn!(
+                    "heartbeat failed: {error}; next one in {}s",
+                    interval.as_secs()
+                );
+                self.schedule_heartbeat(interval);
+            }
+            Background::Reregistered(outcome) => return self.on_reregistered(outcome).await,
+        }
+        Ok(())
+    }
+
+    fn schedule_heartbeat(&mut self, after: Duration) {
+        self.heartbeat.busy = false;
+        self.heartbeat.due = Instant::now() + after;
+    }
+
+    /// The backend reaped this instance: become a new one in the background,
+    /// keeping the heartbeat paused until it is done.
+    fn reregister(&mut self) {
+        tracing::warn!(
+            uuid = %self.node.uuid,
+            "the backend no longer knows this instance (heartbeat answered 404): registering a new one; running workloads keep running"
+        );
+        let backend = self.backend.clone();
+        let slug_hint = self.node.slug.clone();
+        let profile = self.settings.profile_slug.value.clone();
+        let retry = self.settings.retry_unit.backend();
+        let shutdown = self.shutdown.clone();
+        let done = self.background_tx.clone();
+        tokio::spawn(async move {
+            let request = RegistrationRequest {
+                known_uuid: None,
+                slug_hint: Some(&slug_hint),
+                profile_slug: &profile,
+            };
+            let outcome = register_with_retry(&backend, request, retry, &shutdown).await;
+            let _ = done.send(Background::Reregistered(outcome));
+        });
+    }
+
+    /// Saves the new identity and moves the MQTT session to the new uuid.
+    async fn on_reregistered(
+        &mut self,
+        outcome: Result<Registration, RegistrationError>,
+    ) -> Result<(), NodeError> {
+        let registration = match outcome {
+            Ok(registration) => registration,
+            Err(RegistrationError::Interrupted) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let identity = save_identity(&self.settings, &registration)?;
+        tracing::info!(
+            old_uuid = %self.identity.uuid,
+            uuid = %identity.uuid,
+            slug = %identity.slug,
+            "registered as a new instance; moving the MQTT subscriptions"
+        );
+        let (mqtt, events) = MqttLink::start(mqtt_config(&self.settings, &identity, &self.topics))?;
+        let old = std::mem::replace(&mut self.mqtt, mqtt);
+        old.close(DISCONNECT_TIMEOUT).await;
+        self.mqtt_events = events;
+        self.node = NodeRef {
+            uuid: identity.uuid.clone(),
+            slug: identity.slug.clone(),
+        };
+        self.identity = identity;
+        self.ready = false;
+        self.schedule_heartbeat(self.settings.heartbeat_interval.value);
+        Ok(())
+    }
+
+    /// PROTOCOL.md's graceful stop; for a fatal error the failed endpoint is
+    /// called instead of terminated. Commands that arrive meanwhile are
+    /// answered with "shutting down".
+    async fn stop(mut self, exit: Exit) -> Result<(), NodeError> {
+        self.accepting = false;
+        tracing::info!("stopping: no new commands are accepted; there are no running workloads");
+        let backend = self.backend.clone();
+        let (uuid, slug) = (self.node.uuid.clone(), self.node.slug.clone());
+        let error_text = match &exit {
+            Exit::Fatal(error) => Some(error.to_string()),
+            Exit::Graceful => None,
+        };
+        let call = async move {
+            match error_text {
+                Some(text) => report_failed(&backend, &text, &uuid, &slug).await,
+                None => {
+                    match tokio::time::timeout(STOP_CALL_TIMEOUT, backend.terminated(&uuid, &slug))
+                        .await
+                    {
+                        Ok(Ok(())) => tracing::info!("told the backend this node terminated"),
+                        Ok(Err(e)) => {
+                            tracing::warn!("could not tell the backend this node terminated: {e}")
+                        }
+                        Err(_) => {
+                            tracing::warn!("telling the backend this node terminated timed out")
+                        }
+                    }
+                }
+            }
+        };
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                _ = &mut call => break,
+                Some(event) = self.mqtt_events.recv() => self.on_mqtt(event).await,
+            }
+        }
+        self.mqtt.close(DISCONNECT_TIMEOUT).await;
+        tracing::info!("stopped");
+        match exit {
+            Exit::Graceful => Ok(()),
+            Exit::Fatal(error) => Err(error),
+        }
+    }
+}
+
+fn mqtt_config(settings: &Settings, identity: &Identity, topics: &Topics) -> MqttConfig {
+    let presence = |state| {
+        Presence {
+            state,
+            uuid: &identity.uuid,
+            slug: &identity.slug,
+            version: env!("CARGO_PKG_VERSION"),
+            ts: protocol::now_rfc3339(),
+        }
+        .to_bytes()
+    };
+    let token = settings
+        .api_token
+        .as_ref()
+        .map(|t| t.value.clone())
+        .unwrap_or_else(|| crate::config::Secret::new(""));
+    MqttConfig {
+        host: settings.mqtt_host.value.clone(),
+        port: settings.mqtt_port.value,
+        use_tls: settings.mqtt_use_tls.value,
+        ca_file: settings.mqtt_tls_ca_certs.as_ref().map(|c| c.value.clone()),
+        username: settings
+            .mqtt_username
+            .as_ref()
+            .map(|u| u.value.clone())
+            .unwrap_or_else(|| identity.uuid.clone()),
+        password: settings
+            .mqtt_password
+            .as_ref()
+            .map(|p| p.value.clone())
+            .unwrap_or(token),
+        client_id: format!("cloud-node-{}", identity.uuid),
+        keep_alive: MQTT_KEEP_ALIVE,
+        subscriptions: vec![
+            topics.command(&identity.uuid),
+            topics.command(&identity.slug),
+        ],
+        presence_topic: topics.presence(&identity.uuid),
+        online_payload: presence("online"),
+        offline_payload: presence("offline"),
+        backoff: settings.retry_unit.broker(),
+    }
+}

@@ -1,0 +1,369 @@
+//! The MQTT payloads of PROTOCOL.md: commands in, responses and presence out.
+//!
+//! Parsing never fails silently and never panics: a payload is a command, an
+//! echo of a response (ignored), or invalid with a message that names the
+//! problem and, where one could be read, the request_id to answer on.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The longest request_id the node accepts; ids end up in file names and
+/// topics, and nothing real needs more.
+pub const MAX_REQUEST_ID_LEN: usize = 256;
+
+/// A command the node knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    Inference,
+    Training,
+    Simulate,
+    Status,
+    Cancel,
+}
+
+impl CommandKind {
+    pub const ALL: [CommandKind; 5] = [
+        CommandKind::Inference,
+        CommandKind::Training,
+        CommandKind::Simulate,
+        CommandKind::Status,
+        CommandKind::Cancel,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandKind::Inference => "inference",
+            CommandKind::Training => "training",
+            CommandKind::Simulate => "simulate",
+            CommandKind::Status => "status",
+            CommandKind::Cancel => "cancel",
+        }
+    }
+
+    pub fn is_workload(self) -> bool {
+        matches!(
+            self,
+            CommandKind::Inference | CommandKind::Training | CommandKind::Simulate
+        )
+    }
+
+    fn from_name(name: &str) -> Option<CommandKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// A valid command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub kind: CommandKind,
+    pub request_id: String,
+    pub params: Map<String, Value>,
+}
+
+/// What a payload turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    Command(Command),
+    /// A message with a `status` key: a response published back on a command
+    /// topic (some backends echo). Answering it would start a loop.
+    Echo,
+    Invalid {
+        request_id: Option<String>,
+        error: String,
+    },
+}
+
+const EXAMPLE: &str = r#"{"command": "status", "request_id": "r-1", "params": {}}"#;
+
+/// Parses one MQTT payload. `new_id` makes a request_id when none was given.
+pub fn parse_command(payload: &[u8], new_id: impl FnOnce() -> String) -> Incoming {
+    let invalid =
+        |request_id: Option<String>, error: String| Incoming::Invalid { request_id, error };
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(value) => value,
+        Err(e) => {
+            return invalid(
+                None,
+                format!("payload is not valid JSON ({e}); send an object like {EXAMPLE}"),
+            )
+        }
+    };
+    let Value::Object(mut object) = value else {
+        return invalid(
+            None,
+            format!(
+                "payload must be a JSON object, got {}; send an object like {EXAMPLE}",
+                json_kind(&value)
+            ),
+        );
+    };
+    if object.contains_key("status") {
+        return Incoming::Echo;
+    }
+    let request_id = match object.remove("request_id") {
+        None | Some(Value::Null) => Ok(new_id()),
+        Some(Value::String(id)) if id.trim().is_empty() => {
+            Err((None, "field \"request_id\" must not be empty".to_owned()))
+        }
+        Some(Value::String(id)) if id.len() > MAX_REQUEST_ID_LEN => Err((
+            None,
+            format!(
+                "field \"request_id\" is {} bytes long; the limit is {MAX_REQUEST_ID_LEN}",
+                id.len()
+            ),
+        )),
+        Some(Value::String(id)) => Ok(id),
+        Some(Value::Number(n)) => Err((
+            Some(n.to_string()),
+            "field \"request_id\" must be a string, got a number".to_owned(),
+        )),
+        Some(other) => Err((
+            None,
+            format!(
+                "field \"request_id\" must be a string, got {}",
+                json_kind(&other)
+            ),
+        )),
+    };
+    let request_id = match request_id {
+        Ok(id) => id,
+        Err((id, error)) => return invalid(id, error),
+    };
+    let kind = match object.remove("command") {
+        None | Some(Value::Null) => {
+            return invalid(
+                Some(request_id),
+                format!("missing required field \"command\"; send an object like {EXAMPLE}"),
+            )
+        }
+        Some(Value::String(name)) => match CommandKind::from_name(&name) {
+            Some(kind) => kind,
+            None => {
+                let known: Vec<&str> = CommandKind::ALL.iter().map(|k| k.name()).collect();
+                return invalid(
+                    Some(request_id),
+                    format!(
+                        "unknown command {name:?}; this node supports: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        },
+        Some(other) => {
+            return invalid(
+                Some(request_id),
+                format!(
+                    "field \"command\" must be a string, got {}",
+                    json_kind(&other)
+                ),
+            )
+        }
+    };
+    let params = match object.remove("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(params)) => params,
+        Some(other) => {
+            return invalid(
+                Some(request_id),
+                format!(
+                    "field \"params\" must be a JSON object, got {}",
+                    json_kind(&other)
+                ),
+            )
+        }
+    };
+    Incoming::Command(Command {
+        kind,
+        request_id,
+        params,
+    })
+}
+
+/// "an array", "a number": for messages that say what came instead.
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Who is answering: every response carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRef {
+    pub uuid: String,
+    pub slug: String,
+}
+
+/// A message on the response topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct Response {
+    pub status: &'static str,
+    pub request_id: String,
+    pub slug: String,
+    pub instance_uuid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(node: &NodeRef, request_id: &str, output: Value) -> Response {
+        Response {
+            status: "ok",
+            request_id: request_id.to_owned(),
+            slug: node.slug.clone(),
+            instance_uuid: node.uuid.clone(),
+            event: None,
+            output: Some(output),
+            error: None,
+        }
+    }
+
+    /// An error; `request_id` is `""` when none could be read, so the backend
+    /// still sees that something it sent was refused.
+    pub fn error(node: &NodeRef, request_id: Option<&str>, error: impl Into<String>) -> Response {
+        Response {
+            status: "error",
+            request_id: request_id.unwrap_or_default().to_owned(),
+            slug: node.slug.clone(),
+            instance_uuid: node.uuid.clone(),
+            event: None,
+            output: None,
+            error: Some(error.into()),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("responses serialize")
+    }
+}
+
+/// The retained message on the presence topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct Presence<'a> {
+    pub state: &'static str,
+    pub uuid: &'a str,
+    pub slug: &'a str,
+    pub version: &'static str,
+    /// RFC 3339 UTC. For the last will this is the time of connecting, the
+    /// only time known when the will is handed to the broker.
+    pub ts: String,
+}
+
+impl Presence<'_> {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("presence serializes")
+    }
+}
+
+/// Now, as RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Incoming {
+        parse_command(text.as_bytes(), || "generated".to_owned())
+    }
+
+    fn error_of(incoming: Incoming) -> (Option<String>, String) {
+        match incoming {
+            Incoming::Invalid { request_id, error } => (request_id, error),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_command_with_params() {
+        let Incoming::Command(cmd) =
+            parse(r#"{"command":"training","request_id":"r-1","params":{"epochs":3}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(cmd.kind, CommandKind::Training);
+        assert_eq!(cmd.request_id, "r-1");
+        assert_eq!(cmd.params["epochs"], 3);
+    }
+
+    #[test]
+    fn missing_request_id_is_generated() {
+        let Incoming::Command(cmd) = parse(r#"{"command":"status"}"#) else {
+            panic!()
+        };
+        assert_eq!(cmd.request_id, "generated");
+        assert!(cmd.params.is_empty());
+    }
+
+    #[test]
+    fn echo_is_ignored() {
+        assert_eq!(parse(r#"{"status":"ok","request_id":"x"}"#), Incoming::Echo);
+        assert_eq!(
+            parse(r#"{"command":"status","status":"ok"}"#),
+            Incoming::Echo
+        );
+    }
+
+    #[test]
+    fn malformed_inputs_name_the_problem() {
+        assert!(error_of(parse("not json")).1.contains("not valid JSON"));
+        assert!(error_of(parse("[1,2]")).1.contains("got an array"));
+        assert!(error_of(parse("\"status\"")).1.contains("got a string"));
+        let (id, err) = error_of(parse(r#"{"request_id":"r-2"}"#));
+        assert_eq!(id.as_deref(), Some("r-2"));
+        assert!(err.contains("missing required field \"command\""));
+        let (id, err) = error_of(parse(r#"{"command":"explode","request_id":"r-3"}"#));
+        assert_eq!(id.as_deref(), Some("r-3"));
+        assert!(err.contains("unknown command \"explode\"") && err.contains("status"));
+        assert!(error_of(parse(r#"{"command":5}"#))
+            .1
+            .contains("\"command\" must be a string, got a number"));
+        assert!(error_of(parse(r#"{"command":"status","params":[1]}"#))
+            .1
+            .contains("\"params\" must be a JSON object"));
+        let (id, err) = error_of(parse(r#"{"command":"status","request_id":17}"#));
+        assert_eq!(id.as_deref(), Some("17"));
+        assert!(err.contains("must be a string"));
+        assert!(error_of(parse(r#"{"command":"status","request_id":""}"#))
+            .1
+            .contains("must not be empty"));
+        let long = format!(
+            r#"{{"command":"status","request_id":"{}"}}"#,
+            "x".repeat(300)
+        );
+        assert!(error_of(parse(&long)).1.contains("limit is 256"));
+        assert!(error_of(parse_command(&[0xff, 0xfe, 0x00], String::new))
+            .1
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn response_shape() {
+        let node = NodeRef {
+            uuid: "u".into(),
+            slug: "s".into(),
+        };
+        let ok: Value = serde_json::from_slice(
+            &Response::ok(&node, "r", serde_json::json!({"a":1})).to_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            serde_json::json!({"status":"ok","request_id":"r","slug":"s","instance_uuid":"u","output":{"a":1}})
+        );
+        let err: Value =
+            serde_json::from_slice(&Response::error(&node, Some("r"), "bad").to_bytes()).unwrap();
+        assert_eq!(err["status"], "error");
+        assert_eq!(err["error"], "bad");
+        assert!(err.get("output").is_none());
+    }
+}
