@@ -15,3 +15,4 @@ pub use backend::{FakeBackend, Recorded};
 pub use broker::Broker;
 pub use mqtt::TestClient;
 pub use node::{standard_env, Node, NodeProcess};
+pub mod scenario;
