@@ -33,7 +33,7 @@ pub struct Broker {
 impl Broker {
     /// Starts an anonymous broker on a free port.
     pub fn start() -> Broker {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
     }
 
     /// Starts a broker that only accepts `user`/`pass`.
@@ -41,10 +41,22 @@ impl Broker {
     /// Used to check that the node passes MQTT credentials through and fails
     /// loudly when they are wrong.
     pub fn start_with_password(user: &str, pass: &str) -> Broker {
-        Self::start_inner(Some((user, pass)))
+        Self::start_inner(Some((user, pass)), false)
     }
 
-    fn start_inner(creds: Option<(&str, &str)>) -> Broker {
+    /// Starts a TLS-only broker with a throw-away CA (made with openssl);
+    /// [`Broker::ca_file`] is the CA a client must trust. The server
+    /// certificate is for `localhost`.
+    pub fn start_tls() -> Broker {
+        Self::start_inner(None, true)
+    }
+
+    /// The CA certificate of a [`Broker::start_tls`] broker.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn start_inner(creds: Option<(&str, &str)>, tls: bool) -> Broker {
         // Picking a free port and then handing it to another process is racy
         // (another test may grab it in between), so retry a few times.
         let mut last_err = String::new();
@@ -58,6 +70,17 @@ impl Broker {
             let conf = dir.path().join("mosquitto.conf");
             let port = free_port();
             write_conf(&conf, port, &log, password_file.as_deref());
+            if tls {
+                make_tls_files(dir.path());
+                let mut text = fs::read_to_string(&conf).expect("read conf");
+                let d = dir.path().display();
+                text = text.replacen(
+                    "\n",
+                    &format!("\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"),
+                    1,
+                );
+                fs::write(&conf, text).expect("write conf");
+            }
             let mut broker = Broker {
                 dir,
                 port,
@@ -215,6 +238,25 @@ fn write_conf(conf: &Path, port: u16, log: &Path, password_file: Option<&Path>) 
         text.push_str("user root\n");
     }
     fs::write(conf, text).expect("write mosquitto.conf");
+}
+
+/// A CA and a `localhost` server certificate signed by it.
+fn make_tls_files(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl not found: apt-get install openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+        "-out", "server.csr"]);
+    fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt"]);
 }
 
 fn make_password_file(dir: &Path, user: &str, pass: &str) -> PathBuf {
