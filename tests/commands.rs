@@ -39,7 +39,10 @@ fn status_has_every_field_on_both_topics() {
     assert_eq!(out["has_simulate"], false);
     assert_eq!(out["active_workloads"], json!([]));
 
-    let by_slug = s.request_on(&s.slug.clone(), json!({"command": "status", "request_id": "st-2"}));
+    let by_slug = s.request_on(
+        &s.slug.clone(),
+        json!({"command": "status", "request_id": "st-2"}),
+    );
     assert_eq!(by_slug["status"], "ok");
     assert_eq!(by_slug["output"]["instance_uuid"], s.uuid.as_str());
 }
@@ -47,13 +50,17 @@ fn status_has_every_field_on_both_topics() {
 #[test]
 fn missing_request_id_gets_a_generated_one() {
     let s = Scenario::start(|n| n);
-    s.client.publish(&s.topic(&s.uuid, "command"), r#"{"command":"status"}"#);
+    s.client
+        .publish(&s.topic(&s.uuid, "command"), r#"{"command":"status"}"#);
     let response = s
         .client
         .recv_json_where(Duration::from_secs(5), |_, v| v["status"] == "ok")
         .expect("a response");
     let id = response["request_id"].as_str().unwrap();
-    assert!(uuid::Uuid::parse_str(id).is_ok(), "generated request_id {id} is a uuid");
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok(),
+        "generated request_id {id} is a uuid"
+    );
 }
 
 #[test]
@@ -64,15 +71,42 @@ fn malformed_commands_get_errors_and_the_node_keeps_serving() {
         (b"not json at all", "not valid JSON"),
         (b"[1,2,3]", "must be a JSON object"),
         (b"\xff\xfe\x00garbage", "not valid JSON"),
-        (br#"{"request_id":"m-1"}"#, "missing required field \"command\""),
-        (br#"{"command":"explode","request_id":"m-2"}"#, "unknown command \"explode\""),
-        (br#"{"command":42,"request_id":"m-3"}"#, "\"command\" must be a string"),
-        (br#"{"command":"status","request_id":"m-4","params":"x"}"#, "\"params\" must be a JSON object"),
-        (br#"{"command":"status","request_id":{"a":1}}"#, "\"request_id\" must be a string"),
-        (br#"{"command":"cancel","request_id":"m-5","params":{}}"#, "params.pid or params.workload_request_id"),
-        (br#"{"command":"cancel","request_id":"m-6","params":{"pid":"12"}}"#, "positive integer"),
-        (br#"{"command":"cancel","request_id":"m-7","params":{"pid":1,"signal":"SIGHUP"}}"#, "SIGTERM, SIGINT, SIGKILL"),
-        (br#"{"command":"training","request_id":"m-8"}"#, "no training command is configured"),
+        (
+            br#"{"request_id":"m-1"}"#,
+            "missing required field \"command\"",
+        ),
+        (
+            br#"{"command":"explode","request_id":"m-2"}"#,
+            "unknown command \"explode\"",
+        ),
+        (
+            br#"{"command":42,"request_id":"m-3"}"#,
+            "\"command\" must be a string",
+        ),
+        (
+            br#"{"command":"status","request_id":"m-4","params":"x"}"#,
+            "\"params\" must be a JSON object",
+        ),
+        (
+            br#"{"command":"status","request_id":{"a":1}}"#,
+            "\"request_id\" must be a string",
+        ),
+        (
+            br#"{"command":"cancel","request_id":"m-5","params":{}}"#,
+            "params.pid or params.workload_request_id",
+        ),
+        (
+            br#"{"command":"cancel","request_id":"m-6","params":{"pid":"12"}}"#,
+            "positive integer",
+        ),
+        (
+            br#"{"command":"cancel","request_id":"m-7","params":{"pid":1,"signal":"SIGHUP"}}"#,
+            "SIGTERM, SIGINT, SIGKILL",
+        ),
+        (
+            br#"{"command":"training","request_id":"m-8"}"#,
+            "no training command is configured",
+        ),
     ];
     for (payload, expected) in cases {
         s.client.publish(&command_topic, payload.to_vec());
@@ -81,7 +115,10 @@ fn malformed_commands_get_errors_and_the_node_keeps_serving() {
             .recv_json_where(Duration::from_secs(5), |_, v| v["status"] == "error")
             .unwrap_or_else(|| panic!("no error for {:?}", String::from_utf8_lossy(payload)));
         let text = error_text(&response);
-        assert!(text.contains(expected), "{text:?} should contain {expected:?}");
+        assert!(
+            text.contains(expected),
+            "{text:?} should contain {expected:?}"
+        );
         assert_eq!(response["instance_uuid"], s.uuid.as_str());
     }
     // A request_id that could be read is echoed back on the error.
@@ -94,11 +131,19 @@ fn malformed_commands_get_errors_and_the_node_keeps_serving() {
 #[test]
 fn cancel_of_an_unknown_workload_signals_nothing() {
     let s = Scenario::start(|n| n);
-    let victim = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-    let response = s.request(json!({"command": "cancel", "params": {"pid": victim.id(), "signal": "SIGKILL"}}));
+    let victim = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let response = s
+        .request(json!({"command": "cancel", "params": {"pid": victim.id(), "signal": "SIGKILL"}}));
     assert!(error_text(&response).contains("nothing was signalled"));
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.id() as i32), None).is_ok();
-    assert!(alive, "a process the node did not start must not be touched");
+    let alive =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.id() as i32), None).is_ok();
+    assert!(
+        alive,
+        "a process the node did not start must not be touched"
+    );
     let mut victim = victim;
     let _ = victim.kill();
     let _ = victim.wait();
@@ -113,8 +158,13 @@ fn echoed_responses_are_ignored() {
     );
     let answered = s
         .client
-        .recv_json_where(Duration::from_millis(700), |_, v| v["request_id"] == "echo-1");
-    assert!(answered.is_none(), "an echo must not be answered: {answered:?}");
+        .recv_json_where(Duration::from_millis(700), |_, v| {
+            v["request_id"] == "echo-1"
+        });
+    assert!(
+        answered.is_none(),
+        "an echo must not be answered: {answered:?}"
+    );
     assert_eq!(s.status()["status"], "ok");
 }
 
@@ -126,10 +176,13 @@ fn topic_prefix_from_environment() {
     assert_eq!(response["status"], "ok");
     // Nothing listens on the unprefixed topic.
     let plain = format!("cyberwave/cloud-node/{}/command", s.uuid);
-    s.client.publish_json(&plain, &json!({"command": "status", "request_id": "plain"}));
+    s.client
+        .publish_json(&plain, &json!({"command": "status", "request_id": "plain"}));
     let stray = s
         .client
-        .recv_json_where(Duration::from_millis(700), |_, v| v["request_id"] == "plain");
+        .recv_json_where(Duration::from_millis(700), |_, v| {
+            v["request_id"] == "plain"
+        });
     assert!(stray.is_none());
 }
 
@@ -146,15 +199,22 @@ fn explicit_topic_prefix_beats_environment() {
 #[test]
 fn slow_backend_does_not_delay_answers() {
     let s = Scenario::start(|n| n);
-    s.backend.set_delay("POST", "/heartbeat", Duration::from_secs(4));
+    s.backend
+        .set_delay("POST", "/heartbeat", Duration::from_secs(4));
     // Let a heartbeat get stuck in the slow backend.
-    assert!(s.backend.wait_for_request("POST", "/heartbeat", Duration::from_secs(3)).is_some());
+    assert!(s
+        .backend
+        .wait_for_request("POST", "/heartbeat", Duration::from_secs(3))
+        .is_some());
     let started = Instant::now();
     for _ in 0..20 {
         assert_eq!(s.status()["status"], "ok");
     }
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(3), "20 status answers took {elapsed:?} while a heartbeat hung");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "20 status answers took {elapsed:?} while a heartbeat hung"
+    );
 }
 
 #[test]

@@ -20,8 +20,14 @@ fn mode(path: &std::path::Path) -> u32 {
 #[test]
 fn first_start_creates_then_restart_registers_the_saved_identity() {
     let s = Scenario::start(|n| n.arg("--slug").arg("gpu1").arg("--profile").arg("gpu-a100"));
-    let create = s.backend.wait_for_request("POST", "/api/v1/cloud-node", Duration::ZERO).unwrap();
-    assert_eq!(create.body, json!({"profile_slug": "gpu-a100", "slug": "gpu1"}));
+    let create = s
+        .backend
+        .wait_for_request("POST", "/api/v1/cloud-node", Duration::ZERO)
+        .unwrap();
+    assert_eq!(
+        create.body,
+        json!({"profile_slug": "gpu-a100", "slug": "gpu1"})
+    );
     assert_eq!(create.headers["authorization"], format!("Token {TOKEN}"));
     let register = s
         .backend
@@ -33,7 +39,10 @@ fn first_start_creates_then_restart_registers_the_saved_identity() {
     assert_eq!(mode(&config_dir), 0o700);
     assert_eq!(mode(&config_dir.join("instance_identity.json")), 0o600);
     let identity = read_identity(&s.node);
-    assert!(identity["registered_at"].as_str().unwrap().starts_with("20"));
+    assert!(identity["registered_at"]
+        .as_str()
+        .unwrap()
+        .starts_with("20"));
 
     // Restart with the same HOME: same instance, no second create.
     s.node.signal(Signal::SIGTERM);
@@ -43,10 +52,20 @@ fn first_start_creates_then_restart_registers_the_saved_identity() {
         .envs(standard_env(s.broker.port(), &s.backend.url(), TOKEN))
         .env_var("HOME", s.node.home().to_str().unwrap())
         .spawn();
-    assert!(restarted.wait_for_log(READY, Duration::from_secs(10)), "{}", restarted.stderr());
-    assert_eq!(s.backend.created_count(), 1, "a restart must not create a new instance");
+    assert!(
+        restarted.wait_for_log(READY, Duration::from_secs(10)),
+        "{}",
+        restarted.stderr()
+    );
     assert_eq!(
-        s.backend.requests_matching("POST", &format!("/{}/register", s.uuid)).len(),
+        s.backend.created_count(),
+        1,
+        "a restart must not create a new instance"
+    );
+    assert_eq!(
+        s.backend
+            .requests_matching("POST", &format!("/{}/register", s.uuid))
+            .len(),
         2
     );
 }
@@ -58,16 +77,22 @@ fn backend_assigned_slug_wins_over_the_hint() {
     backend.set_slug_override(Some("assigned-7"));
     let s = Scenario::start_with(broker, backend, |n| n.arg("--slug").arg("wanted"));
     assert_eq!(s.slug, "assigned-7");
-    assert_eq!(s.request_on("assigned-7", json!({"command": "status"}))["status"], "ok");
+    assert_eq!(
+        s.request_on("assigned-7", json!({"command": "status"}))["status"],
+        "ok"
+    );
 }
 
 #[test]
 fn unknown_saved_uuid_is_created_anew() {
-    let identity = json!({"uuid": KNOWN_UUID, "slug": "old", "registered_at": "2026-01-01T00:00:00Z"});
-    let s = Scenario::start(|n| n.home_file(".cyberwave/instance_identity.json", &identity.to_string()));
-    let first = s
-        .backend
-        .wait_for_request("POST", &format!("/{KNOWN_UUID}/register"), Duration::ZERO);
+    let identity =
+        json!({"uuid": KNOWN_UUID, "slug": "old", "registered_at": "2026-01-01T00:00:00Z"});
+    let s = Scenario::start(|n| {
+        n.home_file(".cyberwave/instance_identity.json", &identity.to_string())
+    });
+    let first =
+        s.backend
+            .wait_for_request("POST", &format!("/{KNOWN_UUID}/register"), Duration::ZERO);
     assert!(first.is_some(), "the saved uuid is tried first");
     assert_eq!(s.backend.created_count(), 1);
     assert_ne!(s.uuid, KNOWN_UUID);
@@ -90,7 +115,13 @@ fn instance_uuid_from_environment_is_registered() {
 #[test]
 fn corrupt_identity_is_reported_and_replaced() {
     let s = Scenario::start(|n| n.home_file(".cyberwave/instance_identity.json", "{\"uuid\": tru"));
-    assert!(s.node.stderr().contains("instance_identity.json is corrupt"), "{}", s.node.stderr());
+    assert!(
+        s.node
+            .stderr()
+            .contains("instance_identity.json is corrupt"),
+        "{}",
+        s.node.stderr()
+    );
     assert_eq!(s.backend.created_count(), 1);
     assert_eq!(read_identity(&s.node)["uuid"], s.uuid.as_str());
 }
@@ -108,27 +139,53 @@ fn rejected_token_exits_1_within_two_seconds_naming_the_source() {
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     assert!(err.contains("API token rejected by"), "{err}");
     assert!(err.contains("HTTP 401"), "{err}");
-    assert!(err.contains("environment variable CYBERWAVE_API_TOKEN"), "{err}");
-    assert!(!err.contains("a-revoked-token"), "the token must never be logged");
+    assert!(
+        err.contains("environment variable CYBERWAVE_API_TOKEN"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("a-revoked-token"),
+        "the token must never be logged"
+    );
     assert_eq!(backend.created_count(), 0);
 }
 
 #[test]
 fn backend_down_at_start_is_retried_until_it_comes_up() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let broker = Broker::start();
     let node = Node::new()
         .arg("start")
-        .envs(standard_env(broker.port(), &format!("http://127.0.0.1:{port}"), TOKEN))
+        .envs(standard_env(
+            broker.port(),
+            &format!("http://127.0.0.1:{port}"),
+            TOKEN,
+        ))
         .env_var("CYBERWAVE_RETRY_BASE_MS", "100")
         .spawn();
-    assert!(node.wait_for_log("retrying in", Duration::from_secs(5)), "{}", node.stderr());
-    assert!(node.wait_for_log("attempt 3", Duration::from_secs(5)), "{}", node.stderr());
+    assert!(
+        node.wait_for_log("retrying in", Duration::from_secs(5)),
+        "{}",
+        node.stderr()
+    );
+    assert!(
+        node.wait_for_log("attempt 3", Duration::from_secs(5)),
+        "{}",
+        node.stderr()
+    );
     let log = node.stderr();
     assert!(log.contains("could not validate the API token"), "{log}");
     assert!(node.try_status().is_none(), "the node must wait, not exit");
     let backend = FakeBackend::start_on(port);
-    assert!(node.wait_for_log(READY, Duration::from_secs(15)), "{}", node.stderr());
+    assert!(
+        node.wait_for_log(READY, Duration::from_secs(15)),
+        "{}",
+        node.stderr()
+    );
     assert_eq!(backend.created_count(), 1);
 }
 
@@ -136,7 +193,9 @@ fn backend_down_at_start_is_retried_until_it_comes_up() {
 fn heartbeats_follow_the_interval() {
     let s = Scenario::start(|n| n);
     let path = format!("/{}/heartbeat", s.uuid);
-    assert!(s.backend.wait_for_count("POST", &path, 3, Duration::from_secs(5)));
+    assert!(s
+        .backend
+        .wait_for_count("POST", &path, 3, Duration::from_secs(5)));
     let beats = s.backend.requests_matching("POST", &path);
     assert_eq!(beats[0].headers["authorization"], format!("Token {TOKEN}"));
     assert_eq!(beats[0].body["is_busy"], false);
@@ -146,14 +205,25 @@ fn heartbeats_follow_the_interval() {
 fn rejected_heartbeats_stop_the_node_after_five_tries() {
     let s = Scenario::start(|n| n);
     let path = format!("/{}/heartbeat", s.uuid);
-    assert!(s.backend.wait_for_count("POST", &path, 1, Duration::from_secs(3)));
+    assert!(s
+        .backend
+        .wait_for_count("POST", &path, 1, Duration::from_secs(3)));
     s.backend.set_reject_all(true);
     let before = s.backend.requests_matching("POST", &path).len();
-    let status = s.node.wait_exit(Duration::from_secs(15)).expect("the node must stop");
+    let status = s
+        .node
+        .wait_exit(Duration::from_secs(15))
+        .expect("the node must stop");
     assert_eq!(status.code(), Some(1));
     let after = s.backend.requests_matching("POST", &path).len();
-    assert!(after - before >= 5, "{} rejected heartbeats before stopping", after - before);
-    let failed = s.backend.wait_for_request("POST", "/api/v1/cloud-node/failed", Duration::ZERO);
+    assert!(
+        after - before >= 5,
+        "{} rejected heartbeats before stopping",
+        after - before
+    );
+    let failed = s
+        .backend
+        .wait_for_request("POST", "/api/v1/cloud-node/failed", Duration::ZERO);
     let failed = failed.expect("the failed endpoint is called");
     assert_eq!(failed.body["instance_uuid"], s.uuid.as_str());
     assert!(failed.body["error"].as_str().unwrap().contains("rejected"));
@@ -164,7 +234,12 @@ fn rejected_heartbeats_stop_the_node_after_five_tries() {
 fn reaped_instance_reregisters_and_moves_subscriptions() {
     let s = Scenario::start(|n| n);
     s.backend.forget_instance(&s.uuid);
-    assert!(s.node.wait_for_log("moving the MQTT subscriptions", Duration::from_secs(5)), "{}", s.node.stderr());
+    assert!(
+        s.node
+            .wait_for_log("moving the MQTT subscriptions", Duration::from_secs(5)),
+        "{}",
+        s.node.stderr()
+    );
     assert!(s.node.wait_for_log(READY, Duration::from_secs(5)));
     let identity = read_identity(&s.node);
     let new_uuid = identity["uuid"].as_str().unwrap().to_owned();
@@ -174,7 +249,11 @@ fn reaped_instance_reregisters_and_moves_subscriptions() {
     s.client.subscribe(&response_topic);
     let response = s
         .client
-        .request(&format!("cyberwave/cloud-node/{new_uuid}/command"), &response_topic, &json!({"command": "status"}))
+        .request(
+            &format!("cyberwave/cloud-node/{new_uuid}/command"),
+            &response_topic,
+            &json!({"command": "status"}),
+        )
         .expect("the new uuid answers");
     assert_eq!(response["instance_uuid"], new_uuid.as_str());
 }
@@ -182,15 +261,27 @@ fn reaped_instance_reregisters_and_moves_subscriptions() {
 #[test]
 fn install_script_runs_before_registration() {
     let s = Scenario::start(|n| {
-        n.cwd_file("install.sh", "echo preparing; echo step two >&2; touch installed.marker\n")
-            .cwd_file("cyberwave.yml", "cyberwave-cloud-node:\n  install: sh ./install.sh\n")
+        n.cwd_file(
+            "install.sh",
+            "echo preparing; echo step two >&2; touch installed.marker\n",
+        )
+        .cwd_file(
+            "cyberwave.yml",
+            "cyberwave-cloud-node:\n  install: sh ./install.sh\n",
+        )
     });
     assert!(s.node.workdir().join("installed.marker").exists());
     let log = s.node.stderr();
-    assert!(log.contains("preparing") && log.contains("step two"), "{log}");
+    assert!(
+        log.contains("preparing") && log.contains("step two"),
+        "{log}"
+    );
     let install_at = log.find("install script finished").unwrap();
     let registered_at = log.find("registered with").unwrap();
-    assert!(install_at < registered_at, "install must finish before registration");
+    assert!(
+        install_at < registered_at,
+        "install must finish before registration"
+    );
 }
 
 #[test]
@@ -206,13 +297,22 @@ fn failing_install_script_exits_1_and_reports_when_identity_is_known() {
         .run_to_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("exit code 7"), "{err}");
-    assert!(err.contains("line-5") && err.contains("fatal-oops"), "{err}");
+    assert!(
+        err.contains("line-5") && err.contains("fatal-oops"),
+        "{err}"
+    );
     let failed = backend
         .wait_for_request("POST", "/api/v1/cloud-node/failed", Duration::from_secs(1))
         .expect("failed endpoint");
     assert_eq!(failed.body["instance_uuid"], KNOWN_UUID);
-    assert!(failed.body["error"].as_str().unwrap().contains("exit code 7"));
-    assert!(backend.requests_matching("POST", "/register").is_empty(), "no registration after a failed install");
+    assert!(failed.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("exit code 7"));
+    assert!(
+        backend.requests_matching("POST", "/register").is_empty(),
+        "no registration after a failed install"
+    );
 }
 
 #[test]
@@ -224,6 +324,9 @@ fn failing_install_script_without_identity_does_not_call_failed() {
         .env_var("CYBERWAVE_INSTALL_SCRIPT", "exit 3")
         .run_to_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
-    assert!(err.contains("exit code 3") && err.contains("(no output)"), "{err}");
+    assert!(
+        err.contains("exit code 3") && err.contains("(no output)"),
+        "{err}"
+    );
     assert!(backend.requests_matching("POST", "/failed").is_empty());
 }

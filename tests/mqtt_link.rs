@@ -29,7 +29,10 @@ fn presence_is_online_then_offline_after_sigterm() {
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
     assert!(online["ts"].as_str().unwrap().ends_with('Z'));
     s.node.signal(Signal::SIGTERM);
-    assert!(presence(&watcher, &s.uuid, "offline").is_some(), "offline on a graceful stop");
+    assert!(
+        presence(&watcher, &s.uuid, "offline").is_some(),
+        "offline on a graceful stop"
+    );
     assert!(s.node.wait_exit(Duration::from_secs(5)).unwrap().success());
     // Retained: a late subscriber sees offline too.
     let late = TestClient::connect(s.broker.port());
@@ -58,7 +61,11 @@ fn mqtt_credentials_default_to_uuid_and_token() {
         .envs(standard_env(broker.port(), &backend.url(), TOKEN))
         .env_var("CYBERWAVE_CLOUD_NODE_INSTANCE_UUID", KNOWN_UUID)
         .spawn();
-    assert!(node.wait_for_log(READY, Duration::from_secs(10)), "{}", node.stderr());
+    assert!(
+        node.wait_for_log(READY, Duration::from_secs(10)),
+        "{}",
+        node.stderr()
+    );
 }
 
 #[test]
@@ -71,10 +78,17 @@ fn wrong_mqtt_password_is_explained_and_not_logged() {
         .env_var("CYBERWAVE_MQTT_USERNAME", "someone")
         .env_var("CYBERWAVE_MQTT_PASSWORD", "wrong-password-xyz")
         .spawn();
-    assert!(node.wait_for_log("refused the credentials", Duration::from_secs(10)), "{}", node.stderr());
+    assert!(
+        node.wait_for_log("refused the credentials", Duration::from_secs(10)),
+        "{}",
+        node.stderr()
+    );
     let log = node.stderr();
     assert!(log.contains("CYBERWAVE_MQTT_PASSWORD"), "{log}");
-    assert!(!log.contains("wrong-password-xyz") && !log.contains(TOKEN), "secrets leaked:\n{log}");
+    assert!(
+        !log.contains("wrong-password-xyz") && !log.contains(TOKEN),
+        "secrets leaked:\n{log}"
+    );
 }
 
 #[test]
@@ -86,9 +100,16 @@ fn tls_with_a_custom_ca() {
         .envs(standard_env(broker.port(), &backend.url(), TOKEN))
         .env_var("CYBERWAVE_MQTT_HOST", "localhost")
         .env_var("CYBERWAVE_MQTT_USE_TLS", "true")
-        .env_var("CYBERWAVE_MQTT_TLS_CA_CERTS", broker.ca_file().to_str().unwrap())
+        .env_var(
+            "CYBERWAVE_MQTT_TLS_CA_CERTS",
+            broker.ca_file().to_str().unwrap(),
+        )
         .spawn();
-    assert!(node.wait_for_log(READY, Duration::from_secs(10)), "{}", node.stderr());
+    assert!(
+        node.wait_for_log(READY, Duration::from_secs(10)),
+        "{}",
+        node.stderr()
+    );
 }
 
 #[test]
@@ -101,7 +122,11 @@ fn tls_without_the_right_ca_fails_clearly() {
         .env_var("CYBERWAVE_MQTT_HOST", "localhost")
         .env_var("CYBERWAVE_MQTT_USE_TLS", "1")
         .spawn();
-    assert!(node.wait_for_log("TLS with the broker", Duration::from_secs(10)), "{}", node.stderr());
+    assert!(
+        node.wait_for_log("TLS with the broker", Duration::from_secs(10)),
+        "{}",
+        node.stderr()
+    );
     let missing = Node::new()
         .arg("start")
         .envs(standard_env(broker.port(), &backend.url(), TOKEN))
@@ -118,9 +143,16 @@ fn broker_restart_then_status_is_answered() {
     assert_eq!(s.status()["status"], "ok");
     let connections = s.client.connections();
     s.broker.stop();
-    assert!(s.node.wait_for_log("reconnecting in", Duration::from_secs(5)), "{}", s.node.stderr());
+    assert!(
+        s.node
+            .wait_for_log("reconnecting in", Duration::from_secs(5)),
+        "{}",
+        s.node.stderr()
+    );
     s.broker.restart();
-    assert!(s.client.wait_connections(connections + 1, Duration::from_secs(10)));
+    assert!(s
+        .client
+        .wait_connections(connections + 1, Duration::from_secs(10)));
     // The node resubscribes on its own reconnect; give it a few tries.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -133,39 +165,58 @@ fn broker_restart_then_status_is_answered() {
             assert_eq!(answer["status"], "ok");
             break;
         }
-        assert!(Instant::now() < deadline, "no answer after the restart:\n{}", s.node.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no answer after the restart:\n{}",
+            s.node.stderr()
+        );
     }
 }
 
 #[test]
 fn sigterm_stops_gracefully_and_refuses_commands_meanwhile() {
     let s = Scenario::start(|n| n);
-    s.backend.set_delay("POST", "/terminated", Duration::from_millis(1000));
+    s.backend
+        .set_delay("POST", "/terminated", Duration::from_millis(1000));
     let started = Instant::now();
     s.node.signal(Signal::SIGTERM);
     assert!(s.node.wait_for_log("stopping", Duration::from_secs(2)));
     let refused = s.request(json!({"command": "status", "request_id": "late"}));
     assert_eq!(refused["status"], "error");
-    assert!(refused["error"].as_str().unwrap().contains("shutting down"), "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("shutting down"),
+        "{refused}"
+    );
     let status = s.node.wait_exit(Duration::from_secs(4)).expect("exits");
     assert_eq!(status.code(), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     let terminated = s
         .backend
         .wait_for_request("POST", "/api/v1/cloud-node/terminated", Duration::ZERO)
         .expect("terminated endpoint");
-    assert_eq!(terminated.body, json!({"instance_uuid": s.uuid, "slug": s.slug}));
+    assert_eq!(
+        terminated.body,
+        json!({"instance_uuid": s.uuid, "slug": s.slug})
+    );
 }
 
 #[test]
 fn second_sigint_exits_at_once() {
     let s = Scenario::start(|n| n);
-    s.backend.set_delay("POST", "/terminated", Duration::from_secs(8));
+    s.backend
+        .set_delay("POST", "/terminated", Duration::from_secs(8));
     s.node.signal(Signal::SIGINT);
     assert!(s.node.wait_for_log("stopping", Duration::from_secs(2)));
     let started = Instant::now();
     s.node.signal(Signal::SIGINT);
-    let status = s.node.wait_exit(Duration::from_secs(2)).expect("exits at once");
+    let status = s
+        .node
+        .wait_exit(Duration::from_secs(2))
+        .expect("exits at once");
     assert_eq!(status.code(), Some(130));
     assert!(started.elapsed() < Duration::from_millis(1500));
 }

@@ -20,12 +20,19 @@ fn token_seen(place: impl FnOnce(Node) -> Node) -> String {
     )
     .spawn();
     let request = backend
-        .wait_for_request("GET", "/api/v1/cloud-node/instances", Duration::from_secs(5))
+        .wait_for_request(
+            "GET",
+            "/api/v1/cloud-node/instances",
+            Duration::from_secs(5),
+        )
         .unwrap_or_else(|| panic!("no validation call:\n{}", node.stderr()));
-    request.headers["authorization"].trim_start_matches("Token ").to_owned()
+    request.headers["authorization"]
+        .trim_start_matches("Token ")
+        .to_owned()
 }
 
-const CREDENTIALS: &str = r#"{"token": "tok-credentials", "email": "a@b.c", "workspace_slug": "ws-1"}"#;
+const CREDENTIALS: &str =
+    r#"{"token": "tok-credentials", "email": "a@b.c", "workspace_slug": "ws-1"}"#;
 
 #[test]
 fn token_from_each_source_in_precedence_order() {
@@ -34,7 +41,10 @@ fn token_from_each_source_in_precedence_order() {
             .home_file(".cyberwave/.env", "CYBERWAVE_API_TOKEN=tok-config-env\n")
             .cwd_file(".env", "CYBERWAVE_API_TOKEN=tok-cwd-env\n")
     };
-    assert_eq!(token_seen(|n| all(n).env_var("CYBERWAVE_API_TOKEN", "tok-env")), "tok-env");
+    assert_eq!(
+        token_seen(|n| all(n).env_var("CYBERWAVE_API_TOKEN", "tok-env")),
+        "tok-env"
+    );
     assert_eq!(token_seen(all), "tok-cwd-env");
     assert_eq!(
         token_seen(|n| {
@@ -51,11 +61,18 @@ fn token_from_each_source_in_precedence_order() {
 
 #[test]
 fn api_key_alias_and_custom_config_dir() {
-    assert_eq!(token_seen(|n| n.env_var("CYBERWAVE_API_KEY", "tok-alias")), "tok-alias");
+    assert_eq!(
+        token_seen(|n| n.env_var("CYBERWAVE_API_KEY", "tok-alias")),
+        "tok-alias"
+    );
     let seen = token_seen(|n| {
         let custom = n.home().join("elsewhere");
         std::fs::create_dir_all(&custom).unwrap();
-        std::fs::write(custom.join("credentials.json"), r#"{"token":"tok-custom-dir"}"#).unwrap();
+        std::fs::write(
+            custom.join("credentials.json"),
+            r#"{"token":"tok-custom-dir"}"#,
+        )
+        .unwrap();
         n.env_var("CYBERWAVE_CONFIG_DIR", custom.to_str().unwrap())
     });
     assert_eq!(seen, "tok-custom-dir");
@@ -80,7 +97,13 @@ fn workspace_slug_from_credentials_is_sent_as_query() {
 fn no_token_anywhere_names_all_four_sources() {
     let (status, _out, err) = Node::new().arg("start").run_to_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1));
-    for source in ["CYBERWAVE_API_TOKEN", ".env", ".cyberwave/.env", "credentials.json", "cyberwave-cli login"] {
+    for source in [
+        "CYBERWAVE_API_TOKEN",
+        ".env",
+        ".cyberwave/.env",
+        "credentials.json",
+        "cyberwave-cli login",
+    ] {
         assert!(err.contains(source), "missing {source:?} in:\n{err}");
     }
 }
@@ -109,7 +132,10 @@ fn config_show_names_every_source_and_masks_the_token() {
         .env_var("CYBERWAVE_MQTT_HOST", "broker.example")
         .cwd_file("cyberwave.yml", yml)
         .cwd_file(".env", "CYBERWAVE_INFERENCE_CMD=\"python infer.py\"\n")
-        .home_file(".cyberwave/credentials.json", r#"{"token":"x","envs":{"CYBERWAVE_BASE_URL":"https://api.example"}}"#)
+        .home_file(
+            ".cyberwave/credentials.json",
+            r#"{"token":"x","envs":{"CYBERWAVE_BASE_URL":"https://api.example"}}"#,
+        )
         .run_to_exit(Duration::from_secs(5));
     assert!(status.success(), "{err}");
     let line = |name: &str| {
@@ -118,7 +144,10 @@ fn config_show_names_every_source_and_masks_the_token() {
             .unwrap_or_else(|| panic!("no {name} row in:\n{out}"))
             .to_owned()
     };
-    assert!(!out.contains("abcdefghijklmnop-secret-9876"), "token printed:\n{out}");
+    assert!(
+        !out.contains("abcdefghijklmnop-secret-9876"),
+        "token printed:\n{out}"
+    );
     assert!(line("api_token").contains("****9876"));
     assert!(line("api_token").contains("environment variable CYBERWAVE_API_TOKEN"));
     assert!(line("profile_slug").contains("flag --profile"));
@@ -126,7 +155,10 @@ fn config_show_names_every_source_and_masks_the_token() {
     assert!(line("mqtt_port").contains("cyberwave.yml line 3 (mqtt_port)"));
     assert!(line("heartbeat_interval").contains("15s"));
     assert!(line("inference").contains(".env line 1 (CYBERWAVE_INFERENCE_CMD)"));
-    assert!(line("api_url").contains("https://api.example") && line("api_url").contains("credentials.json"));
+    assert!(
+        line("api_url").contains("https://api.example")
+            && line("api_url").contains("credentials.json")
+    );
     assert!(line("max_concurrent_workloads").contains("default"));
     assert!(line("mqtt_password").contains("the API token"));
     assert!(out.contains("unknown key `colour`"), "{out}");
@@ -147,17 +179,32 @@ fn start_error(yml: Option<&str>, env: &[(&str, &str)]) -> String {
 
 #[test]
 fn malformed_yaml_names_file_and_line() {
-    let err = start_error(Some("cyberwave-cloud-node:\n  training: ok\n  inference: [broken\n"), &[]);
-    assert!(err.contains("malformed YAML in") && err.contains("cyberwave.yml line"), "{err}");
+    let err = start_error(
+        Some("cyberwave-cloud-node:\n  training: ok\n  inference: [broken\n"),
+        &[],
+    );
+    assert!(
+        err.contains("malformed YAML in") && err.contains("cyberwave.yml line"),
+        "{err}"
+    );
 }
 
 #[test]
 fn non_numeric_port_and_zero_heartbeat_are_errors_with_their_source() {
     let err = start_error(Some("cyberwave:\n  mqtt_port: eighteen\n"), &[]);
-    assert!(err.contains("cyberwave.yml line 2 (mqtt_port)") && err.contains("not a number"), "{err}");
+    assert!(
+        err.contains("cyberwave.yml line 2 (mqtt_port)") && err.contains("not a number"),
+        "{err}"
+    );
     let err = start_error(None, &[("CYBERWAVE_HEARTBEAT_INTERVAL", "0")]);
-    assert!(err.contains("CYBERWAVE_HEARTBEAT_INTERVAL") && err.contains("at least 1 second"), "{err}");
-    let err = start_error(Some("cyberwave-cloud-node:\n  heartbeat_interval: 0\n"), &[]);
+    assert!(
+        err.contains("CYBERWAVE_HEARTBEAT_INTERVAL") && err.contains("at least 1 second"),
+        "{err}"
+    );
+    let err = start_error(
+        Some("cyberwave-cloud-node:\n  heartbeat_interval: 0\n"),
+        &[],
+    );
     assert!(err.contains("line 2 (heartbeat_interval)"), "{err}");
 }
 
@@ -169,7 +216,10 @@ fn bad_flag_values_are_refused_by_the_parser() {
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("--mqtt-port"), "{err}");
     let err = start_error(None, &[("CYBERWAVE_INSTANCE_SLUG", "bad/slug")]);
-    assert!(err.contains("instance slug") && err.contains("'/'"), "{err}");
+    assert!(
+        err.contains("instance slug") && err.contains("'/'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -179,17 +229,36 @@ fn missing_config_file_is_an_error() {
         .env_var("CYBERWAVE_API_TOKEN", "t")
         .run_to_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1));
-    assert!(err.contains("nowhere/cyberwave.yml does not exist"), "{err}");
+    assert!(
+        err.contains("nowhere/cyberwave.yml does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
 fn help_explains_flags_and_token_sources() {
-    let (status, out, _) = Node::new().args(["start", "--help"]).run_to_exit(Duration::from_secs(5));
+    let (status, out, _) = Node::new()
+        .args(["start", "--help"])
+        .run_to_exit(Duration::from_secs(5));
     assert!(status.success());
-    for needle in ["--slug", "--config", "--profile", "--mqtt-host", "--mqtt-port", "--verbose", "credentials.json", "CYBERWAVE_API_TOKEN"] {
+    for needle in [
+        "--slug",
+        "--config",
+        "--profile",
+        "--mqtt-host",
+        "--mqtt-port",
+        "--verbose",
+        "credentials.json",
+        "CYBERWAVE_API_TOKEN",
+    ] {
         assert!(out.contains(needle), "help lacks {needle}:\n{out}");
     }
-    let (status, out, _) = Node::new().arg("--version").run_to_exit(Duration::from_secs(5));
+    let (status, out, _) = Node::new()
+        .arg("--version")
+        .run_to_exit(Duration::from_secs(5));
     assert!(status.success());
-    assert_eq!(out.trim(), format!("cyberwave-cloud-node {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        out.trim(),
+        format!("cyberwave-cloud-node {}", env!("CARGO_PKG_VERSION"))
+    );
 }

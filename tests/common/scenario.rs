@@ -30,8 +30,17 @@ impl Scenario {
         Self::start_with(broker, backend, customize)
     }
 
-    pub fn start_with(broker: Broker, backend: FakeBackend, customize: impl FnOnce(Node) -> Node) -> Scenario {
-        let node = customize(Node::new().arg("start").envs(standard_env(broker.port(), &backend.url(), TOKEN))).spawn();
+    pub fn start_with(
+        broker: Broker,
+        backend: FakeBackend,
+        customize: impl FnOnce(Node) -> Node,
+    ) -> Scenario {
+        let node = customize(Node::new().arg("start").envs(standard_env(
+            broker.port(),
+            &backend.url(),
+            TOKEN,
+        )))
+        .spawn();
         assert!(
             node.wait_for_log(READY, Duration::from_secs(10)),
             "node never became ready:\n{}",
@@ -69,7 +78,12 @@ impl Scenario {
     pub fn request_on(&self, id: &str, command: Value) -> Value {
         self.client
             .request(&self.topic(id, "command"), &self.response_topic(), &command)
-            .unwrap_or_else(|| panic!("no response to {command}; node log:\n{}", self.node.stderr()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no response to {command}; node log:\n{}",
+                    self.node.stderr()
+                )
+            })
     }
 
     pub fn status(&self) -> Value {
@@ -88,5 +102,9 @@ pub fn read_identity(node: &NodeProcess) -> Value {
 fn prefix_from_log(log: &str) -> String {
     let line = log.lines().find(|l| l.contains(READY)).unwrap_or_default();
     let after = &line[line.find(READY).map(|i| i + READY.len() + 1).unwrap_or(0)..];
-    after.split("cyberwave/cloud-node/").next().unwrap_or("").to_owned()
+    after
+        .split("cyberwave/cloud-node/")
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }
