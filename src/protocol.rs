@@ -252,8 +252,7 @@ pub struct Presence<'a> {
     pub uuid: &'a str,
     pub slug: &'a str,
     pub version: &'static str,
-    /// RFC 3339 UTC. For the last will this is the time of connecting, the
-    /// only time known when the will is handed to the broker.
+    /// RFC 3339 UTC.
     pub ts: String,
 }
 

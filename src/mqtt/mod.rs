@@ -26,6 +26,7 @@ pub use topics::Topics;
 
 use crate::backoff::Backoff;
 use crate::config::Secret;
+use crate::protocol::{NodeRef, Presence};
 
 /// Largest packet accepted or sent. Generous on purpose: a command the
 /// client refuses to read would kill the connection and, redelivered by a
@@ -61,8 +62,8 @@ pub struct MqttConfig {
     /// Command topics, subscribed with QoS 1 on every connect.
     pub subscriptions: Vec<String>,
     pub presence_topic: String,
-    pub online_payload: Vec<u8>,
-    pub offline_payload: Vec<u8>,
+    /// Who we are, for the presence payloads.
+    pub node: NodeRef,
     pub backoff: Backoff,
 }
 
@@ -80,7 +81,7 @@ pub struct MqttLink {
     client: AsyncClient,
     task: JoinHandle<()>,
     presence_topic: String,
-    offline_payload: Vec<u8>,
+    node: NodeRef,
 }
 
 impl MqttLink {
@@ -99,7 +100,7 @@ impl MqttLink {
             .set_credentials(&config.username, config.password.expose())
             .set_last_will(LastWill::new(
                 &config.presence_topic,
-                config.offline_payload.clone(),
+                presence(&config.node, "offline"),
                 QoS::AtLeastOnce,
                 true,
             ));
@@ -118,7 +119,7 @@ impl MqttLink {
         let link = MqttLink {
             client: client.clone(),
             presence_topic: config.presence_topic.clone(),
-            offline_payload: config.offline_payload.clone(),
+            node: config.node.clone(),
             task: tokio::spawn(drive(eventloop, client, config, events_tx)),
         };
         Ok((link, events_rx))
@@ -148,7 +149,7 @@ impl MqttLink {
     /// not fire the last will as well) and waits up to `timeout` for the
     /// connection task to finish.
     pub async fn close(self, timeout: Duration) {
-        let offline = self.offline_payload.clone();
+        let offline = presence(&self.node, "offline");
         let _ = self
             .client
             .publish(&self.presence_topic, QoS::AtLeastOnce, true, offline)
@@ -160,6 +161,19 @@ impl MqttLink {
             );
         }
     }
+}
+
+/// A presence payload stamped now. For the last will, "now" is when the
+/// will is handed to the broker: the only time known then.
+fn presence(node: &NodeRef, state: &'static str) -> Vec<u8> {
+    Presence {
+        state,
+        uuid: &node.uuid,
+        slug: &node.slug,
+        version: env!("CARGO_PKG_VERSION"),
+        ts: crate::protocol::now_rfc3339(),
+    }
+    .to_bytes()
 }
 
 fn tls_config(ca_file: Option<&PathBuf>) -> Result<TlsConfiguration, MqttError> {
@@ -261,7 +275,7 @@ fn on_connect(client: &AsyncClient, config: &MqttConfig) {
         .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
         .collect();
     let presence_topic = config.presence_topic.clone();
-    let online = config.online_payload.clone();
+    let online = presence(&config.node, "online");
     tokio::spawn(async move {
         let _ = client.subscribe_many(filters).await;
         let _ = client

@@ -18,7 +18,7 @@ use crate::fsutil;
 use crate::identity::{self, Identity, IdentityError};
 use crate::install::{self, InstallError};
 use crate::mqtt::{MqttConfig, MqttError, MqttEvent, MqttLink, Topics};
-use crate::protocol::{self, Incoming, NodeRef, Presence, Response};
+use crate::protocol::{self, Incoming, NodeRef, Response};
 use crate::shutdown::Shutdown;
 
 pub use commands::{status_output, CommandContext};

@@ -324,16 +324,6 @@ impl RunningNode {
 }
 
 fn mqtt_config(settings: &Settings, identity: &Identity, topics: &Topics) -> MqttConfig {
-    let presence = |state| {
-        Presence {
-            state,
-            uuid: &identity.uuid,
-            slug: &identity.slug,
-            version: env!("CARGO_PKG_VERSION"),
-            ts: protocol::now_rfc3339(),
-        }
-        .to_bytes()
-    };
     let token = settings
         .api_token
         .as_ref()
@@ -361,8 +351,10 @@ fn mqtt_config(settings: &Settings, identity: &Identity, topics: &Topics) -> Mqt
             topics.command(&identity.slug),
         ],
         presence_topic: topics.presence(&identity.uuid),
-        online_payload: presence("online"),
-        offline_payload: presence("offline"),
+        node: NodeRef {
+            uuid: identity.uuid.clone(),
+            slug: identity.slug.clone(),
+        },
         backoff: settings.retry_unit.broker(),
     }
 }

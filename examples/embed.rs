@@ -1,0 +1,35 @@
+//! Running the node from your own Rust program, the way the Python package
+//! offers `CloudNode.from_config_file().run()`.
+//!
+//! ```sh
+//! CYBERWAVE_API_TOKEN=... cargo run --example embed -- path/to/cyberwave.yml
+//! ```
+//!
+//! Settings come from the same sources as the CLI (environment, `.env`
+//! files, the given cyberwave.yml, credentials.json); `Overrides` plays the
+//! part of the command-line flags.
+
+use cyberwave_cloud_node::config::{Environment, Overrides, Settings};
+use cyberwave_cloud_node::node;
+use cyberwave_cloud_node::shutdown::Shutdown;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter("info").init();
+    let overrides = Overrides {
+        config: std::env::args().nth(1).map(Into::into),
+        slug: Some("embedded-node".into()),
+        ..Overrides::default()
+    };
+    let settings = Settings::load(&overrides, &Environment::from_process())?;
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
+    }
+
+    // The program decides when to stop: here on Ctrl+C / SIGTERM, but a
+    // `Shutdown` can be triggered from anywhere (`shutdown.trigger()`).
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals()?;
+    node::run(settings, shutdown).await?;
+    Ok(())
+}
