@@ -89,18 +89,47 @@ pub fn parse_command(payload: &[u8], new_id: impl FnOnce() -> String) -> Incomin
         }
     };
     let Value::Object(mut object) = value else {
+        let kind = json_kind(&value);
         return invalid(
             None,
-            format!(
-                "payload must be a JSON object, got {}; send an object like {EXAMPLE}",
-                json_kind(&value)
-            ),
+            format!("payload must be a JSON object, got {kind}; send an object like {EXAMPLE}"),
         );
     };
     if object.contains_key("status") {
         return Incoming::Echo;
     }
-    let request_id = match object.remove("request_id") {
+    let request_id = match read_request_id(object.remove("request_id"), new_id) {
+        Ok(id) => id,
+        Err((id, error)) => return invalid(id, error),
+    };
+    let kind = match read_kind(object.remove("command")) {
+        Ok(kind) => kind,
+        Err(error) => return invalid(Some(request_id), error),
+    };
+    let params = match object.remove("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(params)) => params,
+        Some(other) => {
+            let error = format!(
+                "field \"params\" must be a JSON object, got {}",
+                json_kind(&other)
+            );
+            return invalid(Some(request_id), error);
+        }
+    };
+    Incoming::Command(Command {
+        kind,
+        request_id,
+        params,
+    })
+}
+
+/// The request_id, or the error with whatever id could still be read.
+fn read_request_id(
+    value: Option<Value>,
+    new_id: impl FnOnce() -> String,
+) -> Result<String, (Option<String>, String)> {
+    match value {
         None | Some(Value::Null) => Ok(new_id()),
         Some(Value::String(id)) if id.trim().is_empty() => {
             Err((None, "field \"request_id\" must not be empty".to_owned()))
@@ -124,59 +153,26 @@ pub fn parse_command(payload: &[u8], new_id: impl FnOnce() -> String) -> Incomin
                 json_kind(&other)
             ),
         )),
-    };
-    let request_id = match request_id {
-        Ok(id) => id,
-        Err((id, error)) => return invalid(id, error),
-    };
-    let kind = match object.remove("command") {
-        None | Some(Value::Null) => {
-            return invalid(
-                Some(request_id),
-                format!("missing required field \"command\"; send an object like {EXAMPLE}"),
+    }
+}
+
+fn read_kind(value: Option<Value>) -> Result<CommandKind, String> {
+    match value {
+        None | Some(Value::Null) => Err(format!(
+            "missing required field \"command\"; send an object like {EXAMPLE}"
+        )),
+        Some(Value::String(name)) => CommandKind::from_name(&name).ok_or_else(|| {
+            let known: Vec<&str> = CommandKind::ALL.iter().map(|k| k.name()).collect();
+            format!(
+                "unknown command {name:?}; this node supports: {}",
+                known.join(", ")
             )
-        }
-        Some(Value::String(name)) => match CommandKind::from_name(&name) {
-            Some(kind) => kind,
-            None => {
-                let known: Vec<&str> = CommandKind::ALL.iter().map(|k| k.name()).collect();
-                return invalid(
-                    Some(request_id),
-                    format!(
-                        "unknown command {name:?}; this node supports: {}",
-                        known.join(", ")
-                    ),
-                );
-            }
-        },
-        Some(other) => {
-            return invalid(
-                Some(request_id),
-                format!(
-                    "field \"command\" must be a string, got {}",
-                    json_kind(&other)
-                ),
-            )
-        }
-    };
-    let params = match object.remove("params") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(params)) => params,
-        Some(other) => {
-            return invalid(
-                Some(request_id),
-                format!(
-                    "field \"params\" must be a JSON object, got {}",
-                    json_kind(&other)
-                ),
-            )
-        }
-    };
-    Incoming::Command(Command {
-        kind,
-        request_id,
-        params,
-    })
+        }),
+        Some(other) => Err(format!(
+            "field \"command\" must be a string, got {}",
+            json_kind(&other)
+        )),
+    }
 }
 
 /// "an array", "a number": for messages that say what came instead.

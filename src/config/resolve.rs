@@ -7,6 +7,83 @@ use super::*;
 
 type Parser<T> = fn(&str) -> Result<T, String>;
 
+/// A command-line value with its flag name, for [`Layers::get`].
+fn flag<'a>(value: &'a Option<String>, name: &'static str) -> Option<(&'a str, &'static str)> {
+    value.as_deref().map(|v| (v, name))
+}
+
+// Where each setting is looked for, as in PROTOCOL.md's table.
+const API_URL: Spec = spec(
+    "API URL",
+    &["CYBERWAVE_API_URL", "CYBERWAVE_BASE_URL"],
+    None,
+);
+const WORKSPACE: Spec = spec("workspace slug", &["CYBERWAVE_WORKSPACE_SLUG"], None);
+const INSTANCE_SLUG: Spec = spec("instance slug", &["CYBERWAVE_INSTANCE_SLUG"], None);
+const INSTANCE_UUID: Spec = spec(
+    "instance uuid",
+    &["CYBERWAVE_CLOUD_NODE_INSTANCE_UUID"],
+    None,
+);
+const MQTT_HOST: Spec = spec("MQTT host", &["CYBERWAVE_MQTT_HOST"], Some("mqtt_host"));
+const MQTT_PORT: Spec = spec("MQTT port", &["CYBERWAVE_MQTT_PORT"], Some("mqtt_port"));
+const MQTT_USE_TLS: Spec = spec(
+    "MQTT TLS switch",
+    &["CYBERWAVE_MQTT_USE_TLS"],
+    Some("mqtt_use_tls"),
+);
+const MQTT_CA: Spec = spec(
+    "MQTT CA certificate file",
+    &["CYBERWAVE_MQTT_TLS_CA_CERTS"],
+    Some("mqtt_tls_ca_certs"),
+);
+const MQTT_USERNAME: Spec = spec(
+    "MQTT username",
+    &["CYBERWAVE_MQTT_USERNAME"],
+    Some("mqtt_username"),
+);
+const MQTT_PASSWORD: Spec = spec(
+    "MQTT password",
+    &["CYBERWAVE_MQTT_PASSWORD"],
+    Some("mqtt_password"),
+);
+const TOPIC_PREFIX: Spec = spec(
+    "topic prefix",
+    &["CYBERWAVE_MQTT_TOPIC_PREFIX", "CYBERWAVE_ENVIRONMENT"],
+    None,
+);
+const INSTALL_SCRIPT: Spec = spec(
+    "install script",
+    &["CYBERWAVE_INSTALL_SCRIPT"],
+    Some("install_script"),
+);
+const INFERENCE: Spec = spec(
+    "inference template",
+    &["CYBERWAVE_INFERENCE_CMD"],
+    Some("inference"),
+);
+const TRAINING: Spec = spec(
+    "training template",
+    &["CYBERWAVE_TRAINING_CMD"],
+    Some("training"),
+);
+const SIMULATE: Spec = spec(
+    "simulate template",
+    &["CYBERWAVE_SIMULATE_CMD"],
+    Some("simulate"),
+);
+const PROFILE: Spec = spec("profile", &["CYBERWAVE_PROFILE_SLUG"], Some("profile_slug"));
+const HEARTBEAT: Spec = spec(
+    "heartbeat interval",
+    &["CYBERWAVE_HEARTBEAT_INTERVAL"],
+    Some("heartbeat_interval"),
+);
+const MAX_WORKLOADS: Spec = spec(
+    "max concurrent workloads",
+    &["CYBERWAVE_MAX_CONCURRENT_WORKLOADS"],
+    Some("max_concurrent_workloads"),
+);
+
 impl Layers<'_> {
     /// The highest-precedence raw text for `spec`, with its origin.
     fn raw(&self, spec: &Spec) -> Option<(String, Origin)> {
@@ -104,11 +181,7 @@ impl Layers<'_> {
     }
 
     fn workspace_slug(&self) -> Result<Option<Sourced<String>>, ConfigError> {
-        let found = self.get(
-            &spec("workspace slug", &["CYBERWAVE_WORKSPACE_SLUG"], None),
-            None,
-            parse::nonempty,
-        )?;
+        let found = self.get(&WORKSPACE, None, parse::nonempty)?;
         if found.is_some() {
             return Ok(found);
         }
@@ -132,186 +205,79 @@ impl Layers<'_> {
         identity_path: &Path,
     ) -> Result<Settings, ConfigError> {
         let from_identity = |value: &str| {
-            Sourced::new(
-                value.to_owned(),
-                Origin::Identity {
-                    path: identity_path.to_owned(),
-                },
-            )
+            let path = identity_path.to_owned();
+            Sourced::new(value.to_owned(), Origin::Identity { path })
         };
-        let slug_flag = overrides.slug.as_deref().map(|s| (s, "--slug"));
-        let instance_slug = self
-            .get(
-                &spec("instance slug", &["CYBERWAVE_INSTANCE_SLUG"], None),
-                slug_flag,
-                parse::topic_segment,
-            )?
-            .or_else(|| identity.map(|i| from_identity(&i.slug)));
-        let instance_uuid = self
-            .get(
-                &spec(
-                    "instance uuid",
-                    &["CYBERWAVE_CLOUD_NODE_INSTANCE_UUID"],
-                    None,
-                ),
-                None,
-                parse::instance_uuid,
-            )?
-            .or_else(|| identity.map(|i| from_identity(&i.uuid)));
-
-        let host_flag = overrides.mqtt_host.as_deref().map(|h| (h, "--mqtt-host"));
         let port_text = overrides.mqtt_port.map(|p| p.to_string());
-        let port_flag = port_text.as_deref().map(|p| (p, "--mqtt-port"));
         let mqtt_port = self.get_or(
-            &spec("MQTT port", &["CYBERWAVE_MQTT_PORT"], Some("mqtt_port")),
-            port_flag,
+            &MQTT_PORT,
+            flag(&port_text, "--mqtt-port"),
             parse::port,
             DEFAULT_MQTT_PORT,
         )?;
         let mqtt_use_tls = self
-            .get(
-                &spec(
-                    "MQTT TLS switch",
-                    &["CYBERWAVE_MQTT_USE_TLS"],
-                    Some("mqtt_use_tls"),
-                ),
-                None,
-                parse::boolean,
-            )?
+            .get(&MQTT_USE_TLS, None, parse::boolean)?
             .unwrap_or_else(|| {
-                if mqtt_port.value == TLS_PORT {
-                    Sourced::new(true, Origin::Derived("on because the port is 8883"))
+                let on = mqtt_port.value == TLS_PORT;
+                let why = if on {
+                    "on because the port is 8883"
                 } else {
-                    Sourced::new(false, Origin::Derived("off because the port is not 8883"))
-                }
+                    "off because the port is not 8883"
+                };
+                Sourced::new(on, Origin::Derived(why))
             });
-        let profile_flag = overrides.profile.as_deref().map(|p| (p, "--profile"));
-
+        let secret = |s: Sourced<String>| Sourced::new(Secret::new(s.value), s.origin);
+        let relative_to_cwd =
+            |s: Sourced<String>| Sourced::new(self.env.cwd.join(s.value), s.origin);
         Ok(Settings {
             config_dir,
             working_dir: PathBuf::new(),
             config_file: None,
             api_token: self.api_token(),
-            api_url: self.get_or(
-                &spec(
-                    "API URL",
-                    &["CYBERWAVE_API_URL", "CYBERWAVE_BASE_URL"],
-                    None,
-                ),
-                None,
-                parse::http_url,
-                DEFAULT_API_URL.to_owned(),
-            )?,
+            api_url: self.get_or(&API_URL, None, parse::http_url, DEFAULT_API_URL.to_owned())?,
             workspace_slug: self.workspace_slug()?,
-            instance_slug,
-            instance_uuid,
+            instance_slug: self
+                .get(
+                    &INSTANCE_SLUG,
+                    flag(&overrides.slug, "--slug"),
+                    parse::topic_segment,
+                )?
+                .or_else(|| identity.map(|i| from_identity(&i.slug))),
+            instance_uuid: self
+                .get(&INSTANCE_UUID, None, parse::instance_uuid)?
+                .or_else(|| identity.map(|i| from_identity(&i.uuid))),
             mqtt_host: self.get_or(
-                &spec("MQTT host", &["CYBERWAVE_MQTT_HOST"], Some("mqtt_host")),
-                host_flag,
+                &MQTT_HOST,
+                flag(&overrides.mqtt_host, "--mqtt-host"),
                 parse::nonempty,
                 DEFAULT_MQTT_HOST.to_owned(),
             )?,
             mqtt_port,
             mqtt_use_tls,
             mqtt_tls_ca_certs: self
-                .get(
-                    &spec(
-                        "MQTT CA certificate file",
-                        &["CYBERWAVE_MQTT_TLS_CA_CERTS"],
-                        Some("mqtt_tls_ca_certs"),
-                    ),
-                    None,
-                    parse::nonempty,
-                )?
-                .map(|s| Sourced::new(self.env.cwd.join(s.value), s.origin)),
-            mqtt_username: self.get(
-                &spec(
-                    "MQTT username",
-                    &["CYBERWAVE_MQTT_USERNAME"],
-                    Some("mqtt_username"),
-                ),
-                None,
-                parse::nonempty,
-            )?,
-            mqtt_password: self
-                .get(
-                    &spec(
-                        "MQTT password",
-                        &["CYBERWAVE_MQTT_PASSWORD"],
-                        Some("mqtt_password"),
-                    ),
-                    None,
-                    parse::verbatim,
-                )?
-                .map(|s| Sourced::new(Secret::new(s.value), s.origin)),
-            topic_prefix: self.get_or(
-                &spec(
-                    "topic prefix",
-                    &["CYBERWAVE_MQTT_TOPIC_PREFIX", "CYBERWAVE_ENVIRONMENT"],
-                    None,
-                ),
-                None,
-                parse::topic_prefix,
-                String::new(),
-            )?,
-            install_script: self.get(
-                &spec(
-                    "install script",
-                    &["CYBERWAVE_INSTALL_SCRIPT"],
-                    Some("install_script"),
-                ),
-                None,
-                parse::verbatim,
-            )?,
-            inference_cmd: self.get(
-                &spec(
-                    "inference template",
-                    &["CYBERWAVE_INFERENCE_CMD"],
-                    Some("inference"),
-                ),
-                None,
-                parse::verbatim,
-            )?,
-            training_cmd: self.get(
-                &spec(
-                    "training template",
-                    &["CYBERWAVE_TRAINING_CMD"],
-                    Some("training"),
-                ),
-                None,
-                parse::verbatim,
-            )?,
-            simulate_cmd: self.get(
-                &spec(
-                    "simulate template",
-                    &["CYBERWAVE_SIMULATE_CMD"],
-                    Some("simulate"),
-                ),
-                None,
-                parse::verbatim,
-            )?,
+                .get(&MQTT_CA, None, parse::nonempty)?
+                .map(relative_to_cwd),
+            mqtt_username: self.get(&MQTT_USERNAME, None, parse::nonempty)?,
+            mqtt_password: self.get(&MQTT_PASSWORD, None, parse::verbatim)?.map(secret),
+            topic_prefix: self.get_or(&TOPIC_PREFIX, None, parse::topic_prefix, String::new())?,
+            install_script: self.get(&INSTALL_SCRIPT, None, parse::verbatim)?,
+            inference_cmd: self.get(&INFERENCE, None, parse::verbatim)?,
+            training_cmd: self.get(&TRAINING, None, parse::verbatim)?,
+            simulate_cmd: self.get(&SIMULATE, None, parse::verbatim)?,
             profile_slug: self.get_or(
-                &spec("profile", &["CYBERWAVE_PROFILE_SLUG"], Some("profile_slug")),
-                profile_flag,
+                &PROFILE,
+                flag(&overrides.profile, "--profile"),
                 parse::nonempty,
                 "default".to_owned(),
             )?,
             heartbeat_interval: self.get_or(
-                &spec(
-                    "heartbeat interval",
-                    &["CYBERWAVE_HEARTBEAT_INTERVAL"],
-                    Some("heartbeat_interval"),
-                ),
+                &HEARTBEAT,
                 None,
                 parse::interval,
                 Duration::from_secs(30),
             )?,
             max_concurrent_workloads: self.get_or(
-                &spec(
-                    "max concurrent workloads",
-                    &["CYBERWAVE_MAX_CONCURRENT_WORKLOADS"],
-                    Some("max_concurrent_workloads"),
-                ),
+                &MAX_WORKLOADS,
                 None,
                 parse::positive_count,
                 1,
