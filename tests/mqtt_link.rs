@@ -220,3 +220,30 @@ fn second_sigint_exits_at_once() {
     assert_eq!(status.code(), Some(130));
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
+
+#[test]
+fn commands_sent_while_the_node_was_down_are_delivered_on_return() {
+    let s = Scenario::start(|n| n);
+    assert!(
+        s.broker.log().contains(&format!("cloud-node-{}", s.uuid)),
+        "client id is cloud-node-<uuid>:\n{}",
+        s.broker.log()
+    );
+    s.node.kill9();
+    s.node.wait_exit(Duration::from_secs(2));
+    // The persistent session keeps the subscription and queues QoS 1 commands.
+    s.client.publish_json(
+        &s.topic(&s.uuid, "command"),
+        &json!({"command": "status", "request_id": "while-down"}),
+    );
+    let restarted = Node::new()
+        .arg("start")
+        .envs(standard_env(s.broker.port(), &s.backend.url(), TOKEN))
+        .env_var("HOME", s.node.home().to_str().unwrap())
+        .spawn();
+    let answer = s
+        .client
+        .recv_json_where(Duration::from_secs(10), |_, v| v["request_id"] == "while-down");
+    let answer = answer.unwrap_or_else(|| panic!("queued command lost:\n{}", restarted.stderr()));
+    assert_eq!(answer["status"], "ok");
+}
