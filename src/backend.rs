@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use crate::config::Secret;
 
-/// Every request gives up after this long (PROTOCOL.md: request timeouts).
+/// Every request gives up after this long, so a hung backend shows up as an
+/// error the retry policy can act on instead of a stuck node.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]

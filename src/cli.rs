@@ -13,7 +13,8 @@ API TOKEN
   The node needs a Cyberwave API token. It is looked up in this order:
     1. the environment:      export CYBERWAVE_API_TOKEN=...  (or CYBERWAVE_API_KEY)
     2. ./.env                CYBERWAVE_API_TOKEN=...  (the --config file's directory when given)
-    3. ~/.cyberwave/.env     (the config dir: $CYBERWAVE_CONFIG_DIR, else ~/.cyberwave)
+    3. ~/.cyberwave/.env     (the config dir: $CYBERWAVE_CONFIG_DIR, else
+                             $CYBERWAVE_EDGE_CONFIG_DIR, else ~/.cyberwave)
     4. ~/.cyberwave/credentials.json, written by `cyberwave-cli login`
   It is never read from cyberwave.yml, which usually lives in git.
 
@@ -111,7 +112,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{error}");
             ExitCode::FAILURE
         }
     }

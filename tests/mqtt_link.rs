@@ -241,9 +241,9 @@ fn commands_sent_while_the_node_was_down_are_delivered_on_return() {
         .envs(standard_env(s.broker.port(), &s.backend.url(), TOKEN))
         .env_var("HOME", s.node.home().to_str().unwrap())
         .spawn();
-    let answer = s
-        .client
-        .recv_json_where(Duration::from_secs(10), |_, v| v["request_id"] == "while-down");
+    let answer = s.client.recv_json_where(Duration::from_secs(10), |_, v| {
+        v["request_id"] == "while-down"
+    });
     let answer = answer.unwrap_or_else(|| panic!("queued command lost:\n{}", restarted.stderr()));
     assert_eq!(answer["status"], "ok");
 }

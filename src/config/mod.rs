@@ -13,6 +13,7 @@
 //!   but a higher layer's alias beats a lower layer's primary name.
 //! - The config dir itself comes from the process environment or the working
 //!   directory's `.env` (the config dir's own `.env` cannot move it).
+//! - A relative `mqtt_tls_ca_certs` path is relative to the working directory.
 
 mod parse;
 mod show;
@@ -252,6 +253,11 @@ impl Settings {
         };
         let mut settings =
             layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path)?;
+        // A relative CA path means the same thing as a relative install script:
+        // relative to the repository (working directory).
+        if let Some(ca) = &mut settings.mqtt_tls_ca_certs {
+            ca.value = working_dir.join(&ca.value);
+        }
         settings.working_dir = working_dir;
         settings.config_file = config_file;
         settings.identity = identity;

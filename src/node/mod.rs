@@ -97,9 +97,13 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), NodeError
         Ok(None) => return Ok(()),
         Err(error) => return Err(fail_before_ready(&backend, &settings, error).await),
     };
-    RunningNode::start(settings, backend, identity, shutdown)?
-        .serve()
-        .await
+    match RunningNode::start(settings, backend.clone(), identity.clone(), shutdown) {
+        Ok(node) => node.serve().await,
+        Err(error) => {
+            report_failed(&backend, &error.to_string(), &identity.uuid, &identity.slug).await;
+            Err(error)
+        }
+    }
 }
 
 async fn validate_token(backend: &Backend) -> Result<(), NodeError> {
