@@ -13,8 +13,19 @@ use cyberwave_cloud_node::config::{Environment, Overrides, Settings};
 use cyberwave_cloud_node::node;
 use cyberwave_cloud_node::shutdown::Shutdown;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    // Workloads run under this same executable in a hidden supervisor mode.
+    if let Some(code) = cyberwave_cloud_node::run_supervisor_if_asked() {
+        return Ok(code);
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let overrides = Overrides {
         config: std::env::args().nth(1).map(Into::into),

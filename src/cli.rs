@@ -101,6 +101,9 @@ impl SettingsArgs {
 
 /// The binary's whole life.
 pub fn main() -> ExitCode {
+    if let Some(code) = crate::run_supervisor_if_asked() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let outcome = match &cli.command {

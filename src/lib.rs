@@ -44,8 +44,24 @@ pub mod identity;
 pub mod install;
 pub mod mqtt;
 pub mod node;
+pub mod outbox;
 pub mod protocol;
 pub mod shutdown;
+pub mod workload;
+
+/// Workloads are supervised by the node's own executable in a hidden mode.
+/// A program that embeds the node must call this first thing in `main` and
+/// return the exit code it gives, if any.
+pub fn run_supervisor_if_asked() -> Option<std::process::ExitCode> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|mode| mode == workload::supervisor::MODE)
+    {
+        return Some(workload::supervisor::main(&args[2..]));
+    }
+    None
+}
 
 /// Picks ring as rustls' crypto provider, once, before any TLS is used.
 pub(crate) fn install_crypto_provider() {

@@ -209,6 +209,8 @@ pub struct Settings {
     pub profile_slug: Sourced<String>,
     pub heartbeat_interval: Sourced<Duration>,
     pub max_concurrent_workloads: Sourced<u32>,
+    /// How long finished workloads' files (and their request_ids) are kept.
+    pub log_retention: Sourced<Duration>,
     /// The `.env` variables, for child processes (install script, workloads),
     /// which see them the way the Python node's `load_dotenv` made them visible.
     pub dotenv_vars: Vec<(String, String)>,

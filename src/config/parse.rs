@@ -30,6 +30,16 @@ pub fn interval(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A whole number of days, at least 1, as a duration.
+pub fn days(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 day".into()),
+        Ok(n) if n > 3650 => Err("must be at most 3650 days".into()),
+        Ok(n) => Ok(Duration::from_secs(n * 86_400)),
+        Err(_) => Err("not a whole number of days".into()),
+    }
+}
+
 pub fn positive_count(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
         Ok(0) => Err("must be at least 1".into()),

@@ -78,6 +78,11 @@ const HEARTBEAT: Spec = spec(
     &["CYBERWAVE_HEARTBEAT_INTERVAL"],
     Some("heartbeat_interval"),
 );
+const RETENTION: Spec = spec(
+    "log retention (days)",
+    &["CYBERWAVE_LOG_RETENTION_DAYS"],
+    Some("log_retention_days"),
+);
 const MAX_WORKLOADS: Spec = spec(
     "max concurrent workloads",
     &["CYBERWAVE_MAX_CONCURRENT_WORKLOADS"],
@@ -281,6 +286,12 @@ impl Layers<'_> {
                 None,
                 parse::positive_count,
                 1,
+            )?,
+            log_retention: self.get_or(
+                &RETENTION,
+                None,
+                parse::days,
+                Duration::from_secs(7 * 86_400),
             )?,
             dotenv_vars: self.dotenv_vars(),
             identity: None,

@@ -31,6 +31,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mqtt_username",
     "mqtt_password",
     "max_concurrent_workloads",
+    "log_retention_days",
 ];
 
 /// Keys that look like a place for the API token, which must never live in a

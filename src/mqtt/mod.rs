@@ -9,15 +9,16 @@
 //! (manual acks), so a crash between delivery and handling makes the broker
 //! deliver the command again.
 
+mod ledger;
 pub mod topics;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
-    Publish, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+    Publish, QoS, Request, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -70,15 +71,59 @@ pub struct MqttConfig {
 /// What the connection task reports to the node.
 #[derive(Debug)]
 pub enum MqttEvent {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     Subscribed,
     Message(Publish),
-    ConnectionLost { error: String, retry_in: Duration },
+    ConnectionLost {
+        error: String,
+        retry_in: Duration,
+    },
+    /// The broker acknowledged the publish tracked under this outbox id.
+    Delivered(u64),
+}
+
+/// Every publish goes through here, so the ledger sees them all, in the
+/// order the request queue does.
+struct Publisher {
+    client: AsyncClient,
+    order: tokio::sync::Mutex<()>,
+    ledger: Arc<Mutex<ledger::Ledger>>,
+}
+
+impl Publisher {
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        token: ledger::Token,
+    ) -> Result<(), MqttError> {
+        let _turn = self.order.lock().await;
+        lock(&self.ledger).queued(token);
+        let sent = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await;
+        if sent.is_err() {
+            lock(&self.ledger).unqueue_last();
+            return Err(MqttError::Closed);
+        }
+        Ok(())
+    }
+}
+
+fn lock(ledger: &Mutex<ledger::Ledger>) -> std::sync::MutexGuard<'_, ledger::Ledger> {
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The handle the node publishes through.
 pub struct MqttLink {
     client: AsyncClient,
+    publisher: Arc<Publisher>,
     task: JoinHandle<()>,
     presence_topic: String,
     node: NodeRef,
@@ -116,11 +161,17 @@ impl MqttLink {
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let link = MqttLink {
+        let publisher = Arc::new(Publisher {
             client: client.clone(),
+            order: tokio::sync::Mutex::new(()),
+            ledger: Arc::default(),
+        });
+        let link = MqttLink {
+            client,
+            publisher: publisher.clone(),
             presence_topic: config.presence_topic.clone(),
             node: config.node.clone(),
-            task: tokio::spawn(drive(eventloop, client, config, events_tx)),
+            task: tokio::spawn(drive(eventloop, publisher, config, events_tx)),
         };
         Ok((link, events_rx))
     }
@@ -132,10 +183,20 @@ impl MqttLink {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), MqttError> {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
+        self.publisher.publish(topic, payload, retain, None).await
+    }
+
+    /// Publishes with QoS 1 and reports [`MqttEvent::Delivered`] with `id`
+    /// once the broker has acknowledged it.
+    pub async fn publish_tracked(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        id: u64,
+    ) -> Result<(), MqttError> {
+        self.publisher
+            .publish(topic, payload, false, Some(id))
             .await
-            .map_err(|_| MqttError::Closed)
     }
 
     /// Acknowledges a command once it has been handled.
@@ -150,10 +211,7 @@ impl MqttLink {
     /// connection task to finish.
     pub async fn close(self, timeout: Duration) {
         let offline = presence(&self.node, "offline");
-        let _ = self
-            .client
-            .publish(&self.presence_topic, QoS::AtLeastOnce, true, offline)
-            .await;
+        let _ = self.publish(&self.presence_topic, offline, true).await;
         let _ = self.client.disconnect().await;
         if tokio::time::timeout(timeout, self.task).await.is_err() {
             tracing::warn!(
@@ -216,7 +274,7 @@ fn tls_config(ca_file: Option<&PathBuf>) -> Result<TlsConfiguration, MqttError> 
 /// The connection task: drive the event loop until a clean disconnect.
 async fn drive(
     mut eventloop: EventLoop,
-    client: AsyncClient,
+    publisher: Arc<Publisher>,
     config: MqttConfig,
     events: mpsc::UnboundedSender<MqttEvent>,
 ) {
@@ -229,7 +287,8 @@ async fn drive(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
                 );
-                on_connect(&client, &config);
+                lock(&publisher.ledger).on_connected(ack.session_present);
+                on_connect(&publisher, &config);
                 let _ = events.send(MqttEvent::Connected {
                     session_present: ack.session_present,
                 });
@@ -250,10 +309,22 @@ async fn drive(
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 let _ = events.send(MqttEvent::Message(publish));
             }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => lock(&publisher.ledger).on_sent(pkid),
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                if let Some(id) = lock(&publisher.ledger).on_acked(ack.pkid) {
+                    let _ = events.send(MqttEvent::Delivered(id));
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(ConnectionError::RequestsDone) => return,
             Err(error) => {
+                let unassigned = eventloop
+                    .pending
+                    .iter()
+                    .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+                    .count();
+                lock(&publisher.ledger).on_lost(unassigned);
                 failures += 1;
                 let retry_in = config.backoff.delay(failures);
                 let error = describe(&error, &config);
@@ -267,8 +338,8 @@ async fn drive(
 /// Subscriptions and presence go through the request queue from a separate
 /// task: awaiting queue space here, inside the only task that drains the
 /// queue, could deadlock.
-fn on_connect(client: &AsyncClient, config: &MqttConfig) {
-    let client = client.clone();
+fn on_connect(publisher: &Arc<Publisher>, config: &MqttConfig) {
+    let publisher = publisher.clone();
     let filters: Vec<rumqttc::SubscribeFilter> = config
         .subscriptions
         .iter()
@@ -277,10 +348,8 @@ fn on_connect(client: &AsyncClient, config: &MqttConfig) {
     let presence_topic = config.presence_topic.clone();
     let online = presence(&config.node, "online");
     tokio::spawn(async move {
-        let _ = client.subscribe_many(filters).await;
-        let _ = client
-            .publish(presence_topic, QoS::AtLeastOnce, true, online)
-            .await;
+        let _ = publisher.client.subscribe_many(filters).await;
+        let _ = publisher.publish(&presence_topic, online, true, None).await;
     });
 }
 

@@ -53,6 +53,15 @@ pub enum NodeError {
         "the backend rejected {HEARTBEAT_AUTH_TRIES} heartbeats in a row, so this node stops: {0}"
     )]
     HeartbeatRejected(BackendError),
+    #[error(
+        "cannot open the event outbox {path}: {source}; check that the config dir is writable"
+    )]
+    Outbox {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot find the node's own executable to supervise workloads: {0}")]
+    OwnExecutable(std::io::Error),
     #[error("cannot create the config dir {path}: {source}; set CYBERWAVE_CONFIG_DIR to a writable directory")]
     ConfigDir {
         path: std::path::PathBuf,
@@ -185,4 +194,5 @@ async fn report_failed(backend: &Backend, error: &str, uuid: &str, slug: &str) {
 }
 
 mod running;
+mod workloads;
 use running::RunningNode;

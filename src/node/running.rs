@@ -6,9 +6,19 @@ use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
+use std::collections::HashMap;
+
 use super::commands::{self, CommandContext};
 use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
+use super::workloads::{workload_config, Reply};
 use super::*;
+use crate::outbox::Outbox;
+use crate::workload::{WorkloadEvent, Workloads};
+
+/// How often running workloads' output is checked ("within about a second").
+const OUTPUT_POLL: Duration = Duration::from_millis(250);
+/// How often old workload files are swept (PROTOCOL.md retention: daily).
+const RETENTION_SWEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Results of work the node spawned.
 enum Background {
@@ -31,20 +41,27 @@ struct Heartbeat {
 }
 
 pub(super) struct RunningNode {
-    settings: Settings,
+    pub(super) settings: Settings,
     backend: Backend,
     identity: Identity,
-    node: NodeRef,
-    topics: Topics,
-    mqtt: MqttLink,
+    pub(super) node: NodeRef,
+    pub(super) topics: Topics,
+    pub(super) mqtt: MqttLink,
     mqtt_events: mpsc::UnboundedReceiver<MqttEvent>,
     background_tx: mpsc::UnboundedSender<Background>,
     background_rx: mpsc::UnboundedReceiver<Background>,
     shutdown: Shutdown,
     started: Instant,
-    accepting: bool,
+    pub(super) accepting: bool,
     ready: bool,
     heartbeat: Heartbeat,
+    pub(super) workloads: Workloads,
+    workload_events: mpsc::UnboundedReceiver<WorkloadEvent>,
+    pub(super) outbox: Outbox,
+    /// Commands whose MQTT ack waits for their workload's launch.
+    pub(super) unacked_starts: HashMap<String, Publish>,
+    /// Whether this MQTT link has had the outbox re-sent yet.
+    outbox_resent: bool,
 }
 
 impl RunningNode {
@@ -62,6 +79,13 @@ impl RunningNode {
             slug: identity.slug.clone(),
         };
         let due = Instant::now() + settings.heartbeat_interval.value;
+        let outbox_dir = settings.config_dir.value.join("outbox");
+        let outbox = Outbox::open(&outbox_dir).map_err(|source| NodeError::Outbox {
+            path: outbox_dir,
+            source,
+        })?;
+        let (workload_tx, workload_events) = mpsc::unbounded_channel();
+        let workloads = Workloads::open(workload_config(&settings)?, workload_tx);
         Ok(RunningNode {
             settings,
             backend,
@@ -81,6 +105,11 @@ impl RunningNode {
                 busy: false,
                 rejected_in_a_row: 0,
             },
+            workloads,
+            workload_events,
+            outbox,
+            unacked_starts: HashMap::new(),
+            outbox_resent: false,
         })
     }
 
@@ -89,6 +118,10 @@ impl RunningNode {
         let shutdown = self.shutdown.clone();
         let heartbeat_timer = sleep_until(self.heartbeat.due.into());
         tokio::pin!(heartbeat_timer);
+        let mut output_timer = tokio::time::interval(OUTPUT_POLL);
+        output_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retention_timer = tokio::time::interval(RETENTION_SWEEP);
+        retention_timer.tick().await;
         let exit = loop {
             if heartbeat_timer.deadline() != self.heartbeat.due.into() {
                 heartbeat_timer.as_mut().reset(self.heartbeat.due.into());
@@ -100,6 +133,9 @@ impl RunningNode {
                     None => break Exit::Fatal(MqttError::Closed.into()),
                 },
                 _ = &mut heartbeat_timer, if !self.heartbeat.busy => self.send_heartbeat(),
+                Some(event) = self.workload_events.recv() => self.on_workload(event).await,
+                _ = output_timer.tick(), if self.workloads.active_count() > 0 => self.publish_output().await,
+                _ = retention_timer.tick() => self.workloads.prune(),
                 Some(done) = self.background_rx.recv() => {
                     if let Err(fatal) = self.on_background(done).await {
                         break Exit::Fatal(fatal);
@@ -110,23 +146,33 @@ impl RunningNode {
         self.stop(exit).await
     }
 
-    fn context(&self) -> CommandContext<'_> {
+    pub(super) fn context(&self) -> CommandContext<'_> {
         CommandContext {
             settings: &self.settings,
             node: &self.node,
             started: self.started,
             accepting: self.accepting,
+            workloads: &self.workloads,
         }
     }
 
     async fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
-            MqttEvent::Connected { session_present } => tracing::info!(
-                session_present,
-                "connected to the MQTT broker at {}:{}",
-                self.settings.mqtt_host.value,
-                self.settings.mqtt_port.value
-            ),
+            MqttEvent::Connected { session_present } => {
+                tracing::info!(
+                    session_present,
+                    "connected to the MQTT broker at {}:{}",
+                    self.settings.mqtt_host.value,
+                    self.settings.mqtt_port.value
+                );
+                // A fresh process or a fresh broker session has nothing of
+                // ours in flight: whatever the outbox holds goes out again.
+                if !session_present || !self.outbox_resent {
+                    self.outbox_resent = true;
+                    self.resend_outbox().await;
+                }
+            }
+            MqttEvent::Delivered(id) => self.outbox.delivered(id),
             MqttEvent::Subscribed if !self.ready => {
                 self.ready = true;
                 tracing::info!(
@@ -146,7 +192,8 @@ impl RunningNode {
         }
     }
 
-    /// Answers one command, then acknowledges it to the broker.
+    /// Answers one command, then acknowledges it to the broker; a workload
+    /// command is acknowledged once its launch has been answered.
     async fn on_message(&mut self, publish: Publish) {
         let incoming =
             protocol::parse_command(&publish.payload, || uuid::Uuid::new_v4().to_string());
@@ -158,16 +205,26 @@ impl RunningNode {
             }
             Incoming::Command(command) => {
                 tracing::debug!(command = command.kind.name(), request_id = %command.request_id, "command");
-                Some(commands::handle(&self.context(), &command))
+                match self.on_command(command) {
+                    Reply::Now(response) => Some(response),
+                    Reply::AfterLaunch(request_id) => {
+                        self.unacked_starts.insert(request_id, publish);
+                        return;
+                    }
+                }
             }
         };
         if let Some(response) = response {
-            let topic = self.topics.response(&self.node.uuid);
-            if let Err(e) = self.mqtt.publish(&topic, response.to_bytes(), false).await {
-                tracing::warn!("could not publish a response: {e}");
-            }
+            self.respond(response).await;
         }
         self.mqtt.ack(&publish).await;
+    }
+
+    pub(super) async fn respond(&self, response: Response) {
+        let topic = self.topics.response(&self.node.uuid);
+        if let Err(e) = self.mqtt.publish(&topic, response.to_bytes(), false).await {
+            tracing::warn!("could not publish a response: {e}");
+        }
     }
 
     fn send_heartbeat(&mut self) {
@@ -282,7 +339,14 @@ impl RunningNode {
     /// answered with "shutting down".
     async fn stop(mut self, exit: Exit) -> Result<(), NodeError> {
         self.accepting = false;
-        tracing::info!("stopping: no new commands are accepted; there are no running workloads");
+        let running = self.workloads.describe_active();
+        tracing::info!(
+            "stopping: no new commands are accepted; {} workload(s) keep running",
+            running.len()
+        );
+        for line in running {
+            tracing::info!("{line}");
+        }
         let backend = self.backend.clone();
         let (uuid, slug) = (self.node.uuid.clone(), self.node.slug.clone());
         let error_text = match &exit {

@@ -1,0 +1,188 @@
+//! The node's side of workloads: commands in, events and live output out.
+
+use std::collections::HashMap;
+
+use super::commands::status_output;
+use super::running::RunningNode;
+use super::NodeError;
+use crate::config::Settings;
+use crate::outbox::OutboxEntry;
+use crate::protocol::{Command, CommandKind, Response};
+use crate::workload::tail::TailMessage;
+use crate::workload::template::WITHHELD_VARS;
+use crate::workload::{Terminal, WorkloadConfig, WorkloadEvent};
+
+/// When a command is answered.
+pub(super) enum Reply {
+    Now(Response),
+    /// The `started` answer (and the MQTT ack) wait for the launch.
+    AfterLaunch(String),
+}
+
+/// The workload settings, and what a workload may inherit.
+pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, NodeError> {
+    let templates: HashMap<String, String> = ["inference", "training", "simulate"]
+        .into_iter()
+        .filter_map(|kind| Some((kind.to_owned(), settings.template(kind)?.value.clone())))
+        .collect();
+    let mut base_env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !WITHHELD_VARS.contains(&k.as_str()))
+        .collect();
+    for (key, value) in &settings.dotenv_vars {
+        if !WITHHELD_VARS.contains(&key.as_str()) && !base_env.iter().any(|(k, _)| k == key) {
+            base_env.push((key.clone(), value.clone()));
+        }
+    }
+    Ok(WorkloadConfig {
+        logs_dir: crate::workload::paths::logs_dir(&settings.config_dir.value),
+        working_dir: settings.working_dir.clone(),
+        templates,
+        max_concurrent: settings.max_concurrent_workloads.value as usize,
+        base_env,
+        api_token: settings
+            .api_token
+            .as_ref()
+            .map(|t| t.value.expose().to_owned()),
+        supervisor_exe: std::env::current_exe().map_err(NodeError::OwnExecutable)?,
+        retention: settings.log_retention.value,
+    })
+}
+
+impl RunningNode {
+    pub(super) fn on_command(&mut self, command: Command) -> Reply {
+        let id = command.request_id.as_str();
+        if !self.accepting {
+            return Reply::Now(Response::error(
+                &self.node,
+                Some(id),
+                "the node is shutting down and takes no new commands; resend to another node or after it restarts",
+            ));
+        }
+        match command.kind {
+            CommandKind::Status => {
+                Reply::Now(Response::ok(&self.node, id, status_output(&self.context())))
+            }
+            CommandKind::Cancel => Reply::Now(match self.workloads.cancel(&command.params) {
+                Ok(output) => Response::ok(&self.node, id, output),
+                Err(error) => Response::error(&self.node, Some(id), error),
+            }),
+            kind => match self.workloads.start(kind.name(), id, command.params) {
+                Ok(()) => Reply::AfterLaunch(command.request_id),
+                Err(refusal) => {
+                    let mut response = Response::error(&self.node, Some(id), refusal.error);
+                    response.output = refusal.output;
+                    Reply::Now(response)
+                }
+            },
+        }
+    }
+
+    pub(super) async fn on_workload(&mut self, event: WorkloadEvent) {
+        let terminal = match event {
+            WorkloadEvent::Started {
+                request_id,
+                outcome,
+            } => {
+                let response = match self.workloads.on_started(&request_id, outcome) {
+                    Ok(output) => {
+                        let mut response = Response::ok(&self.node, &request_id, output);
+                        response.event = Some("started");
+                        response
+                    }
+                    Err(error) => Response::error(
+                        &self.node,
+                        Some(&request_id),
+                        format!("the workload could not be started: {error}"),
+                    ),
+                };
+                self.respond(response).await;
+                if let Some(publish) = self.unacked_starts.remove(&request_id) {
+                    self.mqtt.ack(&publish).await;
+                }
+                None
+            }
+            WorkloadEvent::Exited { request_id } => self.workloads.on_exited(&request_id),
+            WorkloadEvent::Settled { request_id } => self.workloads.on_settled(&request_id),
+            WorkloadEvent::CancelDeadline { request_id } => {
+                self.workloads.on_cancel_deadline(&request_id);
+                None
+            }
+        };
+        if let Some(terminal) = terminal {
+            self.report(terminal).await;
+        }
+    }
+
+    /// Publishes a workload's last output, then its terminal event through
+    /// the outbox: on disk first, removed when the broker acknowledges it.
+    async fn report(&mut self, terminal: Terminal) {
+        let request_id = terminal.request_id.clone();
+        self.publish_messages(terminal.messages).await;
+        let ending = &terminal.ending;
+        let mut response = match &ending.error {
+            None => Response::ok(&self.node, &request_id, terminal.output),
+            Some(error) => {
+                let mut response = Response::error(&self.node, Some(&request_id), error.clone());
+                response.output = Some(terminal.output);
+                response
+            }
+        };
+        response.event = Some(ending.event());
+        let entry = OutboxEntry {
+            topic: self.topics.response(&self.node.uuid),
+            payload: serde_json::to_value(&response).expect("responses serialize"),
+        };
+        let stored = self.outbox.add(&terminal.outbox_name, &entry);
+        self.workloads.reported(&request_id, ending);
+        let payload = response.to_bytes();
+        let sent = match stored {
+            Ok(id) => self.mqtt.publish_tracked(&entry.topic, payload, id).await,
+            Err(e) => {
+                tracing::error!(request_id, "cannot store the {} event in the outbox ({e}); publishing it without a safety net", ending.event());
+                self.mqtt.publish(&entry.topic, payload, false).await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(
+                request_id,
+                "could not publish the {} event: {e}",
+                ending.event()
+            );
+        }
+    }
+
+    /// Live output of the running workloads.
+    pub(super) async fn publish_output(&mut self) {
+        let messages = self.workloads.poll_output();
+        self.publish_messages(messages).await;
+    }
+
+    async fn publish_messages(&self, messages: Vec<TailMessage>) {
+        let logs = self.topics.logs(&self.node.uuid);
+        for message in messages {
+            match message {
+                TailMessage::Log(value) => {
+                    let payload = value.to_string().into_bytes();
+                    if let Err(e) = self.mqtt.publish(&logs, payload, false).await {
+                        tracing::warn!("could not publish live output: {e}");
+                    }
+                }
+                TailMessage::Progress { request_id, value } => {
+                    let mut response = Response::ok(&self.node, &request_id, value);
+                    response.event = Some("progress");
+                    self.respond(response).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes every stored event again (they are removed once acked).
+    pub(super) async fn resend_outbox(&mut self) {
+        for (id, entry) in self.outbox.pending() {
+            let payload = entry.payload.to_string().into_bytes();
+            if let Err(e) = self.mqtt.publish_tracked(&entry.topic, payload, id).await {
+                tracing::warn!("could not re-send a stored event: {e}");
+            }
+        }
+    }
+}

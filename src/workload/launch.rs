@@ -1,0 +1,136 @@
+//! Launching one workload: files first, then the supervisor, then the pid.
+//!
+//! The record is on disk (state `starting`) before the supervisor exists,
+//! and updated with the pid before the node answers `started`, so a node
+//! that dies at any point leaves enough behind for the next one to find the
+//! workload and never start it twice.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::paths::WorkloadPaths;
+use super::record::{read_json, ExitFile, StartedFile, WorkloadRecord, WorkloadState};
+use super::supervisor;
+use crate::fsutil;
+
+/// Longest wait for a supervisor to report the workload's pid.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct LaunchSpec {
+    pub exe: PathBuf,
+    pub paths: WorkloadPaths,
+    pub cwd: PathBuf,
+    pub command: String,
+    pub env: Vec<(String, String)>,
+    pub params_json: String,
+    pub record: WorkloadRecord,
+}
+
+/// Fills in what the supervisor reported.
+pub fn apply_started(record: &mut WorkloadRecord, started: &StartedFile) {
+    record.state = WorkloadState::Running;
+    record.pid = Some(started.pid);
+    record.start_time = Some(started.start_time);
+    record.started_unix_ms = Some(started.started_unix_ms);
+    record.supervisor_pid = Some(started.supervisor_pid);
+    record.supervisor_start_time = Some(started.supervisor_start_time);
+}
+
+/// Runs the launch; `Ok` carries the running record and the supervisor.
+pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String> {
+    let LaunchSpec {
+        exe,
+        paths,
+        cwd,
+        command,
+        env,
+        params_json,
+        mut record,
+    } = spec;
+    let (p, r) = (paths.clone(), record.clone());
+    tokio::task::spawn_blocking(move || write_initial_files(&p, &r, &params_json))
+        .await
+        .map_err(|e| e.to_string())??;
+    let mut child = Command::new(&exe)
+        .arg(supervisor::MODE)
+        .arg(paths.base())
+        .arg(&cwd)
+        .arg(&command)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start the workload supervisor {}: {e}",
+                exe.display()
+            )
+        })?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    let read =
+        tokio::time::timeout(READY_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
+    if !matches!(read, Ok(Ok(n)) if n > 0) {
+        let _ = child.start_kill();
+        return Err("the workload supervisor did not report in time".into());
+    }
+    match read_json::<StartedFile>(&paths.started())? {
+        Some(started) => {
+            apply_started(&mut record, &started);
+            let (p, r) = (paths.clone(), record.clone());
+            tokio::task::spawn_blocking(move || r.save(&p))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| {
+                    format!(
+                        "cannot write the workload record {}: {e}",
+                        paths.record().display()
+                    )
+                })?;
+            Ok((record, child))
+        }
+        None => {
+            let exit = read_json::<ExitFile>(&paths.exit())?;
+            Err(exit
+                .and_then(|e| e.error)
+                .unwrap_or_else(|| "the supervisor exited without starting the workload".into()))
+        }
+    }
+}
+
+fn write_initial_files(
+    paths: &WorkloadPaths,
+    record: &WorkloadRecord,
+    params_json: &str,
+) -> Result<(), String> {
+    let dir = paths.base().parent().map(PathBuf::from).unwrap_or_default();
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "cannot write {what} in {}: {e}; check free space and permissions of the config dir",
+            dir.display()
+        )
+    };
+    fsutil::create_private_dir(&dir).map_err(|e| fail("the workload log dir", e))?;
+    // Stale files of an earlier workload with the same name (its record
+    // expired) must not be taken for this one's.
+    for stale in [
+        paths.started(),
+        paths.exit(),
+        paths.offsets(),
+        paths.result(),
+        paths.progress(),
+    ] {
+        let _ = std::fs::remove_file(stale);
+    }
+    fsutil::write_atomic(&paths.params(), params_json.as_bytes(), 0o600)
+        .map_err(|e| fail("the params file", e))?;
+    record
+        .save(paths)
+        .map_err(|e| fail("the workload record", e))
+}

@@ -1,0 +1,385 @@
+//! The node's workloads: starting them, learning of their ends, cancelling,
+//! and what `status` shows. Owned by the node task; everything slow (disk
+//! writes, spawning, waiting) runs in spawned tasks that report back as
+//! [`WorkloadEvent`]s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::cancel::{CancelParams, CancelTarget};
+use super::launch::{launch, LaunchSpec};
+use super::output::{classify, terminal_output, Ending};
+use super::paths::WorkloadPaths;
+use super::record::{now_unix_ms, read_json, scan, ExitFile, WorkloadRecord, WorkloadState};
+use super::tail::{OutputTail, TailMessage};
+use super::template::{render, take_workload_token};
+use super::{procfs, watch};
+
+/// What the manager needs from the node's settings.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub logs_dir: PathBuf,
+    pub working_dir: PathBuf,
+    /// Workload type → template.
+    pub templates: HashMap<String, String>,
+    pub max_concurrent: usize,
+    /// The environment every workload starts from (secrets withheld).
+    pub base_env: Vec<(String, String)>,
+    /// The node's API token, handed to workloads without a token of their own.
+    pub api_token: Option<String>,
+    /// The binary that runs `__supervise` (the node's own).
+    pub supervisor_exe: PathBuf,
+    pub retention: Duration,
+}
+
+/// Progress reported back to the node task.
+#[derive(Debug)]
+pub enum WorkloadEvent {
+    Started {
+        request_id: String,
+        outcome: Result<Box<WorkloadRecord>, String>,
+    },
+    /// The supervisor (or, without one, the workload) is gone.
+    Exited { request_id: String },
+    /// A cancelled workload's process group is gone.
+    Settled { request_id: String },
+    /// The grace period of a SIGTERM/SIGINT cancel is over.
+    CancelDeadline { request_id: String },
+}
+
+/// A refused workload command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub error: String,
+    /// Names the existing workload when the request_id was seen before.
+    pub output: Option<Value>,
+}
+
+/// What the node publishes when a workload has ended: `messages` (the last
+/// output) first, then the terminal event, through the outbox.
+#[derive(Debug)]
+pub struct Terminal {
+    pub request_id: String,
+    pub outbox_name: String,
+    pub ending: Ending,
+    pub output: Value,
+    pub messages: Vec<TailMessage>,
+}
+
+struct Entry {
+    record: WorkloadRecord,
+    paths: WorkloadPaths,
+    tail: Option<OutputTail>,
+    /// Watching the workload itself because its supervisor died.
+    orphaned: bool,
+}
+
+pub struct Workloads {
+    config: WorkloadConfig,
+    entries: HashMap<String, Entry>,
+    events: mpsc::UnboundedSender<WorkloadEvent>,
+}
+
+impl Workloads {
+    /// Loads the records left by earlier runs and adopts what still runs.
+    pub fn open(config: WorkloadConfig, events: mpsc::UnboundedSender<WorkloadEvent>) -> Workloads {
+        let mut workloads = Workloads {
+            config,
+            entries: HashMap::new(),
+            events,
+        };
+        for (paths, record) in scan(&workloads.config.logs_dir) {
+            match record {
+                Ok(record) => workloads.adopt(paths, record),
+                Err(problem) => tracing::warn!("skipping a workload record: {problem}"),
+            }
+        }
+        workloads.prune();
+        workloads
+    }
+
+    fn adopt(&mut self, paths: WorkloadPaths, mut record: WorkloadRecord) {
+        let request_id = record.request_id.clone();
+        if record.state == WorkloadState::Starting {
+            if let Ok(Some(started)) = read_json::<super::record::StartedFile>(&paths.started()) {
+                super::launch::apply_started(&mut record, &started);
+                let _ = record.save(&paths);
+            }
+        }
+        let active = record.state.is_active();
+        if active {
+            tracing::info!(
+                pid = ?record.pid,
+                request_id = %request_id,
+                "adopting {} workload left by an earlier run", record.workload_type
+            );
+            self.watch_supervisor(&record);
+        }
+        let tail = active.then(|| OutputTail::load(&paths));
+        self.entries.insert(
+            request_id,
+            Entry {
+                record,
+                paths,
+                tail,
+                orphaned: false,
+            },
+        );
+    }
+
+    /// Reports `Exited` when the supervisor is gone (at once if it already is).
+    fn watch_supervisor(&self, record: &WorkloadRecord) {
+        let events = self.events.clone();
+        let request_id = record.request_id.clone();
+        let supervisor = record.supervisor_pid.zip(record.supervisor_start_time);
+        tokio::spawn(async move {
+            match supervisor {
+                Some((pid, start)) => watch::process_exit(pid, start).await,
+                // Still "starting" from a run that died mid-launch: give a
+                // supervisor that is about to report a moment to do so.
+                None => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+            let _ = events.send(WorkloadEvent::Exited { request_id });
+        });
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.record.state.is_active())
+            .count()
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.active_count() >= self.config.max_concurrent
+    }
+
+    /// `active_workloads` of the status output.
+    pub fn active_summaries(&self) -> Vec<Value> {
+        let now = now_unix_ms();
+        let mut active: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter(|e| e.record.state.is_active())
+            .collect();
+        active.sort_by_key(|e| e.record.created_unix_ms);
+        active
+            .iter()
+            .map(|e| {
+                json!({
+                    "pid": e.record.pid,
+                    "type": e.record.workload_type,
+                    "request_id": e.record.request_id,
+                    "running_for_seconds": e.record.age_seconds(now).round(),
+                    "stdout_log": e.record.stdout_log,
+                    "stderr_log": e.record.stderr_log,
+                })
+            })
+            .collect()
+    }
+
+    /// One line per running workload, for the shutdown log.
+    pub fn describe_active(&self) -> Vec<String> {
+        self.entries
+            .values()
+            .filter(|e| e.record.state.is_active())
+            .map(|e| {
+                format!(
+                    "{} {} (pid {}) keeps running; logs: {} {}",
+                    e.record.workload_type,
+                    e.record.request_id,
+                    e.record
+                        .pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    e.record.stdout_log.display(),
+                    e.record.stderr_log.display()
+                )
+            })
+            .collect()
+    }
+
+    /// Checks and begins a workload; the outcome arrives as `Started`.
+    pub fn start(
+        &mut self,
+        kind: &str,
+        request_id: &str,
+        mut params: Map<String, Value>,
+    ) -> Result<(), Refusal> {
+        let refuse = |error: String| Refusal {
+            error,
+            output: None,
+        };
+        let Some(template) = self.config.templates.get(kind).cloned() else {
+            return Err(refuse(format!(
+                "no {kind} command is configured on this node: set `{kind}:` in cyberwave.yml or CYBERWAVE_{}_CMD",
+                kind.to_ascii_uppercase()
+            )));
+        };
+        if let Some(existing) = self.entries.get(request_id) {
+            return Err(duplicate(&existing.record));
+        }
+        if self.is_busy() {
+            return Err(refuse(format!(
+                "the node is busy: {} of {} workloads running (max_concurrent_workloads); retry later or send it to another node",
+                self.active_count(),
+                self.config.max_concurrent
+            )));
+        }
+        let token = take_workload_token(&mut params);
+        let params_json = Value::Object(params).to_string();
+        let paths = WorkloadPaths::new(&self.config.logs_dir, kind, request_id);
+        let command =
+            render(&template, &params_json, &paths.params().to_string_lossy()).map_err(refuse)?;
+        let record = WorkloadRecord {
+            request_id: request_id.to_owned(),
+            workload_type: kind.to_owned(),
+            state: WorkloadState::Starting,
+            created_unix_ms: now_unix_ms(),
+            pid: None,
+            start_time: None,
+            started_unix_ms: None,
+            supervisor_pid: None,
+            supervisor_start_time: None,
+            stdout_log: paths.stdout(),
+            stderr_log: paths.stderr(),
+            cancel: None,
+            finished_unix_ms: None,
+        };
+        let spec = LaunchSpec {
+            exe: self.config.supervisor_exe.clone(),
+            paths: paths.clone(),
+            cwd: self.config.working_dir.clone(),
+            command,
+            env: self.workload_env(kind, request_id, &paths, token),
+            params_json,
+            record: record.clone(),
+        };
+        let events = self.events.clone();
+        let id = request_id.to_owned();
+        tokio::spawn(async move {
+            match launch(spec).await {
+                Ok((record, mut child)) => {
+                    let _ = events.send(WorkloadEvent::Started {
+                        request_id: id.clone(),
+                        outcome: Ok(Box::new(record)),
+                    });
+                    let _ = child.wait().await;
+                    let _ = events.send(WorkloadEvent::Exited { request_id: id });
+                }
+                Err(error) => {
+                    let _ = events.send(WorkloadEvent::Started {
+                        request_id: id,
+                        outcome: Err(error),
+                    });
+                }
+            }
+        });
+        self.entries.insert(
+            request_id.to_owned(),
+            Entry {
+                record,
+                paths,
+                tail: None,
+                orphaned: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// What a workload sees: the node's environment without its broker
+    /// password, the API token (the workload's own when the backend sent
+    /// one), and the five `CYBERWAVE_*` variables of the contract.
+    fn workload_env(
+        &self,
+        kind: &str,
+        request_id: &str,
+        paths: &WorkloadPaths,
+        token: Option<String>,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .config
+            .base_env
+            .iter()
+            .filter(|(k, _)| k != "CYBERWAVE_API_TOKEN" && k != "CYBERWAVE_API_KEY")
+            .cloned()
+            .collect();
+        if let Some(token) = token.or_else(|| self.config.api_token.clone()) {
+            env.push(("CYBERWAVE_API_TOKEN".into(), token.clone()));
+            env.push(("CYBERWAVE_API_KEY".into(), token));
+        }
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        env.extend([
+            ("CYBERWAVE_REQUEST_ID".into(), request_id.to_owned()),
+            ("CYBERWAVE_WORKLOAD_TYPE".into(), kind.to_owned()),
+            ("CYBERWAVE_PARAMS_FILE".into(), path(paths.params())),
+            ("CYBERWAVE_RESULT_FILE".into(), path(paths.result())),
+            ("CYBERWAVE_PROGRESS_FILE".into(), path(paths.progress())),
+        ]);
+        env
+    }
+
+    /// The launch finished; `Ok` is the `started` output.
+    pub fn on_started(
+        &mut self,
+        request_id: &str,
+        outcome: Result<Box<WorkloadRecord>, String>,
+    ) -> Result<Value, String> {
+        let Some(entry) = self.entries.get_mut(request_id) else {
+            return Err("the workload vanished while starting".into());
+        };
+        match outcome {
+            Ok(record) => {
+                entry.record = *record;
+                entry.tail = Some(OutputTail::load(&entry.paths));
+                let r = &entry.record;
+                tracing::info!(pid = ?r.pid, request_id, "{} workload started", r.workload_type);
+                Ok(json!({
+                    "message": format!("{} workload started", r.workload_type),
+                    "pid": r.pid,
+                    "workload_type": r.workload_type,
+                    "workload_request_id": r.request_id,
+                    "stdout_log": r.stdout_log,
+                    "stderr_log": r.stderr_log,
+                }))
+            }
+            Err(error) => {
+                // Nothing ran: forget it, so the backend may retry the same id.
+                if let Some(entry) = self.entries.remove(request_id) {
+                    let _ = std::fs::remove_file(entry.paths.record());
+                }
+                tracing::warn!(request_id, "workload did not start: {error}");
+                Err(error)
+            }
+        }
+    }
+}
+
+fn duplicate(record: &WorkloadRecord) -> Refusal {
+    Refusal {
+        error: format!(
+            "request_id {:?} already started a {} workload (pid {}, {}); it is not started again",
+            record.request_id,
+            record.workload_type,
+            record
+                .pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "not yet known".into()),
+            record.state.name()
+        ),
+        output: Some(json!({
+            "workload_request_id": record.request_id,
+            "workload_type": record.workload_type,
+            "pid": record.pid,
+            "state": record.state.name(),
+        })),
+    }
+}
+
+mod ending;

@@ -1,0 +1,27 @@
+//! Workloads: the repository's inference, training and simulate commands,
+//! run as detached processes that outlive the node (DESIGN.md).
+//!
+//! - [`paths`]: file names under `workload_logs/`, safe for any request_id.
+//! - [`record`]: the node's record and the supervisor's started/exit files.
+//! - [`template`]: rendering `{body}`/`{params_file}`, the workload token.
+//! - [`launch`]: files, supervisor, pid, in the order that survives crashes.
+//! - [`supervisor`]: the hidden `__supervise` mode that owns the exit code.
+//! - [`manager`]: start, adopt, cancel, exit, terminal event, retention.
+//! - [`tail`]: live output and progress with persisted offsets.
+//! - [`watch`], [`procfs`]: exits of non-children; process identity.
+//! - [`local`]: the `status` and `logs` commands that need no broker.
+
+pub mod cancel;
+pub mod launch;
+pub mod local;
+pub mod manager;
+pub mod output;
+pub mod paths;
+pub mod procfs;
+pub mod record;
+pub mod supervisor;
+pub mod tail;
+pub mod template;
+pub mod watch;
+
+pub use manager::{Refusal, Terminal, WorkloadConfig, WorkloadEvent, Workloads};

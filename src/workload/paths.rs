@@ -1,0 +1,182 @@
+//! Where a workload's files live, and the file-name form of a request_id.
+//!
+//! Every file of a workload is `workload_logs/<type>_<rid>.<suffix>`. The
+//! `<rid>` rule (PROTOCOL.md) keeps any request_id, however hostile, inside
+//! `workload_logs/`: anything outside `[A-Za-z0-9._-]{1,128}` (and `.`/`..`)
+//! becomes a sanitized form plus a hash of the original, so two different ids
+//! never share files.
+
+use std::path::{Path, PathBuf};
+
+/// The directory holding every workload's files.
+pub fn logs_dir(config_dir: &Path) -> PathBuf {
+    config_dir.join("workload_logs")
+}
+
+/// The file-name form of `request_id`.
+pub fn rid(request_id: &str) -> String {
+    let plain = !request_id.is_empty()
+        && request_id.len() <= 128
+        && request_id != "."
+        && request_id != ".."
+        && request_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        return request_id.to_owned();
+    }
+    let cleaned: String = request_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("{cleaned}-{:016x}", fnv1a(request_id.as_bytes()))
+}
+
+/// FNV-1a: tiny, stable across versions and platforms, good enough to keep
+/// sanitized names apart (this is not a security boundary; the character
+/// filter is).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// All files of one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadPaths {
+    base: PathBuf,
+}
+
+impl WorkloadPaths {
+    pub fn new(logs_dir: &Path, workload_type: &str, request_id: &str) -> WorkloadPaths {
+        WorkloadPaths {
+            base: logs_dir.join(format!("{workload_type}_{}", rid(request_id))),
+        }
+    }
+
+    /// Rebuilds the paths from a record file `<base>.record.json`.
+    pub fn from_record_file(path: &Path) -> Option<WorkloadPaths> {
+        let name = path.file_name()?.to_str()?.strip_suffix(".record.json")?;
+        Some(WorkloadPaths {
+            base: path.with_file_name(name),
+        })
+    }
+
+    /// From the stem every file shares (the supervisor gets it this way).
+    pub fn from_base(base: PathBuf) -> WorkloadPaths {
+        WorkloadPaths { base }
+    }
+
+    /// `<type>_<rid>`, the stem every file shares.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    fn with(&self, suffix: &str) -> PathBuf {
+        let mut name = self.base.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    pub fn stdout(&self) -> PathBuf {
+        self.with(".stdout.log")
+    }
+    pub fn stderr(&self) -> PathBuf {
+        self.with(".stderr.log")
+    }
+    /// The params JSON (`{params_file}`, `CYBERWAVE_PARAMS_FILE`).
+    pub fn params(&self) -> PathBuf {
+        self.with(".params.json")
+    }
+    /// Where the workload may write its result (`CYBERWAVE_RESULT_FILE`).
+    pub fn result(&self) -> PathBuf {
+        self.with(".result.json")
+    }
+    /// JSON lines of progress (`CYBERWAVE_PROGRESS_FILE`).
+    pub fn progress(&self) -> PathBuf {
+        self.with(".progress.jsonl")
+    }
+    /// The node's record of the workload.
+    pub fn record(&self) -> PathBuf {
+        self.with(".record.json")
+    }
+    /// Written by the supervisor once the workload process exists.
+    pub fn started(&self) -> PathBuf {
+        self.with(".started.json")
+    }
+    /// Written by the supervisor when the workload has ended.
+    pub fn exit(&self) -> PathBuf {
+        self.with(".exit.json")
+    }
+    /// How far live output and progress have been published.
+    pub fn offsets(&self) -> PathBuf {
+        self.with(".offsets.json")
+    }
+
+    /// Every file of the workload, for retention.
+    pub fn all(&self) -> Vec<PathBuf> {
+        vec![
+            self.stdout(),
+            self.stderr(),
+            self.params(),
+            self.result(),
+            self.progress(),
+            self.started(),
+            self.exit(),
+            self.offsets(),
+            self.record(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_are_kept() {
+        assert_eq!(rid("r-1.ok_X"), "r-1.ok_X");
+        assert_eq!(rid(&"a".repeat(128)), "a".repeat(128));
+    }
+
+    #[test]
+    fn hostile_ids_stay_inside_the_dir_and_apart() {
+        for id in [
+            "..",
+            ".",
+            "../../etc/passwd",
+            "a/b",
+            "",
+            "x y",
+            "é",
+            &"a".repeat(129),
+        ] {
+            let r = rid(id);
+            assert!(
+                !r.contains('/') && r != "." && r != ".." && !r.is_empty(),
+                "{id:?} -> {r:?}"
+            );
+            let paths = WorkloadPaths::new(Path::new("/c/workload_logs"), "training", id);
+            assert_eq!(paths.stdout().parent(), Some(Path::new("/c/workload_logs")));
+        }
+        assert_ne!(rid("a/b"), rid("a_b"));
+        assert_ne!(rid("a/b"), rid("a\\b"));
+    }
+
+    #[test]
+    fn record_file_round_trip() {
+        let paths = WorkloadPaths::new(Path::new("/d"), "inference", "r1");
+        assert_eq!(
+            WorkloadPaths::from_record_file(&paths.record()),
+            Some(paths.clone())
+        );
+        assert_eq!(paths.stdout(), Path::new("/d/inference_r1.stdout.log"));
+    }
+}

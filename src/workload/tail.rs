@@ -1,0 +1,240 @@
+//! Live output: new bytes of the log files go out on the logs topic with
+//! their byte offsets, and new lines of the progress file become `progress`
+//! events. How far each stream has gone is saved next to the logs, so a
+//! restarted node carries on where the last one stopped: nothing is sent
+//! twice or skipped (a crash between a publish and the next save can repeat
+//! one chunk; receivers place chunks by offset, so a repeat is harmless).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::paths::WorkloadPaths;
+use super::record::{read_json, write_json, WorkloadRecord};
+
+/// Largest `data` in one logs message.
+pub const MAX_CHUNK: usize = 64 * 1024;
+/// Bound on what one poll reads per stream, so one chatty workload cannot
+/// monopolise the node.
+const MAX_PER_POLL: usize = 16 * MAX_CHUNK;
+/// At most four progress events a second per workload; the latest wins.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// Offsets are saved at most this often while a workload runs.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offsets {
+    pub stdout: u64,
+    pub stderr: u64,
+    pub progress: u64,
+}
+
+/// Something to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailMessage {
+    /// A logs-topic payload.
+    Log(Value),
+    /// The output of a `progress` event for workload `request_id`.
+    Progress { request_id: String, value: Value },
+}
+
+#[derive(Debug)]
+pub struct OutputTail {
+    offsets: Offsets,
+    saved: Offsets,
+    last_save: Instant,
+    last_progress: Option<Instant>,
+    pending_progress: Option<Value>,
+}
+
+impl OutputTail {
+    /// Resumes from the saved offsets, if any.
+    pub fn load(paths: &WorkloadPaths) -> OutputTail {
+        let offsets = read_json::<Offsets>(&paths.offsets())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        OutputTail {
+            offsets,
+            saved: offsets,
+            last_save: Instant::now(),
+            last_progress: None,
+            pending_progress: None,
+        }
+    }
+
+    /// Everything new since the last poll. `last` flushes the pending
+    /// progress regardless of the rate limit (the workload has ended).
+    pub fn poll(
+        &mut self,
+        record: &WorkloadRecord,
+        paths: &WorkloadPaths,
+        last: bool,
+    ) -> Vec<TailMessage> {
+        let mut out = Vec::new();
+        for (stream, path) in [("stdout", paths.stdout()), ("stderr", paths.stderr())] {
+            let offset = match stream {
+                "stdout" => &mut self.offsets.stdout,
+                _ => &mut self.offsets.stderr,
+            };
+            for (at, chunk) in read_chunks(&path, offset, last) {
+                out.push(TailMessage::Log(log_message(record, stream, at, &chunk)));
+            }
+        }
+        if let Some(value) = read_progress(&paths.progress(), &mut self.offsets.progress) {
+            self.pending_progress = Some(value);
+        }
+        let due = self
+            .last_progress
+            .is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+        if due || last {
+            if let Some(value) = self.pending_progress.take() {
+                self.last_progress = Some(Instant::now());
+                out.push(TailMessage::Progress {
+                    request_id: record.request_id.clone(),
+                    value,
+                });
+            }
+        }
+        out
+    }
+
+    /// Saves the offsets when they moved and a save is due (or `force`).
+    pub fn save(&mut self, paths: &WorkloadPaths, force: bool) {
+        if self.offsets == self.saved || (!force && self.last_save.elapsed() < SAVE_INTERVAL) {
+            return;
+        }
+        if let Err(e) = write_json(&paths.offsets(), &self.offsets) {
+            tracing::warn!(
+                "cannot save live-output offsets {}: {e}",
+                paths.offsets().display()
+            );
+            return;
+        }
+        self.saved = self.offsets;
+        self.last_save = Instant::now();
+    }
+}
+
+fn log_message(record: &WorkloadRecord, stream: &str, offset: u64, chunk: &[u8]) -> Value {
+    let mut message = json!({
+        "request_id": record.request_id,
+        "workload_type": record.workload_type,
+        "stream": stream,
+        "offset": offset,
+    });
+    match std::str::from_utf8(chunk) {
+        Ok(text) => message["data"] = json!(text),
+        Err(_) => {
+            // Not text: send the exact bytes so offsets stay meaningful.
+            message["data"] = json!(String::from_utf8_lossy(chunk));
+            message["data_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(chunk));
+            message["encoding"] = json!("base64");
+        }
+    }
+    message
+}
+
+/// New bytes from `offset`, in chunks of at most [`MAX_CHUNK`] that do not
+/// split a UTF-8 character (unless the bytes are not text, or `last`).
+fn read_chunks(path: &Path, offset: &mut u64, last: bool) -> Vec<(u64, Vec<u8>)> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len <= *offset || file.seek(SeekFrom::Start(*offset)).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::with_capacity((len - *offset).min(MAX_PER_POLL as u64) as usize);
+    if file
+        .take(MAX_PER_POLL as u64)
+        .read_to_end(&mut bytes)
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut chunks = Vec::new();
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        let mut take = rest.len().min(MAX_CHUNK);
+        if let Err(e) = std::str::from_utf8(&rest[..take]) {
+            if e.error_len().is_none() && e.valid_up_to() > 0 {
+                take = e.valid_up_to(); // a character continues past the window
+            } else if e.error_len().is_none() && !last && take == rest.len() {
+                break; // a lone partial character: wait for the rest of it
+            }
+        }
+        chunks.push((*offset, rest[..take].to_vec()));
+        *offset += take as u64;
+        rest = &rest[take..];
+    }
+    chunks
+}
+
+/// The last valid JSON line among the complete new lines of the progress
+/// file; the offset moves past every complete line.
+fn read_progress(path: &Path, offset: &mut u64) -> Option<Value> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    if len <= *offset {
+        return None;
+    }
+    file.seek(SeekFrom::Start(*offset)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PER_POLL as u64)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let complete = bytes.iter().rposition(|b| *b == b'\n')? + 1;
+    *offset += complete as u64;
+    bytes[..complete]
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .rev()
+        .find_map(|line| serde_json::from_slice::<Value>(line).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_size_and_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text = "é".repeat(MAX_CHUNK); // 2 bytes each
+        std::fs::write(&path, &text).unwrap();
+        let mut offset = 0;
+        let chunks = read_chunks(&path, &mut offset, false);
+        let mut joined = Vec::new();
+        for (at, chunk) in &chunks {
+            assert_eq!(*at as usize, joined.len());
+            assert!(chunk.len() <= MAX_CHUNK);
+            assert!(std::str::from_utf8(chunk).is_ok());
+            joined.extend_from_slice(chunk);
+        }
+        assert_eq!(joined, text.as_bytes());
+        assert_eq!(offset as usize, text.len());
+        assert!(
+            read_chunks(&path, &mut offset, false).is_empty(),
+            "nothing is re-sent"
+        );
+    }
+
+    #[test]
+    fn progress_takes_the_latest_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        std::fs::write(&path, "{\"step\":1}\nnot json\n{\"step\":2}\n{\"step\":3").unwrap();
+        let mut offset = 0;
+        assert_eq!(read_progress(&path, &mut offset), Some(json!({"step": 2})));
+        assert_eq!(
+            read_progress(&path, &mut offset),
+            None,
+            "the partial line waits"
+        );
+    }
+}

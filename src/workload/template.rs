@@ -1,0 +1,92 @@
+//! Turning a template and params into the command line `/bin/sh -c` runs,
+//! and the environment the workload sees.
+//!
+//! Params never reach the shell as code: `{body}` becomes one single-quoted
+//! shell word, and `{params_file}` a quoted path. The only other thing
+//! substituted is nothing at all: every other brace stays as written.
+
+use serde_json::{Map, Value};
+
+/// Linux refuses a single argument longer than this (MAX_ARG_STRLEN, 32
+/// pages), and `sh -c` gets the whole rendered command as one argument.
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024 - 1;
+
+/// The param the backend uses to hand a workload its own short-lived token.
+pub const WORKLOAD_TOKEN_PARAM: &str = "cyberwave_workload_token";
+
+/// Quotes `text` as one POSIX shell word.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Renders `template`; errors say how far over the limit it went.
+pub fn render(template: &str, params_json: &str, params_file: &str) -> Result<String, String> {
+    let rendered = template
+        .replace("{body}", &shell_quote(params_json))
+        .replace("{params_file}", &shell_quote(params_file));
+    if rendered.len() > MAX_COMMAND_BYTES {
+        return Err(format!(
+            "the rendered command is {} bytes, over the {} bytes Linux allows for one argument; \
+             use {{params_file}} instead of {{body}} in the template so the params are passed as a file",
+            rendered.len(),
+            MAX_COMMAND_BYTES
+        ));
+    }
+    Ok(rendered)
+}
+
+/// Takes the per-workload token out of the params, so it is never written
+/// to disk, logged or echoed. A non-string value is dropped all the same.
+pub fn take_workload_token(params: &mut Map<String, Value>) -> Option<String> {
+    match params.remove(WORKLOAD_TOKEN_PARAM) {
+        Some(Value::String(token)) if !token.is_empty() => Some(token),
+        _ => None,
+    }
+}
+
+/// Variables the workload must not inherit from the node: the broker
+/// password is the node's alone (the API token is handed on on purpose).
+pub const WITHHELD_VARS: &[&str] = &["CYBERWAVE_MQTT_PASSWORD"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_one_quoted_word() {
+        let rendered = render(
+            "python t.py --params {body}",
+            r#"{"a":"it's $(rm -rf /)"}"#,
+            "/p",
+        )
+        .unwrap();
+        assert_eq!(
+            rendered,
+            r#"python t.py --params '{"a":"it'\''s $(rm -rf /)"}'"#
+        );
+    }
+
+    #[test]
+    fn params_file_is_quoted_and_other_braces_stay() {
+        let rendered = render("x {params_file} {other} ${HOME}", "{}", "/a b/p.json").unwrap();
+        assert_eq!(rendered, "x '/a b/p.json' {other} ${HOME}");
+    }
+
+    #[test]
+    fn oversized_body_points_to_params_file() {
+        let big = "x".repeat(MAX_COMMAND_BYTES);
+        let err = render("run {body}", &big, "/p").unwrap_err();
+        assert!(err.contains("{params_file}"), "{err}");
+        assert!(render("run {params_file}", &big, "/p").is_ok());
+    }
+
+    #[test]
+    fn workload_token_is_removed() {
+        let mut params = serde_json::json!({"a": 1, "cyberwave_workload_token": "wt"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(take_workload_token(&mut params).as_deref(), Some("wt"));
+        assert!(!params.contains_key(WORKLOAD_TOKEN_PARAM));
+    }
+}
