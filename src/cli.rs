@@ -50,6 +50,23 @@ enum CliCommand {
     /// Register with Cyberwave and serve commands until stopped (SIGTERM or Ctrl+C)
     #[command(after_long_help = TOKEN_HELP)]
     Start(SettingsArgs),
+    /// List the workloads this node knows (from its records; no broker needed)
+    Status {
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a workload's output (stdout unless --stderr)
+    Logs {
+        /// The request_id the workload was started with
+        request_id: String,
+        /// Print the stderr log instead of stdout
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing new output until the workload ends
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Inspect the node's settings
     Config {
         #[command(subcommand)]
@@ -111,6 +128,12 @@ pub fn main() -> ExitCode {
         CliCommand::Config {
             action: ConfigAction::Show(args),
         } => config_show(args),
+        CliCommand::Status { json } => local_status(*json),
+        CliCommand::Logs {
+            request_id,
+            stderr,
+            follow,
+        } => local_logs(request_id, *stderr, *follow),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,6 +169,32 @@ fn start(args: &SettingsArgs) -> anyhow::Result<()> {
 fn config_show(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = load_settings(args)?;
     print!("{}", config::render_table(&settings));
+    Ok(())
+}
+
+/// The workload log dir of the node that would run here.
+fn local_logs_dir() -> anyhow::Result<PathBuf> {
+    let settings = Settings::load(&Overrides::default(), &Environment::from_process())?;
+    Ok(crate::workload::paths::logs_dir(&settings.config_dir.value))
+}
+
+fn local_status(json: bool) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        crate::workload::local::status(&local_logs_dir()?, json)
+    );
+    Ok(())
+}
+
+fn local_logs(request_id: &str, stderr: bool, follow: bool) -> anyhow::Result<()> {
+    let dir = local_logs_dir()?;
+    crate::workload::local::logs(
+        &dir,
+        request_id,
+        stderr,
+        follow,
+        &mut std::io::stdout().lock(),
+    )?;
     Ok(())
 }
 

@@ -1,1 +1,153 @@
+//! `cyberwave-cloud-node status` and `logs`: what an operator on the
+//! machine can see without a broker or a running node, straight from the
+//! records in the config dir.
 
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::paths::WorkloadPaths;
+use super::procfs;
+use super::record::{now_unix_ms, scan, WorkloadRecord, WorkloadState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("no workload with request_id {request_id:?} in {dir}; `cyberwave-cloud-node status` lists the known ones")]
+    UnknownRequest { request_id: String, dir: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A record as the operator sees it: "running" only if the process is.
+fn effective_state(record: &WorkloadRecord) -> &'static str {
+    match (
+        record.state,
+        record.supervisor_pid.zip(record.supervisor_start_time),
+    ) {
+        (WorkloadState::Running, Some((pid, start))) if !procfs::is_running(pid, start) => {
+            "ended (not yet reported)"
+        }
+        (state, _) => state.name(),
+    }
+}
+
+fn summary(record: &WorkloadRecord, now_ms: u64) -> Value {
+    json!({
+        "request_id": record.request_id,
+        "type": record.workload_type,
+        "state": effective_state(record),
+        "pid": record.pid,
+        "age_seconds": (record.age_seconds(now_ms)).round(),
+        "stdout_log": record.stdout_log,
+        "stderr_log": record.stderr_log,
+    })
+}
+
+/// The `status` text (or JSON lines with `json`).
+pub fn status(logs_dir: &Path, json: bool) -> String {
+    let now = now_unix_ms();
+    let records: Vec<WorkloadRecord> = scan(logs_dir)
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .collect();
+    if json {
+        let all: Vec<Value> = records.iter().map(|r| summary(r, now)).collect();
+        return format!("{}\n", Value::Array(all));
+    }
+    if records.is_empty() {
+        return format!("no workloads recorded in {}\n", logs_dir.display());
+    }
+    let mut out = format!(
+        "{:<10} {:<26} {:>8} {:>9}  {:<24} LOGS\n",
+        "TYPE", "STATE", "PID", "AGE", "REQUEST_ID"
+    );
+    for r in &records {
+        out.push_str(&format!(
+            "{:<10} {:<26} {:>8} {:>9}  {:<24} {}\n",
+            r.workload_type,
+            effective_state(r),
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            human_age(r.age_seconds(now)),
+            r.request_id,
+            r.stdout_log.display()
+        ));
+    }
+    out
+}
+
+fn human_age(seconds: f64) -> String {
+    let s = seconds as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// Copies a workload's log to `out`; with `follow`, keeps copying new bytes
+/// until the workload has ended.
+pub fn logs(
+    logs_dir: &Path,
+    request_id: &str,
+    stderr: bool,
+    follow: bool,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
+    let (paths, record) = scan(logs_dir)
+        .into_iter()
+        .find_map(|(paths, r)| {
+            r.ok()
+                .filter(|r| r.request_id == request_id)
+                .map(|r| (paths, r))
+        })
+        .ok_or_else(|| LocalError::UnknownRequest {
+            request_id: request_id.to_owned(),
+            dir: logs_dir.to_owned(),
+        })?;
+    let path = if stderr {
+        record.stderr_log.clone()
+    } else {
+        record.stdout_log.clone()
+    };
+    let mut offset = copy_from(&path, 0, out)?;
+    while follow && still_running(&paths, &record) {
+        std::thread::sleep(Duration::from_millis(200));
+        offset = copy_from(&path, offset, out)?;
+    }
+    copy_from(&path, offset, out)?;
+    Ok(())
+}
+
+fn still_running(paths: &WorkloadPaths, record: &WorkloadRecord) -> bool {
+    if paths.exit().exists() {
+        return false;
+    }
+    match record.supervisor_pid.zip(record.supervisor_start_time) {
+        Some((pid, start)) => procfs::is_running(pid, start),
+        None => record.state.is_active(),
+    }
+}
+
+fn copy_from(path: &Path, offset: u64, out: &mut dyn Write) -> Result<u64, LocalError> {
+    let read_error = |source| LocalError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
+        Err(e) => return Err(read_error(e)),
+    };
+    file.seek(SeekFrom::Start(offset)).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_error)?;
+    let _ = out.write_all(&bytes);
+    let _ = out.flush();
+    Ok(offset + bytes.len() as u64)
+}
