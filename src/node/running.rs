@@ -120,6 +120,7 @@ impl RunningNode {
         tokio::pin!(heartbeat_timer);
         let mut output_timer = tokio::time::interval(OUTPUT_POLL);
         output_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quiet_polls: u32 = 0;
         let mut retention_timer = tokio::time::interval(RETENTION_SWEEP);
         retention_timer.tick().await;
         let exit = loop {
@@ -134,7 +135,9 @@ impl RunningNode {
                 },
                 _ = &mut heartbeat_timer, if !self.heartbeat.busy => self.send_heartbeat(),
                 Some(event) = self.workload_events.recv() => self.on_workload(event).await,
-                _ = output_timer.tick(), if self.workloads.active_count() > 0 => self.publish_output().await,
+                _ = output_timer.tick(), if self.workloads.active_count() > 0 => {
+                    quiet_polls = self.publish_output(quiet_polls).await;
+                }
                 _ = retention_timer.tick() => self.workloads.prune(),
                 Some(done) = self.background_rx.recv() => {
                     if let Err(fatal) = self.on_background(done).await {

@@ -12,6 +12,9 @@ use crate::workload::tail::TailMessage;
 use crate::workload::template::WITHHELD_VARS;
 use crate::workload::{Terminal, WorkloadConfig, WorkloadEvent};
 
+/// Output polls without news before polling slows to once a second.
+const QUIET_AFTER: u32 = 4;
+
 /// When a command is answered.
 pub(super) enum Reply {
     Now(Response),
@@ -151,10 +154,21 @@ impl RunningNode {
         }
     }
 
-    /// Live output of the running workloads.
-    pub(super) async fn publish_output(&mut self) {
+    /// Live output of the running workloads. After a second of silence the
+    /// files are checked once a second instead of four times, which keeps a
+    /// node with many quiet workloads idle; `quiet_polls` counts the silence.
+    pub(super) async fn publish_output(&mut self, quiet_polls: u32) -> u32 {
+        if quiet_polls >= QUIET_AFTER && quiet_polls % QUIET_AFTER != 0 {
+            return quiet_polls + 1;
+        }
         let messages = self.workloads.poll_output();
+        let quiet = messages.is_empty();
         self.publish_messages(messages).await;
+        if quiet {
+            quiet_polls + 1
+        } else {
+            0
+        }
     }
 
     async fn publish_messages(&self, messages: Vec<TailMessage>) {

@@ -142,11 +142,15 @@ fn log_message(record: &WorkloadRecord, stream: &str, offset: u64, chunk: &[u8])
 /// New bytes from `offset`, in chunks of at most [`MAX_CHUNK`] that do not
 /// split a UTF-8 character (unless the bytes are not text, or `last`).
 fn read_chunks(path: &Path, offset: &mut u64, last: bool) -> Vec<(u64, Vec<u8>)> {
+    // A stat is the whole cost of a quiet workload: open only when it grew.
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len <= *offset {
+        return Vec::new();
+    }
     let Ok(mut file) = std::fs::File::open(path) else {
         return Vec::new();
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len <= *offset || file.seek(SeekFrom::Start(*offset)).is_err() {
+    if file.seek(SeekFrom::Start(*offset)).is_err() {
         return Vec::new();
     }
     let mut bytes = Vec::with_capacity((len - *offset).min(MAX_PER_POLL as u64) as usize);
@@ -178,11 +182,10 @@ fn read_chunks(path: &Path, offset: &mut u64, last: bool) -> Vec<(u64, Vec<u8>)>
 /// The last valid JSON line among the complete new lines of the progress
 /// file; the offset moves past every complete line.
 fn read_progress(path: &Path, offset: &mut u64) -> Option<Value> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    if len <= *offset {
+    if std::fs::metadata(path).ok()?.len() <= *offset {
         return None;
     }
+    let mut file = std::fs::File::open(path).ok()?;
     file.seek(SeekFrom::Start(*offset)).ok()?;
     let mut bytes = Vec::new();
     file.take(MAX_PER_POLL as u64)

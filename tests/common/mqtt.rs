@@ -68,7 +68,12 @@ impl TestClient {
         if let Some((user, pass)) = creds {
             opts.set_credentials(user, pass);
         }
-        let (client, connection) = Client::new(opts, 64);
+        let (client, mut connection) = Client::new(opts, 64);
+        // Like the node: no Nagle, or a publish that follows an ack waits
+        // ~40 ms for the broker's delayed ACK and every timing is off.
+        let mut network = connection.eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        connection.eventloop.set_network_options(network);
         let (control_tx, control_rx) = mpsc::channel();
         let (msg_tx, msg_rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
