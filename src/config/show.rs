@@ -85,6 +85,9 @@ fn rows(s: &Settings) -> Vec<Row> {
             &s.max_concurrent_workloads,
             u32::to_string,
         ),
+        row("log_retention_days", &s.log_retention, |d| {
+            (d.as_secs() / 86_400).to_string()
+        }),
         row("config_dir", &s.config_dir, |p| p.display().to_string()),
     ]
 }
