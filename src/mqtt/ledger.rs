@@ -57,14 +57,17 @@ impl Ledger {
     }
 
     /// Connected again. Without a resumed session rumqttc has dropped every
-    /// unacknowledged publish and its resend queue.
-    pub fn on_connected(&mut self, session_present: bool) {
+    /// unacknowledged publish and its resend queue: returns the outbox ids
+    /// among them, which must be published again.
+    pub fn on_connected(&mut self, session_present: bool) -> Vec<u64> {
+        let mut dropped = Vec::new();
         if !session_present {
-            let dropped = self.unassigned_at_loss.min(self.queued.len());
-            self.queued.drain(..dropped);
-            self.inflight.clear();
+            let count = self.unassigned_at_loss.min(self.queued.len());
+            dropped.extend(self.queued.drain(..count).flatten());
+            dropped.extend(self.inflight.drain().filter_map(|(_, token)| token));
         }
         self.unassigned_at_loss = 0;
+        dropped
     }
 }
 
@@ -91,7 +94,7 @@ mod tests {
         l.on_sent(5);
         l.queued(Some(2)); // still in the request queue when the link broke
         l.on_lost(0);
-        l.on_connected(true);
+        assert!(l.on_connected(true).is_empty());
         l.on_sent(5); // resend of the paired publish
         l.on_sent(6); // first send of the queued one
         assert_eq!(l.on_acked(6), Some(2));
@@ -106,7 +109,9 @@ mod tests {
         l.queued(Some(2)); // drained into the resend queue, no pkid yet
         l.on_lost(1);
         l.queued(Some(3)); // published while disconnected: survives
-        l.on_connected(false);
+        let mut dropped = l.on_connected(false);
+        dropped.sort();
+        assert_eq!(dropped, vec![1, 2], "both must be published again");
         l.on_sent(1);
         assert_eq!(l.on_acked(1), Some(3));
         assert_eq!(l.on_acked(3), None, "the old pairing is gone");

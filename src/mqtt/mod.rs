@@ -73,6 +73,8 @@ pub struct MqttConfig {
 pub enum MqttEvent {
     Connected {
         session_present: bool,
+        /// Outbox ids whose publishes the new session dropped.
+        dropped: Vec<u64>,
     },
     Subscribed,
     Message(Publish),
@@ -287,10 +289,11 @@ async fn drive(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
                 );
-                lock(&publisher.ledger).on_connected(ack.session_present);
+                let dropped = lock(&publisher.ledger).on_connected(ack.session_present);
                 on_connect(&publisher, &config);
                 let _ = events.send(MqttEvent::Connected {
                     session_present: ack.session_present,
+                    dropped,
                 });
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {

@@ -6,7 +6,7 @@ use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::commands::{self, CommandContext};
 use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
@@ -60,8 +60,9 @@ pub(super) struct RunningNode {
     pub(super) outbox: Outbox,
     /// Commands whose MQTT ack waits for their workload's launch.
     pub(super) unacked_starts: HashMap<String, Publish>,
-    /// Whether this MQTT link has had the outbox re-sent yet.
-    outbox_resent: bool,
+    /// Outbox ids this MQTT link has queued: the first connect re-sends the
+    /// others (left by an earlier run), never these a second time.
+    pub(super) outbox_queued: Option<HashSet<u64>>,
 }
 
 impl RunningNode {
@@ -109,7 +110,7 @@ impl RunningNode {
             workload_events,
             outbox,
             unacked_starts: HashMap::new(),
-            outbox_resent: false,
+            outbox_queued: Some(HashSet::new()),
         })
     }
 
@@ -161,19 +162,17 @@ impl RunningNode {
 
     async fn on_mqtt(&mut self, event: MqttEvent) {
         match event {
-            MqttEvent::Connected { session_present } => {
+            MqttEvent::Connected {
+                session_present,
+                dropped,
+            } => {
                 tracing::info!(
                     session_present,
                     "connected to the MQTT broker at {}:{}",
                     self.settings.mqtt_host.value,
                     self.settings.mqtt_port.value
                 );
-                // A fresh process or a fresh broker session has nothing of
-                // ours in flight: whatever the outbox holds goes out again.
-                if !session_present || !self.outbox_resent {
-                    self.outbox_resent = true;
-                    self.resend_outbox().await;
-                }
+                self.resend_outbox(&dropped).await;
             }
             MqttEvent::Delivered(id) => self.outbox.delivered(id),
             MqttEvent::Subscribed if !self.ready => {
@@ -333,6 +332,7 @@ impl RunningNode {
         };
         self.identity = identity;
         self.ready = false;
+        self.outbox_queued = Some(HashSet::new());
         self.schedule_heartbeat(self.settings.heartbeat_interval.value);
         Ok(())
     }
@@ -342,6 +342,7 @@ impl RunningNode {
     /// answered with "shutting down".
     async fn stop(mut self, exit: Exit) -> Result<(), NodeError> {
         self.accepting = false;
+        self.workloads.save_offsets();
         let running = self.workloads.describe_active();
         tracing::info!(
             "stopping: no new commands are accepted; {} workload(s) keep running",

@@ -139,7 +139,12 @@ impl RunningNode {
         self.workloads.reported(&request_id, ending);
         let payload = response.to_bytes();
         let sent = match stored {
-            Ok(id) => self.mqtt.publish_tracked(&entry.topic, payload, id).await,
+            Ok(id) => {
+                if let Some(queued) = self.outbox_queued.as_mut() {
+                    queued.insert(id);
+                }
+                self.mqtt.publish_tracked(&entry.topic, payload, id).await
+            }
             Err(e) => {
                 tracing::error!(request_id, "cannot store the {} event in the outbox ({e}); publishing it without a safety net", ending.event());
                 self.mqtt.publish(&entry.topic, payload, false).await
@@ -190,9 +195,19 @@ impl RunningNode {
         }
     }
 
-    /// Publishes every stored event again (they are removed once acked).
-    pub(super) async fn resend_outbox(&mut self) {
+    /// Publishes stored events again: on a link's first connect every one
+    /// it has not queued itself (left by an earlier run or link), later the
+    /// ones a fresh broker session dropped. They are removed once acked.
+    pub(super) async fn resend_outbox(&mut self, dropped: &[u64]) {
+        let first_connect = self.outbox_queued.take();
         for (id, entry) in self.outbox.pending() {
+            let resend = match &first_connect {
+                Some(queued) => !queued.contains(&id),
+                None => dropped.contains(&id),
+            };
+            if !resend {
+                continue;
+            }
             let payload = entry.payload.to_string().into_bytes();
             if let Err(e) = self.mqtt.publish_tracked(&entry.topic, payload, id).await {
                 tracing::warn!("could not re-send a stored event: {e}");

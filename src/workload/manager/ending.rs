@@ -6,7 +6,27 @@ use super::*;
 /// How often a cancelled workload's process group is checked for leftovers.
 const SETTLE_POLL: Duration = Duration::from_millis(50);
 
+/// True when process group `pid` is still the workload's: its leader is the
+/// process that started at `start`, or the leader is gone and its group
+/// lives on.
+fn is_ours(pid: i32, start: u64) -> bool {
+    if procfs::is_same_process(pid, start) {
+        return true;
+    }
+    procfs::start_time(pid).is_none() && procfs::group_alive(pid)
+}
+
 impl Workloads {
+    /// Saves every running workload's live-output offsets (before a stop),
+    /// so the next node goes on exactly where this one stopped.
+    pub fn save_offsets(&mut self) {
+        for entry in self.entries.values_mut() {
+            if let Some(tail) = entry.tail.as_mut() {
+                tail.save(&entry.paths, true);
+            }
+        }
+    }
+
     /// The supervisor is gone. Returns the terminal event, or `None` while
     /// there is still something to wait for.
     pub fn on_exited(&mut self, request_id: &str) -> Option<Terminal> {
@@ -138,9 +158,11 @@ impl Workloads {
                 record.request_id
             )
         })?;
-        // Only the group of a process this node started, and still the same
-        // process: a reused pid belongs to someone else.
-        if !procfs::is_same_process(pid, start) && !procfs::group_alive(pid) {
+        // Only the group of a process this node started: the leader is still
+        // the same process, or it is gone and only its group lives on (Linux
+        // never hands out a pid still used as a group id). A pid that now
+        // names another process belongs to a stranger.
+        if !is_ours(pid, start) {
             return Err(format!(
                 "workload {} (pid {pid}) has already ended; nothing was signalled",
                 record.request_id
@@ -207,7 +229,8 @@ impl Workloads {
         else {
             return;
         };
-        if let Some(pid) = entry.record.pid.filter(|pid| procfs::group_alive(*pid)) {
+        let leader = entry.record.pid.zip(entry.record.start_time);
+        if let Some((pid, _)) = leader.filter(|(pid, start)| is_ours(*pid, *start)) {
             tracing::warn!(
                 pid,
                 request_id,
