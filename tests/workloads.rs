@@ -414,3 +414,85 @@ fn unwritable_log_dir_gives_a_clear_error() {
     );
     assert_eq!(s.status()["status"], "ok");
 }
+
+#[test]
+fn progress_is_rate_limited_and_the_latest_wins() {
+    let script = "for i in $(seq 1 40); do echo \"{\\\"step\\\": $i, \\\"total\\\": 40}\" >> \"$CYBERWAVE_PROGRESS_FILE\"; sleep 0.025; done";
+    let s = training(script);
+    s.request(json!({"command": "training", "request_id": "rate"}));
+    let mut steps = Vec::new();
+    let mut times = Vec::new();
+    let began = std::time::Instant::now();
+    loop {
+        let Some(v) = s
+            .client
+            .recv_json_where(Duration::from_secs(5), |_, v| v["request_id"] == "rate")
+        else {
+            panic!("no terminal event")
+        };
+        if v["event"] == "progress" {
+            steps.push(v["output"]["step"].as_i64().unwrap());
+            times.push(began.elapsed());
+        }
+        if v["event"] == "completed" {
+            break;
+        }
+    }
+    assert_eq!(
+        *steps.last().unwrap(),
+        40,
+        "the latest progress is never dropped: {steps:?}"
+    );
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    // 40 lines over about a second: at most 4 a second, plus the final flush.
+    let span = times.last().unwrap().saturating_sub(times[0]).as_secs_f64();
+    assert!(
+        steps.len() as f64 <= span * 4.0 + 2.0,
+        "{} events in {span:.2}s: {steps:?}",
+        steps.len()
+    );
+}
+
+#[test]
+fn files_of_old_finished_workloads_are_removed_at_start() {
+    let old_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3 * 86_400_000;
+    let record = |id: &str, state: &str| {
+        json!({
+            "request_id": id, "workload_type": "training", "state": state,
+            "created_unix_ms": old_ms, "pid": null, "start_time": null, "started_unix_ms": old_ms,
+            "supervisor_pid": null, "supervisor_start_time": null,
+            "stdout_log": format!("/x/training_{id}.stdout.log"), "stderr_log": "/x/e",
+            "finished_unix_ms": old_ms
+        })
+        .to_string()
+    };
+    let s = Scenario::start(|n| {
+        n.env_var("CYBERWAVE_TRAINING_CMD", "echo again")
+            .env_var("CYBERWAVE_LOG_RETENTION_DAYS", "2")
+            .home_file(
+                ".cyberwave/workload_logs/training_old.record.json",
+                &record("old", "completed"),
+            )
+            .home_file(
+                ".cyberwave/workload_logs/training_old.stdout.log",
+                "old output\n",
+            )
+    });
+    let dir = logs_dir(&s);
+    assert!(
+        !dir.join("training_old.record.json").exists(),
+        "expired record kept"
+    );
+    assert!(
+        !dir.join("training_old.stdout.log").exists(),
+        "expired log kept"
+    );
+    // Its request_id is forgotten with it and may run again.
+    let started = s.request(json!({"command": "training", "request_id": "old"}));
+    assert_eq!(started["event"], "started", "{started}");
+    event(&s, "old", "completed", Duration::from_secs(5));
+}
