@@ -237,21 +237,7 @@ impl Workloads {
         let paths = WorkloadPaths::new(&self.config.logs_dir, kind, request_id);
         let command =
             render(&template, &params_json, &paths.params().to_string_lossy()).map_err(refuse)?;
-        let record = WorkloadRecord {
-            request_id: request_id.to_owned(),
-            workload_type: kind.to_owned(),
-            state: WorkloadState::Starting,
-            created_unix_ms: now_unix_ms(),
-            pid: None,
-            start_time: None,
-            started_unix_ms: None,
-            supervisor_pid: None,
-            supervisor_start_time: None,
-            stdout_log: paths.stdout(),
-            stderr_log: paths.stderr(),
-            cancel: None,
-            finished_unix_ms: None,
-        };
+        let record = WorkloadRecord::starting(request_id, kind, &paths);
         let spec = LaunchSpec {
             exe: self.config.supervisor_exe.clone(),
             paths: paths.clone(),
@@ -261,6 +247,22 @@ impl Workloads {
             params_json,
             record: record.clone(),
         };
+        self.spawn_launch(request_id, spec);
+        self.entries.insert(
+            request_id.to_owned(),
+            Entry {
+                record,
+                paths,
+                tail: None,
+                orphaned: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Launches in the background: `Started` when the pid is known, then
+    /// `Exited` when the supervisor (this process's child) ends.
+    fn spawn_launch(&self, request_id: &str, spec: LaunchSpec) {
         let events = self.events.clone();
         let id = request_id.to_owned();
         tokio::spawn(async move {
@@ -281,16 +283,6 @@ impl Workloads {
                 }
             }
         });
-        self.entries.insert(
-            request_id.to_owned(),
-            Entry {
-                record,
-                paths,
-                tail: None,
-                orphaned: false,
-            },
-        );
-        Ok(())
     }
 
     /// What a workload sees: the node's environment without its broker

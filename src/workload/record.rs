@@ -71,6 +71,29 @@ pub struct WorkloadRecord {
 }
 
 impl WorkloadRecord {
+    /// The record written before anything runs.
+    pub fn starting(
+        request_id: &str,
+        workload_type: &str,
+        paths: &WorkloadPaths,
+    ) -> WorkloadRecord {
+        WorkloadRecord {
+            request_id: request_id.to_owned(),
+            workload_type: workload_type.to_owned(),
+            state: WorkloadState::Starting,
+            created_unix_ms: now_unix_ms(),
+            pid: None,
+            start_time: None,
+            started_unix_ms: None,
+            supervisor_pid: None,
+            supervisor_start_time: None,
+            stdout_log: paths.stdout(),
+            stderr_log: paths.stderr(),
+            cancel: None,
+            finished_unix_ms: None,
+        }
+    }
+
     pub fn save(&self, paths: &WorkloadPaths) -> std::io::Result<()> {
         write_json(&paths.record(), self)
     }

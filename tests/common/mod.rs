@@ -10,6 +10,7 @@ pub mod broker;
 mod http;
 pub mod mqtt;
 pub mod node;
+pub mod restart;
 
 pub use backend::{FakeBackend, Recorded};
 pub use broker::Broker;
