@@ -496,3 +496,21 @@ fn files_of_old_finished_workloads_are_removed_at_start() {
     assert_eq!(started["event"], "started", "{started}");
     event(&s, "old", "completed", Duration::from_secs(5));
 }
+
+#[test]
+fn workloads_start_with_default_signal_dispositions() {
+    // With SIGPIPE ignored, `yes` would complain about a broken pipe.
+    let s = training("yes | head -n 1; grep -E '^Sig(Ign|Blk)' /proc/self/status");
+    s.request(json!({"command": "training", "request_id": "sigs"}));
+    let done = event(&s, "sigs", "completed", Duration::from_secs(5));
+    assert_eq!(done["output"]["stderr_tail"], "", "{done}");
+    let stdout = done["output"]["stdout_tail"].as_str().unwrap();
+    // Signals 1 to 31. (glibc's posix_spawn leaves its two internal signals,
+    // 32 and 33, ignored; no program can use those.)
+    let mask = |name: &str| {
+        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split('\t').nth(1).unwrap(), 16).unwrap() & 0x7fff_ffff
+    };
+    assert_eq!(mask("SigIgn:"), 0, "{stdout}");
+    assert_eq!(mask("SigBlk:"), 0, "{stdout}");
+}

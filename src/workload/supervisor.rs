@@ -52,7 +52,9 @@ pub fn main(args: &[OsString]) -> ExitCode {
     let _ = nix::unistd::setsid();
     // SAFETY: installing plain handlers before any other thread exists.
     unsafe {
-        let _ = signal::signal(Signal::SIGHUP, SigHandler::SigIgn);
+        // The pipe to the node may be gone by the time we write to it. (std
+        // resets SIGPIPE for the workload itself; nothing else is ignored,
+        // so the workload starts with default dispositions.)
         let _ = signal::signal(Signal::SIGPIPE, SigHandler::SigIgn);
         // Someone signalling the supervisor means the workload.
         let _ = signal::signal(Signal::SIGTERM, SigHandler::Handler(forward_signal));
