@@ -200,6 +200,9 @@ impl RunningNode {
     /// ones a fresh broker session dropped. They are removed once acked.
     pub(super) async fn resend_outbox(&mut self, dropped: &[u64]) {
         let first_connect = self.outbox_queued.take();
+        if first_connect.is_none() && dropped.is_empty() {
+            return;
+        }
         for (id, entry) in self.outbox.pending() {
             let resend = match &first_connect {
                 Some(queued) => !queued.contains(&id),
