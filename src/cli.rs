@@ -50,6 +50,9 @@ enum CliCommand {
     /// Register with Cyberwave and serve commands until stopped (SIGTERM or Ctrl+C)
     #[command(after_long_help = TOKEN_HELP)]
     Start(SettingsArgs),
+    /// Send a command to a node and show what comes back, like the backend would
+    #[command(after_long_help = SEND_HELP)]
+    Send(SendArgs),
     /// List the workloads this node knows (from its records; no broker needed)
     Status {
         /// Print a JSON array instead of a table
@@ -80,6 +83,57 @@ enum ConfigAction {
     Show(SettingsArgs),
 }
 
+const SEND_HELP: &str = "\
+EXIT CODES
+  0  the command was answered ok (with --wait done: the workload completed)
+  N  --wait done and the workload failed: its own exit code (128+signal if killed)
+  1  an error response, a cancelled workload, or bad arguments
+  2  no answer (or no broker) within --timeout
+
+EXAMPLES
+  cyberwave-cloud-node send status
+  cyberwave-cloud-node send training --params '{\"epochs\": 3}' --wait done --follow-logs
+  cyberwave-cloud-node send cancel --params '{\"workload_request_id\": \"r-1\"}'
+  cyberwave-cloud-node send inference --params @request.json --node gpu1 --json";
+
+/// `send`'s own flags, plus the settings flags that say which broker.
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// The command: status, training, inference, simulate, cancel, ...
+    command: String,
+    /// The command's params: a JSON object, or @FILE to read it from a file
+    #[arg(long, value_name = "JSON|@FILE")]
+    params: Option<String>,
+    /// The request_id to use [default: a new uuid]
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+    /// The node's uuid or slug [default: the node whose identity is in the config dir]
+    #[arg(long, value_name = "UUID|SLUG")]
+    node: Option<String>,
+    /// How long to wait: none, started (the immediate response), done (a workload's end)
+    #[arg(long, value_enum, default_value = "started")]
+    wait: crate::send::Wait,
+    /// Print the workload's live output as it arrives (with --wait done)
+    #[arg(long)]
+    follow_logs: bool,
+    /// Print every message as a raw JSON line
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for an answer [default: 10 for the first answer; after
+    /// `started`, --wait done waits as long as the workload runs]
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Path to cyberwave.yml, for the broker settings
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// MQTT broker host [default: as `start`]
+    #[arg(long, value_name = "HOST")]
+    mqtt_host: Option<String>,
+    /// MQTT broker port [default: as `start`]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    mqtt_port: Option<u16>,
+}
+
 /// Flags that override every other settings source.
 #[derive(Debug, Args)]
 struct SettingsArgs {
@@ -102,6 +156,12 @@ struct SettingsArgs {
     /// MQTT broker port; 8883 turns TLS on [default: 1883]
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     mqtt_port: Option<u16>,
+
+    /// Run without a Cyberwave account: embed an MQTT broker on 127.0.0.1
+    /// (at --mqtt-port), make a local identity, skip every REST call. With
+    /// --mqtt-host, use that broker instead of embedding one
+    #[arg(long)]
+    standalone: bool,
 }
 
 impl SettingsArgs {
@@ -112,6 +172,7 @@ impl SettingsArgs {
             profile: self.profile.clone(),
             mqtt_host: self.mqtt_host.clone(),
             mqtt_port: self.mqtt_port,
+            standalone: self.standalone,
         }
     }
 }
@@ -128,6 +189,7 @@ pub fn main() -> ExitCode {
         CliCommand::Config {
             action: ConfigAction::Show(args),
         } => config_show(args),
+        CliCommand::Send(args) => return send(args),
         CliCommand::Status { json } => local_status(*json),
         CliCommand::Logs {
             request_id,
@@ -172,6 +234,56 @@ fn config_show(args: &SettingsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn send(args: &SendArgs) -> ExitCode {
+    let overrides = Overrides {
+        config: args.config.clone(),
+        mqtt_host: args.mqtt_host.clone(),
+        mqtt_port: args.mqtt_port,
+        ..Overrides::default()
+    };
+    let settings = match Settings::load(&overrides, &Environment::from_process()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            eprintln!("error: --timeout must be a positive number of seconds, got {t}");
+            return ExitCode::FAILURE;
+        }
+        t => t.map(std::time::Duration::from_secs_f64),
+    };
+    let request = crate::send::SendRequest {
+        command: args.command.clone(),
+        params: args.params.clone(),
+        request_id: args.request_id.clone(),
+        node: args.node.clone(),
+        wait: args.wait,
+        follow_logs: args.follow_logs,
+        json: args.json,
+        timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::send::send(&settings, request)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
 /// The workload log dir of the node that would run here.
 fn local_logs_dir() -> anyhow::Result<PathBuf> {
     let settings = Settings::load(&Overrides::default(), &Environment::from_process())?;
@@ -201,8 +313,10 @@ fn local_logs(request_id: &str, stderr: bool, follow: bool) -> anyhow::Result<()
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn,cyberwave_cloud_node=info,install=info",
-        1 => "warn,cyberwave_cloud_node=debug,install=info",
+        // The embedded broker reports every client that hangs up as an
+        // error; the node reports its own problems.
+        0 => "warn,cyberwave_cloud_node=info,install=info,rumqttd=off",
+        1 => "warn,cyberwave_cloud_node=debug,install=info,rumqttd=warn",
         _ => "warn,cyberwave_cloud_node=trace,install=trace",
     };
     let filter = std::env::var("CYBERWAVE_LOG")

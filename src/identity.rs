@@ -21,6 +21,9 @@ pub struct Identity {
     pub workspace_slug: Option<String>,
     #[serde(default)]
     pub registered_at: String,
+    /// Made locally by `start --standalone`, never registered with a backend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standalone: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,7 @@ mod tests {
             slug: "gpu1".into(),
             workspace_slug: Some("ws".into()),
             registered_at: "2026-11-22T10:00:00Z".into(),
+            standalone: false,
         };
         save(&path, &identity).unwrap();
         assert_eq!(load(&path).unwrap(), Some(identity));

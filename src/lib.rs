@@ -42,11 +42,14 @@ pub mod config;
 pub mod fsutil;
 pub mod identity;
 pub mod install;
+pub mod lock;
 pub mod mqtt;
 pub mod node;
 pub mod outbox;
 pub mod protocol;
+pub mod send;
 pub mod shutdown;
+pub mod standalone;
 pub mod workload;
 
 /// Workloads are supervised by the node's own executable in a hidden mode.

@@ -178,6 +178,8 @@ pub struct Overrides {
     pub profile: Option<String>,
     pub mqtt_host: Option<String>,
     pub mqtt_port: Option<u16>,
+    /// `--standalone`: embedded broker, local identity, no REST.
+    pub standalone: bool,
 }
 
 /// The node's effective settings.
@@ -220,6 +222,8 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// The unit of every retry delay (see [`RetryUnit`]).
     pub retry_unit: RetryUnit,
+    /// Run without the Cyberwave backend (see `crate::standalone`).
+    pub standalone: bool,
 }
 
 impl Settings {
@@ -264,6 +268,7 @@ impl Settings {
         settings.config_file = config_file;
         settings.identity = identity;
         settings.retry_unit = RetryUnit::from_env(env.get("CYBERWAVE_RETRY_BASE_MS"));
+        settings.standalone = overrides.standalone;
         settings.warnings.splice(0..0, warnings);
         Ok(settings)
     }

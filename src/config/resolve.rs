@@ -297,6 +297,7 @@ impl Layers<'_> {
             identity: None,
             warnings: Vec::new(),
             retry_unit: Default::default(),
+            standalone: false,
         })
     }
 

@@ -236,7 +236,7 @@ fn presence(node: &NodeRef, state: &'static str) -> Vec<u8> {
     .to_bytes()
 }
 
-fn tls_config(ca_file: Option<&PathBuf>) -> Result<TlsConfiguration, MqttError> {
+pub(crate) fn tls_config(ca_file: Option<&PathBuf>) -> Result<TlsConfiguration, MqttError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {

@@ -17,6 +17,7 @@ use crate::config::{ConfigError, Settings};
 use crate::fsutil;
 use crate::identity::{self, Identity, IdentityError};
 use crate::install::{self, InstallError};
+use crate::lock::ConfigDirLock;
 use crate::mqtt::{MqttConfig, MqttError, MqttEvent, MqttLink, Topics};
 use crate::protocol::{self, Incoming, NodeRef, Response};
 use crate::shutdown::Shutdown;
@@ -62,6 +63,10 @@ pub enum NodeError {
     },
     #[error("cannot find the node's own executable to supervise workloads: {0}")]
     OwnExecutable(std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Standalone(#[from] crate::standalone::StandaloneError),
     #[error("cannot create the config dir {path}: {source}; set CYBERWAVE_CONFIG_DIR to a writable directory")]
     ConfigDir {
         path: std::path::PathBuf,
@@ -79,6 +84,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), NodeError
         path: config_dir.clone(),
         source,
     })?;
+    let _lock = ConfigDirLock::acquire(config_dir)?;
+    if settings.standalone {
+        return standalone::run(settings, shutdown).await;
+    }
     let token = settings.require_token()?;
     let backend = Backend::new(
         &settings.api_url.value,
@@ -106,7 +115,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), NodeError
         Ok(None) => return Ok(()),
         Err(error) => return Err(fail_before_ready(&backend, &settings, error).await),
     };
-    match RunningNode::start(settings, backend.clone(), identity.clone(), shutdown) {
+    match RunningNode::start(settings, Some(backend.clone()), identity.clone(), shutdown) {
         Ok(node) => node.serve().await,
         Err(error) => {
             report_failed(&backend, &error.to_string(), &identity.uuid, &identity.slug).await;
@@ -160,6 +169,7 @@ fn save_identity(settings: &Settings, registration: &Registration) -> Result<Ide
         slug: registration.slug.clone(),
         workspace_slug: settings.workspace_slug.as_ref().map(|w| w.value.clone()),
         registered_at: protocol::now_rfc3339(),
+        standalone: false,
     };
     identity::save(
         &identity::identity_path(&settings.config_dir.value),
@@ -194,5 +204,6 @@ async fn report_failed(backend: &Backend, error: &str, uuid: &str, slug: &str) {
 }
 
 mod running;
+mod standalone;
 mod workloads;
 use running::RunningNode;

@@ -42,7 +42,8 @@ struct Heartbeat {
 
 pub(super) struct RunningNode {
     pub(super) settings: Settings,
-    backend: Backend,
+    /// `None` in standalone mode: no REST at all.
+    backend: Option<Backend>,
     identity: Identity,
     pub(super) node: NodeRef,
     pub(super) topics: Topics,
@@ -68,7 +69,7 @@ pub(super) struct RunningNode {
 impl RunningNode {
     pub(super) fn start(
         settings: Settings,
-        backend: Backend,
+        backend: Option<Backend>,
         identity: Identity,
         shutdown: Shutdown,
     ) -> Result<RunningNode, NodeError> {
@@ -134,7 +135,9 @@ impl RunningNode {
                     Some(event) => self.on_mqtt(event).await,
                     None => break Exit::Fatal(MqttError::Closed.into()),
                 },
-                _ = &mut heartbeat_timer, if !self.heartbeat.busy => self.send_heartbeat(),
+                _ = &mut heartbeat_timer, if !self.heartbeat.busy && self.backend.is_some() => {
+                    self.send_heartbeat();
+                }
                 Some(event) = self.workload_events.recv() => self.on_workload(event).await,
                 _ = output_timer.tick(), if self.workloads.active_count() > 0 => {
                     quiet_polls = self.publish_output(quiet_polls).await;
@@ -148,6 +151,24 @@ impl RunningNode {
             }
         };
         self.stop(exit).await
+    }
+
+    /// The exact `send` command that talks to this standalone node.
+    fn send_hint(&self) -> String {
+        let mut flags = String::new();
+        if self.settings.mqtt_port.value != crate::config::DEFAULT_MQTT_PORT {
+            flags.push_str(&format!(" --mqtt-port {}", self.settings.mqtt_port.value));
+        }
+        if self.settings.mqtt_host.origin == crate::config::Origin::Flag("--mqtt-host") {
+            flags.push_str(&format!(" --mqtt-host {}", self.settings.mqtt_host.value));
+        }
+        let exe = "cyberwave-cloud-node";
+        match ["training", "inference", "simulate"].into_iter().find(|k| self.settings.template(k).is_some()) {
+            Some(kind) => format!(
+                "{exe} send {kind} --params '{{\"epochs\": 3}}' --wait done --follow-logs{flags}   (or: {exe} send status{flags})"
+            ),
+            None => format!("{exe} send status{flags}"),
+        }
     }
 
     pub(super) fn context(&self) -> CommandContext<'_> {
@@ -184,6 +205,9 @@ impl RunningNode {
                     self.topics.command(&self.node.uuid),
                     self.topics.command(&self.node.slug)
                 );
+                if self.identity.standalone {
+                    tracing::info!("try it from another terminal: {}", self.send_hint());
+                }
             }
             MqttEvent::Subscribed => tracing::debug!("subscriptions renewed"),
             MqttEvent::Message(publish) => self.on_message(publish).await,
@@ -230,8 +254,10 @@ impl RunningNode {
     }
 
     fn send_heartbeat(&mut self) {
+        let Some(backend) = self.backend.clone() else {
+            return;
+        };
         self.heartbeat.busy = true;
-        let backend = self.backend.clone();
         let uuid = self.node.uuid.clone();
         let summary = commands::heartbeat_summary(&self.context());
         let done = self.background_tx.clone();
@@ -288,7 +314,9 @@ impl RunningNode {
             uuid = %self.node.uuid,
             "the backend no longer knows this instance (heartbeat answered 404): registering a new one; running workloads keep running"
         );
-        let backend = self.backend.clone();
+        let Some(backend) = self.backend.clone() else {
+            return;
+        };
         let slug_hint = self.node.slug.clone();
         let profile = self.settings.profile_slug.value.clone();
         let retry = self.settings.retry_unit.backend();
@@ -358,6 +386,9 @@ impl RunningNode {
             Exit::Graceful => None,
         };
         let call = async move {
+            let Some(backend) = backend else {
+                return; // standalone: nobody to tell
+            };
             match error_text {
                 Some(text) => report_failed(&backend, &text, &uuid, &slug).await,
                 None => {

@@ -1,0 +1,47 @@
+//! The standalone start: embedded broker, local identity, no REST.
+
+use super::running::RunningNode;
+use super::NodeError;
+use crate::config::{Origin, Settings, Sourced};
+use crate::install::{self, InstallError};
+use crate::shutdown::Shutdown;
+use crate::standalone::{local_identity, start_broker};
+
+pub(super) async fn run(mut settings: Settings, shutdown: Shutdown) -> Result<(), NodeError> {
+    // Only an explicit --mqtt-host means "use that broker": a host from the
+    // environment or credentials.json is the real platform's, which a
+    // standalone node must not talk to.
+    if settings.mqtt_host.origin != Origin::Flag("--mqtt-host") {
+        let port = settings.mqtt_port.value;
+        tokio::task::spawn_blocking(move || start_broker(port))
+            .await
+            .expect("broker start-up does not panic")?;
+        settings.mqtt_host =
+            Sourced::new("127.0.0.1".into(), Origin::Derived("the embedded broker"));
+        settings.mqtt_use_tls = Sourced::new(false, Origin::Derived("the embedded broker"));
+    }
+    if let Some(script) = &settings.install_script {
+        let outcome = install::run_install_script(
+            &script.value,
+            &settings.working_dir,
+            &settings.dotenv_vars,
+            &shutdown,
+        )
+        .await;
+        match outcome {
+            Err(InstallError::Interrupted) => return Ok(()),
+            Err(error) => return Err(error.into()),
+            Ok(()) => {}
+        }
+    }
+    let slug_hint = settings
+        .instance_slug
+        .as_ref()
+        .filter(|s| !matches!(s.origin, Origin::Identity { .. }))
+        .map(|s| s.value.clone());
+    let identity = local_identity(&settings.config_dir.value, slug_hint.as_deref())?;
+    tracing::info!(uuid = %identity.uuid, slug = %identity.slug, "standalone node: no Cyberwave backend is used");
+    RunningNode::start(settings, None, identity, shutdown)?
+        .serve()
+        .await
+}
