@@ -250,7 +250,13 @@ impl Layers<'_> {
                 .or_else(|| identity.map(|i| from_identity(&i.slug))),
             instance_uuid: self
                 .get(&INSTANCE_UUID, None, parse::instance_uuid)?
-                .or_else(|| identity.map(|i| from_identity(&i.uuid))),
+                // A standalone uuid was never registered: the backend would
+                // only answer 404.
+                .or_else(|| {
+                    identity
+                        .filter(|i| !i.standalone)
+                        .map(|i| from_identity(&i.uuid))
+                }),
             mqtt_host: self.get_or(
                 &MQTT_HOST,
                 flag(&overrides.mqtt_host, "--mqtt-host"),
