@@ -20,6 +20,7 @@
 //!   heartbeat policy, command handling and the graceful stop.
 //! - [`install`]: the install script run before registration.
 //! - [`shutdown`]: the one token every loop watches, and signal handling.
+//! - [`telemetry`]: hardware detection and the periodic metrics sample.
 //! - [`backoff`], [`fsutil`]: capped exponential backoff; atomic file writes.
 //!
 //! # Embedding
@@ -50,6 +51,7 @@ pub mod protocol;
 pub mod send;
 pub mod shutdown;
 pub mod standalone;
+pub mod telemetry;
 pub mod workload;
 
 /// Workloads are supervised by the node's own executable in a hidden mode.

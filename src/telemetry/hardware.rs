@@ -1,0 +1,186 @@
+//! Hardware detection (`cyberwave-cloud-node info`, the `hardware` of the
+//! registration body).
+
+use std::fmt::Write;
+
+use nvml_wrapper::Nvml;
+use serde::Serialize;
+use sysinfo::{Disks, System};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hardware {
+    pub os: String,
+    pub kernel: String,
+    pub hostname: String,
+    pub arch: String,
+    pub cpu_model: String,
+    pub physical_cores: Option<usize>,
+    pub logical_cores: usize,
+    pub memory_total_bytes: u64,
+    pub disks: Vec<DiskInfo>,
+    pub gpus: Vec<GpuInfo>,
+    /// Model formats the built-in runners of this build can load.
+    pub model_formats: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskInfo {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub name: String,
+    pub uuid: String,
+    pub memory_total_bytes: u64,
+    pub driver_version: String,
+    pub cuda_version: String,
+    pub compute_capability: String,
+}
+
+/// Everything detectable, now.
+pub fn detect() -> Hardware {
+    let (cpu_model, logical_cores, memory_total_bytes) = match System::new() {
+        Ok(mut system) => {
+            system.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
+            system.refresh_memory();
+            let model = system
+                .cpus()
+                .first()
+                .map(|c| c.brand().trim().to_owned())
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "unknown".into());
+            (model, system.cpus().len(), system.total_memory())
+        }
+        Err(e) => {
+            tracing::warn!("cannot read the CPU and memory figures: {e}");
+            ("unknown".into(), 0, 0)
+        }
+    };
+    Hardware {
+        os: System::long_os_version().unwrap_or_default(),
+        kernel: System::kernel_version().unwrap_or_default(),
+        hostname: System::host_name().unwrap_or_default(),
+        arch: System::cpu_arch(),
+        cpu_model,
+        physical_cores: System::physical_core_count().ok(),
+        logical_cores,
+        memory_total_bytes,
+        disks: disks(),
+        gpus: super::nvml().map(|nvml| gpus(&nvml)).unwrap_or_default(),
+        model_formats: Vec::new(),
+    }
+}
+
+/// Real filesystems only: pseudo and overlay mounts repeat the same space.
+pub(crate) fn disks() -> Vec<DiskInfo> {
+    let Ok(list) = Disks::new_with_refreshed_list() else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    list.iter()
+        .filter(|d| d.total_space() > 0)
+        .filter(|d| seen.insert(d.name().to_os_string()))
+        .map(|d| DiskInfo {
+            mount: d.mount_point().display().to_string(),
+            total_bytes: d.total_space(),
+            free_bytes: d.available_space(),
+        })
+        .collect()
+}
+
+fn gpus(nvml: &Nvml) -> Vec<GpuInfo> {
+    let driver = nvml.sys_driver_version().unwrap_or_default();
+    let cuda = nvml
+        .sys_cuda_driver_version()
+        .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
+        .unwrap_or_default();
+    let count = nvml.device_count().unwrap_or(0);
+    (0..count)
+        .filter_map(|index| {
+            let device = nvml.device_by_index(index).ok()?;
+            Some(GpuInfo {
+                index,
+                name: device.name().unwrap_or_default(),
+                uuid: device.uuid().unwrap_or_default(),
+                memory_total_bytes: device.memory_info().map(|m| m.total).unwrap_or(0),
+                driver_version: driver.clone(),
+                cuda_version: cuda.clone(),
+                compute_capability: device
+                    .cuda_compute_capability()
+                    .map(|c| format!("{}.{}", c.major, c.minor))
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// `info` for a person.
+pub fn render(hw: &Hardware) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "host      {} ({})", hw.hostname, hw.arch);
+    let _ = writeln!(out, "os        {} (kernel {})", hw.os, hw.kernel);
+    let physical = hw
+        .physical_cores
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "?".into());
+    let _ = writeln!(
+        out,
+        "cpu       {} ({physical} cores, {} threads)",
+        hw.cpu_model, hw.logical_cores
+    );
+    let _ = writeln!(out, "memory    {}", gib(hw.memory_total_bytes));
+    for disk in &hw.disks {
+        let _ = writeln!(
+            out,
+            "disk      {} {} free of {}",
+            disk.mount,
+            gib(disk.free_bytes),
+            gib(disk.total_bytes)
+        );
+    }
+    if hw.gpus.is_empty() {
+        let _ = writeln!(out, "gpus      none (no NVIDIA driver or no NVIDIA GPU)");
+    }
+    for gpu in &hw.gpus {
+        let _ = writeln!(
+            out,
+            "gpu {}     {} {} (compute {}, driver {}, CUDA {}) {}",
+            gpu.index,
+            gpu.name,
+            gib(gpu.memory_total_bytes),
+            gpu.compute_capability,
+            gpu.driver_version,
+            gpu.cuda_version,
+            gpu.uuid
+        );
+    }
+    let formats = if hw.model_formats.is_empty() {
+        "none in this build".to_owned()
+    } else {
+        hw.model_formats.join(", ")
+    };
+    let _ = writeln!(out, "models    {formats}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_machine_has_plausible_figures() {
+        let hw = detect();
+        assert!(hw.logical_cores >= 1);
+        assert!(hw.memory_total_bytes > 100 << 20);
+        assert!(!hw.kernel.is_empty());
+        assert!(render(&hw).contains("memory"));
+    }
+}
