@@ -105,13 +105,19 @@ impl Backend {
     }
 
     /// `POST /api/v1/cloud-node/{uuid}/register`.
+    /// `hardware` (from [`crate::telemetry::detect`]) is an addition the
+    /// backend may ignore.
     pub async fn register(
         &self,
         uuid: &str,
         profile_slug: &str,
+        hardware: Option<&Value>,
     ) -> Result<Registration, BackendError> {
         let path = format!("/api/v1/cloud-node/{uuid}/register");
-        let body = json!({ "profile_slug": profile_slug });
+        let mut body = json!({ "profile_slug": profile_slug });
+        if let Some(hardware) = hardware {
+            body["hardware"] = hardware.clone();
+        }
         let answer = self.call(Method::POST, &path, Some(body)).await?;
         if answer.get("success") == Some(&Value::Bool(false)) {
             let message = answer

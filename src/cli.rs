@@ -53,6 +53,12 @@ enum CliCommand {
     /// Send a command to a node and show what comes back, like the backend would
     #[command(after_long_help = SEND_HELP)]
     Send(SendArgs),
+    /// Show this machine's hardware: OS, CPU, memory, disks, NVIDIA GPUs
+    Info {
+        /// Print JSON for a program instead of text for a person
+        #[arg(long)]
+        json: bool,
+    },
     /// List the workloads this node knows (from its records; no broker needed)
     Status {
         /// Print a JSON array instead of a table
@@ -214,6 +220,7 @@ pub fn main() -> ExitCode {
             action: ConfigAction::Show(args),
         } => config_show(args),
         CliCommand::Send(args) => return send(args),
+        CliCommand::Info { json } => info(*json),
         CliCommand::Status { json } => local_status(*json),
         CliCommand::Logs {
             request_id,
@@ -308,6 +315,16 @@ fn send(args: &SendArgs) -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+fn info(json: bool) -> anyhow::Result<()> {
+    let hardware = crate::telemetry::detect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&hardware)?);
+    } else {
+        print!("{}", crate::telemetry::hardware::render(&hardware));
+    }
+    Ok(())
 }
 
 /// The workload log dir of the node that would run here.

@@ -211,6 +211,8 @@ pub struct Settings {
     pub profile_slug: Sourced<String>,
     pub heartbeat_interval: Sourced<Duration>,
     pub max_concurrent_workloads: Sourced<u32>,
+    /// Seconds between metrics samples; zero turns them off.
+    pub metrics_interval: Sourced<Duration>,
     /// How long finished workloads' files (and their request_ids) are kept.
     pub log_retention: Sourced<Duration>,
     /// The `.env` variables, for child processes (install script, workloads),

@@ -30,6 +30,15 @@ pub fn interval(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Seconds between metrics samples; 0 turns them off.
+pub fn metrics_interval(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 86_400 => Err("must be at most 86400 seconds (0 turns metrics off)".into()),
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(_) => Err("not a whole number of seconds (0 turns metrics off)".into()),
+    }
+}
+
 /// A whole number of days, at least 1, as a duration.
 pub fn days(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<u64>() {

@@ -78,6 +78,11 @@ const HEARTBEAT: Spec = spec(
     &["CYBERWAVE_HEARTBEAT_INTERVAL"],
     Some("heartbeat_interval"),
 );
+const METRICS: Spec = spec(
+    "metrics interval",
+    &["CYBERWAVE_METRICS_INTERVAL"],
+    Some("metrics_interval"),
+);
 const RETENTION: Spec = spec(
     "log retention (days)",
     &["CYBERWAVE_LOG_RETENTION_DAYS"],
@@ -292,6 +297,12 @@ impl Layers<'_> {
                 None,
                 parse::positive_count,
                 1,
+            )?,
+            metrics_interval: self.get_or(
+                &METRICS,
+                None,
+                parse::metrics_interval,
+                Duration::from_secs(10),
             )?,
             log_retention: self.get_or(
                 &RETENTION,

@@ -85,6 +85,9 @@ fn rows(s: &Settings) -> Vec<Row> {
             &s.max_concurrent_workloads,
             u32::to_string,
         ),
+        row("metrics_interval", &s.metrics_interval, |d| {
+            format!("{}s", d.as_secs())
+        }),
         row("log_retention_days", &s.log_retention, |d| {
             (d.as_secs() / 86_400).to_string()
         }),

@@ -32,6 +32,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mqtt_password",
     "max_concurrent_workloads",
     "log_retention_days",
+    "metrics_interval",
 ];
 
 /// Keys that look like a place for the API token, which must never live in a

@@ -30,6 +30,10 @@ impl Topics {
         self.topic(uuid, "logs")
     }
 
+    pub fn metrics(&self, uuid: &str) -> String {
+        self.topic(uuid, "metrics")
+    }
+
     pub fn presence(&self, uuid: &str) -> String {
         self.topic(uuid, "presence")
     }

@@ -15,6 +15,8 @@ pub struct CommandContext<'a> {
     pub started: Instant,
     pub accepting: bool,
     pub workloads: &'a Workloads,
+    /// The latest metrics sample, if metrics are on.
+    pub metrics: Option<&'a Value>,
 }
 
 /// The `status` output of PROTOCOL.md, every field.
@@ -33,6 +35,7 @@ pub fn status_output(ctx: &CommandContext<'_>) -> Value {
         "has_training": settings.training_cmd.is_some(),
         "has_simulate": settings.simulate_cmd.is_some(),
         "active_workloads": ctx.workloads.active_summaries(),
+        "metrics": ctx.metrics,
     })
 }
 
@@ -44,5 +47,6 @@ pub fn heartbeat_summary(ctx: &CommandContext<'_>) -> Value {
         "accepting_commands": ctx.accepting,
         "active_workloads": ctx.workloads.active_count(),
         "uptime_seconds": ctx.started.elapsed().as_secs(),
+        "metrics": ctx.metrics.map(crate::telemetry::metrics::summary),
     })
 }

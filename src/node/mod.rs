@@ -144,10 +144,12 @@ async fn register(
     settings: &Settings,
     shutdown: &Shutdown,
 ) -> Result<Option<Identity>, NodeError> {
+    let hardware = serde_json::to_value(crate::telemetry::detect()).unwrap_or_default();
     let request = RegistrationRequest {
         known_uuid: settings.instance_uuid.as_ref().map(|u| u.value.as_str()),
         slug_hint: settings.instance_slug.as_ref().map(|s| s.value.as_str()),
         profile_slug: &settings.profile_slug.value,
+        hardware: Some(&hardware),
     };
     let retry = settings.retry_unit.backend();
     let registration = match register_with_retry(backend, request, retry, shutdown).await {

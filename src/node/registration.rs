@@ -11,6 +11,8 @@ pub struct RegistrationRequest<'a> {
     pub known_uuid: Option<&'a str>,
     pub slug_hint: Option<&'a str>,
     pub profile_slug: &'a str,
+    /// What `telemetry::detect` found, sent along with the registration.
+    pub hardware: Option<&'a serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,10 @@ async fn try_register(
         created_slug = Some(created.slug);
     }
     let uuid = known.clone().expect("set above");
-    match backend.register(&uuid, request.profile_slug).await {
+    match backend
+        .register(&uuid, request.profile_slug, request.hardware)
+        .await
+    {
         Ok(mut registration) => {
             if registration.slug.is_empty() {
                 registration.slug = created_slug.unwrap_or_default();

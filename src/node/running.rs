@@ -13,6 +13,7 @@ use super::registration::{register_with_retry, RegistrationError, RegistrationRe
 use super::workloads::{workload_config, Reply};
 use super::*;
 use crate::outbox::Outbox;
+use crate::telemetry::{NodeFigures, Sampler};
 use crate::workload::{WorkloadEvent, Workloads};
 
 /// How often running workloads' output is checked ("within about a second").
@@ -64,6 +65,10 @@ pub(super) struct RunningNode {
     /// Outbox ids this MQTT link has queued: the first connect re-sends the
     /// others (left by an earlier run), never these a second time.
     pub(super) outbox_queued: Option<HashSet<u64>>,
+    /// `None` when metrics are off (`metrics_interval: 0`).
+    sampler: Option<Sampler>,
+    /// The latest metrics sample, for `status` and the heartbeat.
+    metrics: Option<serde_json::Value>,
 }
 
 impl RunningNode {
@@ -112,7 +117,43 @@ impl RunningNode {
             outbox,
             unacked_starts: HashMap::new(),
             outbox_queued: Some(HashSet::new()),
-        })
+            sampler: None,
+            metrics: None,
+        }
+        .with_metrics())
+    }
+
+    fn with_metrics(mut self) -> RunningNode {
+        if !self.settings.metrics_interval.value.is_zero() {
+            self.sampler = Sampler::new();
+        }
+        self
+    }
+
+    /// Samples the machine and publishes it on the metrics topic.
+    async fn publish_metrics(&mut self) {
+        let Some(sampler) = self.sampler.as_mut() else {
+            return;
+        };
+        let stats = self.workloads.stats;
+        let figures = NodeFigures {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            workloads_started: stats.started,
+            workloads_completed: stats.completed,
+            workloads_failed: stats.failed,
+            workloads_cancelled: stats.cancelled,
+            workload_seconds: stats.seconds,
+        };
+        let sample = sampler.sample(&figures);
+        let topic = self.topics.metrics(&self.node.uuid);
+        if let Err(e) = self
+            .mqtt
+            .publish(&topic, sample.to_string().into_bytes(), false)
+            .await
+        {
+            tracing::debug!("could not publish metrics: {e}");
+        }
+        self.metrics = Some(sample);
     }
 
     /// The event loop, then the stop.
@@ -123,6 +164,14 @@ impl RunningNode {
         let mut output_timer = tokio::time::interval(OUTPUT_POLL);
         output_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut quiet_polls: u32 = 0;
+        let metrics_every = self
+            .settings
+            .metrics_interval
+            .value
+            .max(Duration::from_secs(1));
+        let mut metrics_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + metrics_every, metrics_every);
+        metrics_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention_timer = tokio::time::interval(RETENTION_SWEEP);
         retention_timer.tick().await;
         let exit = loop {
@@ -143,6 +192,7 @@ impl RunningNode {
                     quiet_polls = self.publish_output(quiet_polls).await;
                 }
                 _ = retention_timer.tick() => self.workloads.prune(),
+                _ = metrics_timer.tick(), if self.sampler.is_some() => self.publish_metrics().await,
                 Some(done) = self.background_rx.recv() => {
                     if let Err(fatal) = self.on_background(done).await {
                         break Exit::Fatal(fatal);
@@ -178,6 +228,7 @@ impl RunningNode {
             started: self.started,
             accepting: self.accepting,
             workloads: &self.workloads,
+            metrics: self.metrics.as_ref(),
         }
     }
 
@@ -327,6 +378,7 @@ impl RunningNode {
                 known_uuid: None,
                 slug_hint: Some(&slug_hint),
                 profile_slug: &profile,
+                hardware: None,
             };
             let outcome = register_with_retry(&backend, request, retry, &shutdown).await;
             let _ = done.send(Background::Reregistered(outcome));

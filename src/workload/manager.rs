@@ -84,6 +84,19 @@ pub struct Workloads {
     config: WorkloadConfig,
     entries: HashMap<String, Entry>,
     events: mpsc::UnboundedSender<WorkloadEvent>,
+    /// Counts since this node process started, for the metrics.
+    pub stats: WorkloadStats,
+}
+
+/// What this node process has run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WorkloadStats {
+    pub started: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Run time of the workloads that ended.
+    pub seconds: f64,
 }
 
 impl Workloads {
@@ -93,6 +106,7 @@ impl Workloads {
             config,
             entries: HashMap::new(),
             events,
+            stats: WorkloadStats::default(),
         };
         for (paths, record) in scan(&workloads.config.logs_dir) {
             match record {
@@ -328,6 +342,7 @@ impl Workloads {
         };
         match outcome {
             Ok(record) => {
+                self.stats.started += 1;
                 entry.record = *record;
                 entry.tail = Some(OutputTail::load(&entry.paths));
                 let r = &entry.record;

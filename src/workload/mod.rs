@@ -24,4 +24,4 @@ pub mod tail;
 pub mod template;
 pub mod watch;
 
-pub use manager::{Refusal, Terminal, WorkloadConfig, WorkloadEvent, Workloads};
+pub use manager::{Refusal, Terminal, WorkloadConfig, WorkloadEvent, WorkloadStats, Workloads};

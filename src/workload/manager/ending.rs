@@ -132,7 +132,18 @@ impl Workloads {
             return;
         };
         entry.record.state = ending.state;
-        entry.record.finished_unix_ms = Some(now_unix_ms());
+        let now = now_unix_ms();
+        entry.record.finished_unix_ms = Some(now);
+        let started = entry
+            .record
+            .started_unix_ms
+            .unwrap_or(entry.record.created_unix_ms);
+        self.stats.seconds += now.saturating_sub(started) as f64 / 1000.0;
+        match ending.state {
+            WorkloadState::Completed => self.stats.completed += 1,
+            WorkloadState::Cancelled => self.stats.cancelled += 1,
+            _ => self.stats.failed += 1,
+        }
         if let Some(mut tail) = entry.tail.take() {
             tail.save(&entry.paths, true);
         }
