@@ -52,6 +52,7 @@ pub mod send;
 pub mod shutdown;
 pub mod standalone;
 pub mod telemetry;
+pub mod terminal;
 pub mod workload;
 
 /// Workloads are supervised by the node's own executable in a hidden mode.

@@ -19,15 +19,21 @@ pub enum CommandKind {
     Simulate,
     Status,
     Cancel,
+    TerminalOpen,
+    TerminalResize,
+    TerminalClose,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 5] = [
+    pub const ALL: [CommandKind; 8] = [
         CommandKind::Inference,
         CommandKind::Training,
         CommandKind::Simulate,
         CommandKind::Status,
         CommandKind::Cancel,
+        CommandKind::TerminalOpen,
+        CommandKind::TerminalResize,
+        CommandKind::TerminalClose,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +43,9 @@ impl CommandKind {
             CommandKind::Simulate => "simulate",
             CommandKind::Status => "status",
             CommandKind::Cancel => "cancel",
+            CommandKind::TerminalOpen => "terminal_open",
+            CommandKind::TerminalResize => "terminal_resize",
+            CommandKind::TerminalClose => "terminal_close",
         }
     }
 

@@ -213,6 +213,11 @@ pub struct Settings {
     pub max_concurrent_workloads: Sourced<u32>,
     /// Seconds between metrics samples; zero turns them off.
     pub metrics_interval: Sourced<Duration>,
+    /// The remote terminal (`terminal:` in cyberwave.yml); off by default.
+    pub terminal_enabled: Sourced<bool>,
+    pub terminal_shell: Option<Sourced<String>>,
+    pub terminal_max_sessions: Sourced<u32>,
+    pub terminal_idle_timeout: Sourced<Duration>,
     /// How long finished workloads' files (and their request_ids) are kept.
     pub log_retention: Sourced<Duration>,
     /// The `.env` variables, for child processes (install script, workloads),

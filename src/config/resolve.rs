@@ -78,6 +78,26 @@ const HEARTBEAT: Spec = spec(
     &["CYBERWAVE_HEARTBEAT_INTERVAL"],
     Some("heartbeat_interval"),
 );
+const TERMINAL_ENABLED: Spec = spec(
+    "terminal switch",
+    &["CYBERWAVE_TERMINAL_ENABLED"],
+    Some("terminal.enabled"),
+);
+const TERMINAL_SHELL: Spec = spec(
+    "terminal shell",
+    &["CYBERWAVE_TERMINAL_SHELL"],
+    Some("terminal.shell"),
+);
+const TERMINAL_SESSIONS: Spec = spec(
+    "terminal session limit",
+    &["CYBERWAVE_TERMINAL_MAX_SESSIONS"],
+    Some("terminal.max_sessions"),
+);
+const TERMINAL_IDLE: Spec = spec(
+    "terminal idle timeout",
+    &["CYBERWAVE_TERMINAL_IDLE_TIMEOUT_SECONDS"],
+    Some("terminal.idle_timeout_seconds"),
+);
 const METRICS: Spec = spec(
     "metrics interval",
     &["CYBERWAVE_METRICS_INTERVAL"],
@@ -297,6 +317,20 @@ impl Layers<'_> {
                 None,
                 parse::positive_count,
                 1,
+            )?,
+            terminal_enabled: self.get_or(&TERMINAL_ENABLED, None, parse::boolean, false)?,
+            terminal_shell: self.get(&TERMINAL_SHELL, None, parse::nonempty)?,
+            terminal_max_sessions: self.get_or(
+                &TERMINAL_SESSIONS,
+                None,
+                parse::positive_count,
+                2,
+            )?,
+            terminal_idle_timeout: self.get_or(
+                &TERMINAL_IDLE,
+                None,
+                parse::interval,
+                Duration::from_secs(900),
             )?,
             metrics_interval: self.get_or(
                 &METRICS,

@@ -85,6 +85,18 @@ fn rows(s: &Settings) -> Vec<Row> {
             &s.max_concurrent_workloads,
             u32::to_string,
         ),
+        row("terminal.enabled", &s.terminal_enabled, bool::to_string),
+        optional("terminal.shell", &s.terminal_shell, text, "the login shell"),
+        row(
+            "terminal.max_sessions",
+            &s.terminal_max_sessions,
+            u32::to_string,
+        ),
+        row(
+            "terminal.idle_timeout_seconds",
+            &s.terminal_idle_timeout,
+            |d| format!("{}s", d.as_secs()),
+        ),
         row("metrics_interval", &s.metrics_interval, |d| {
             format!("{}s", d.as_secs())
         }),

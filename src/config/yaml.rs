@@ -33,6 +33,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_concurrent_workloads",
     "log_retention_days",
     "metrics_interval",
+    "terminal.enabled",
+    "terminal.shell",
+    "terminal.max_sessions",
+    "terminal.idle_timeout_seconds",
 ];
 
 /// Keys that look like a place for the API token, which must never live in a
@@ -133,6 +137,15 @@ impl YamlFile {
     }
 
     fn add(&mut self, key: &str, value: &Value, line: Option<usize>) -> Result<(), ConfigError> {
+        // `terminal:` is the one nested section: its keys become
+        // `terminal.<key>`.
+        if let ("terminal", Value::Mapping(section)) = (key, value) {
+            for (inner, inner_value) in section {
+                let inner = inner.as_str().unwrap_or_default();
+                self.add(&format!("terminal.{inner}"), inner_value, line)?;
+            }
+            return Ok(());
+        }
         let canonical = match key {
             "install" => {
                 if self.entries.contains_key("install_script") {

@@ -34,6 +34,21 @@ impl Topics {
         self.topic(uuid, "metrics")
     }
 
+    /// Input for terminal session `session` (`+` to subscribe to all).
+    pub fn terminal_in(&self, uuid: &str, session: &str) -> String {
+        self.topic(uuid, &format!("terminal/{session}/in"))
+    }
+
+    pub fn terminal_out(&self, uuid: &str, session: &str) -> String {
+        self.topic(uuid, &format!("terminal/{session}/out"))
+    }
+
+    /// The session id of a terminal input topic of node `uuid`.
+    pub fn terminal_session<'a>(&self, uuid: &str, topic: &'a str) -> Option<&'a str> {
+        let prefix = format!("{}cyberwave/cloud-node/{uuid}/terminal/", self.prefix);
+        topic.strip_prefix(&prefix)?.strip_suffix("/in")
+    }
+
     pub fn presence(&self, uuid: &str) -> String {
         self.topic(uuid, "presence")
     }
@@ -58,5 +73,14 @@ mod tests {
             "dev/cyberwave/cloud-node/u1/presence"
         );
         assert_eq!(Topics::new("").logs("u1"), "cyberwave/cloud-node/u1/logs");
+        let t = Topics::new("dev");
+        assert_eq!(
+            t.terminal_session("u1", &t.terminal_in("u1", "s-9")),
+            Some("s-9")
+        );
+        assert_eq!(
+            t.terminal_session("u1", "devcyberwave/cloud-node/u1/command"),
+            None
+        );
     }
 }

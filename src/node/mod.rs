@@ -207,5 +207,6 @@ async fn report_failed(backend: &Backend, error: &str, uuid: &str, slug: &str) {
 
 mod running;
 mod standalone;
+mod terminal;
 mod workloads;
 use running::RunningNode;

@@ -10,10 +10,12 @@ use std::collections::{HashMap, HashSet};
 
 use super::commands::{self, CommandContext};
 use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
+use super::terminal::terminal_config;
 use super::workloads::{workload_config, Reply};
 use super::*;
 use crate::outbox::Outbox;
 use crate::telemetry::{NodeFigures, Sampler};
+use crate::terminal::{TerminalEvent, Terminals};
 use crate::workload::{WorkloadEvent, Workloads};
 
 /// How often running workloads' output is checked ("within about a second").
@@ -69,6 +71,8 @@ pub(super) struct RunningNode {
     sampler: Option<Sampler>,
     /// The latest metrics sample, for `status` and the heartbeat.
     metrics: Option<serde_json::Value>,
+    pub(super) terminals: Terminals,
+    terminal_events: mpsc::UnboundedReceiver<TerminalEvent>,
 }
 
 impl RunningNode {
@@ -93,6 +97,8 @@ impl RunningNode {
         })?;
         let (workload_tx, workload_events) = mpsc::unbounded_channel();
         let workloads = Workloads::open(workload_config(&settings)?, workload_tx);
+        let (terminal_tx, terminal_events) = mpsc::unbounded_channel();
+        let terminals = Terminals::new(terminal_config(&settings), terminal_tx);
         Ok(RunningNode {
             settings,
             backend,
@@ -119,6 +125,8 @@ impl RunningNode {
             outbox_queued: Some(HashSet::new()),
             sampler: None,
             metrics: None,
+            terminals,
+            terminal_events,
         }
         .with_metrics())
     }
@@ -164,6 +172,7 @@ impl RunningNode {
         let mut output_timer = tokio::time::interval(OUTPUT_POLL);
         output_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut quiet_polls: u32 = 0;
+        let mut idle_timer = tokio::time::interval(Duration::from_secs(1));
         let metrics_every = self
             .settings
             .metrics_interval
@@ -193,6 +202,8 @@ impl RunningNode {
                 }
                 _ = retention_timer.tick() => self.workloads.prune(),
                 _ = metrics_timer.tick(), if self.sampler.is_some() => self.publish_metrics().await,
+                Some(event) = self.terminal_events.recv() => self.on_terminal(event).await,
+                _ = idle_timer.tick(), if !self.terminals.is_empty() => self.terminals.reap_idle(),
                 Some(done) = self.background_rx.recv() => {
                     if let Err(fatal) = self.on_background(done).await {
                         break Exit::Fatal(fatal);
@@ -272,6 +283,15 @@ impl RunningNode {
     /// Answers one command, then acknowledges it to the broker; a workload
     /// command is acknowledged once its launch has been answered.
     async fn on_message(&mut self, publish: Publish) {
+        if let Some(session) = self
+            .topics
+            .terminal_session(&self.node.uuid, &publish.topic)
+        {
+            let session = session.to_owned();
+            self.terminals.input(&session, &publish.payload);
+            self.mqtt.ack(&publish).await;
+            return;
+        }
         let incoming =
             protocol::parse_command(&publish.payload, || uuid::Uuid::new_v4().to_string());
         let response = match incoming {
@@ -422,6 +442,7 @@ impl RunningNode {
     /// answered with "shutting down".
     async fn stop(mut self, exit: Exit) -> Result<(), NodeError> {
         self.accepting = false;
+        self.terminals.close_all();
         self.workloads.save_offsets();
         let running = self.workloads.describe_active();
         tracing::info!(
@@ -497,10 +518,16 @@ fn mqtt_config(settings: &Settings, identity: &Identity, topics: &Topics) -> Mqt
             .unwrap_or(token),
         client_id: format!("cloud-node-{}", identity.uuid),
         keep_alive: MQTT_KEEP_ALIVE,
-        subscriptions: vec![
-            topics.command(&identity.uuid),
-            topics.command(&identity.slug),
-        ],
+        subscriptions: {
+            let mut watched = vec![
+                topics.command(&identity.uuid),
+                topics.command(&identity.slug),
+            ];
+            if settings.terminal_enabled.value {
+                watched.push(topics.terminal_in(&identity.uuid, "+"));
+            }
+            watched
+        },
         presence_topic: topics.presence(&identity.uuid),
         node: NodeRef {
             uuid: identity.uuid.clone(),

@@ -69,6 +69,11 @@ impl RunningNode {
                 Ok(output) => Response::ok(&self.node, id, output),
                 Err(error) => Response::error(&self.node, Some(id), error),
             }),
+            CommandKind::TerminalOpen
+            | CommandKind::TerminalResize
+            | CommandKind::TerminalClose => {
+                Reply::Now(self.on_terminal_command(command.kind, id, &command.params))
+            }
             kind => match self.workloads.start(kind.name(), id, command.params) {
                 Ok(()) => Reply::AfterLaunch(command.request_id),
                 Err(refusal) => {

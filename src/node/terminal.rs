@@ -1,0 +1,65 @@
+//! The node's side of the remote terminal: commands in, PTY output out.
+
+use serde_json::{json, Map, Value};
+
+use super::running::RunningNode;
+use crate::config::Settings;
+use crate::protocol::{CommandKind, Response};
+use crate::terminal::{TerminalConfig, TerminalEvent};
+
+pub(super) fn terminal_config(settings: &Settings) -> TerminalConfig {
+    TerminalConfig {
+        enabled: settings.terminal_enabled.value,
+        shell: settings
+            .terminal_shell
+            .as_ref()
+            .map(|s| s.value.clone())
+            .unwrap_or_else(TerminalConfig::default_shell),
+        max_sessions: settings.terminal_max_sessions.value as usize,
+        idle_timeout: settings.terminal_idle_timeout.value,
+    }
+}
+
+impl RunningNode {
+    pub(super) fn on_terminal_command(
+        &mut self,
+        kind: CommandKind,
+        id: &str,
+        params: &Map<String, Value>,
+    ) -> Response {
+        let outcome = match kind {
+            CommandKind::TerminalOpen => self.terminals.open(id, params),
+            CommandKind::TerminalResize => self.terminals.resize(params),
+            _ => self.terminals.close(params),
+        };
+        match outcome {
+            Ok(output) => Response::ok(&self.node, id, output),
+            Err(error) => Response::error(&self.node, Some(id), error),
+        }
+    }
+
+    pub(super) async fn on_terminal(&mut self, event: TerminalEvent) {
+        match event {
+            TerminalEvent::Output { session_id, bytes } => {
+                self.terminals.touch(&session_id);
+                let topic = self.topics.terminal_out(&self.node.uuid, &session_id);
+                if let Err(e) = self.mqtt.publish(&topic, bytes, false).await {
+                    tracing::debug!("could not publish terminal output: {e}");
+                }
+            }
+            TerminalEvent::Closed {
+                session_id,
+                request_id,
+                exit_code,
+                signal,
+            } => {
+                self.terminals.on_closed(&session_id);
+                let output =
+                    json!({"session_id": session_id, "exit_code": exit_code, "signal": signal});
+                let mut response = Response::ok(&self.node, &request_id, output);
+                response.event = Some("closed");
+                self.respond(response).await;
+            }
+        }
+    }
+}

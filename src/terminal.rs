@@ -1,0 +1,323 @@
+//! Remote terminal sessions over the node's outbound MQTT connection: a real
+//! PTY per session (portable-pty), input from `.../terminal/{id}/in`, output
+//! batched onto `.../terminal/{id}/out`. Off unless cyberwave.yml says
+//! `terminal: {enabled: true}`. Sessions are interactive: unlike workloads
+//! they end with the node, and after `idle_timeout_seconds` without traffic.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use portable_pty::{native_pty_system, ChildKiller, CommandBuilder, MasterPty, PtySize};
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+/// PTY output is published at most this often per session…
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+/// …and at most this much per message.
+pub const MAX_MESSAGE: usize = 32 * 1024;
+pub const DISABLED: &str = "terminal access is disabled on this node";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TerminalConfig {
+    pub enabled: bool,
+    pub shell: String,
+    pub max_sessions: usize,
+    pub idle_timeout: Duration,
+}
+
+impl TerminalConfig {
+    /// The login shell of the user the node runs as.
+    pub fn default_shell() -> String {
+        std::env::var("SHELL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok()??;
+                Some(user.shell.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "/bin/sh".into())
+    }
+}
+
+/// What sessions report to the node.
+#[derive(Debug)]
+pub enum TerminalEvent {
+    Output {
+        session_id: String,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        session_id: String,
+        request_id: String,
+        exit_code: Option<i32>,
+        signal: Option<String>,
+    },
+}
+
+struct Session {
+    writer: Box<dyn Write + Send>,
+    master: Box<dyn MasterPty + Send>,
+    killer: Box<dyn ChildKiller + Send + Sync>,
+    last_activity: Instant,
+}
+
+pub struct Terminals {
+    config: TerminalConfig,
+    sessions: HashMap<String, Session>,
+    events: mpsc::UnboundedSender<TerminalEvent>,
+}
+
+fn dimension(params: &Map<String, Value>, name: &str) -> Result<u16, String> {
+    let value = params
+        .get(name)
+        .ok_or_else(|| format!("params.{name} is required"))?;
+    match value.as_u64() {
+        Some(n) if (1..=1000).contains(&n) => Ok(n as u16),
+        _ => Err(format!(
+            "params.{name} must be a whole number from 1 to 1000, got {value}"
+        )),
+    }
+}
+
+fn session_id(params: &Map<String, Value>) -> Result<String, String> {
+    match params.get("session_id") {
+        Some(Value::String(id)) => Ok(id.clone()),
+        Some(other) => Err(format!("params.session_id must be a string, got {other}")),
+        None => Err("params.session_id is required".into()),
+    }
+}
+
+impl Terminals {
+    pub fn new(config: TerminalConfig, events: mpsc::UnboundedSender<TerminalEvent>) -> Terminals {
+        Terminals {
+            config,
+            sessions: HashMap::new(),
+            events,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    pub fn open(&mut self, request_id: &str, params: &Map<String, Value>) -> Result<Value, String> {
+        if !self.config.enabled {
+            return Err(DISABLED.into());
+        }
+        let size = PtySize {
+            cols: dimension(params, "cols")?,
+            rows: dimension(params, "rows")?,
+            pixel_width: 0,
+            pixel_height: 0,
+        };
+        let id = match params.get("session_id") {
+            None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
+            Some(_) => {
+                let id = session_id(params)?;
+                crate::config::parse_topic_segment(&id)
+                    .map_err(|e| format!("params.session_id {e}"))?
+            }
+        };
+        if self.sessions.contains_key(&id) {
+            return Err(format!("terminal session {id} is already open"));
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            return Err(format!(
+                "{} terminal sessions are open, the most this node allows (terminal.max_sessions); close one first",
+                self.sessions.len()
+            ));
+        }
+        let pair = native_pty_system()
+            .openpty(size)
+            .map_err(|e| format!("cannot open a PTY: {e}"))?;
+        let mut command = CommandBuilder::new(&self.config.shell);
+        command.env("TERM", "xterm-256color");
+        if let Some(home) = dirs::home_dir() {
+            command.cwd(home);
+        }
+        let mut child = pair
+            .slave
+            .spawn_command(command)
+            .map_err(|e| format!("cannot start {}: {e}", self.config.shell))?;
+        drop(pair.slave);
+        let pid = child.process_id();
+        let reader = pair
+            .master
+            .try_clone_reader()
+            .map_err(|e| format!("cannot read the PTY: {e}"))?;
+        let writer = pair
+            .master
+            .take_writer()
+            .map_err(|e| format!("cannot write the PTY: {e}"))?;
+        let killer = child.clone_killer();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        std::thread::spawn(move || {
+            let status = child.wait().ok();
+            let _ = exit_tx.send(status);
+        });
+        spawn_output(
+            id.clone(),
+            request_id.to_owned(),
+            reader,
+            exit_rx,
+            self.events.clone(),
+        );
+        self.sessions.insert(
+            id.clone(),
+            Session {
+                writer,
+                master: pair.master,
+                killer,
+                last_activity: Instant::now(),
+            },
+        );
+        tracing::info!(session_id = %id, ?pid, "terminal session opened");
+        Ok(json!({"session_id": id, "pid": pid}))
+    }
+
+    /// Bytes from the backend for session `id`; unknown sessions are dropped.
+    pub fn input(&mut self, id: &str, bytes: &[u8]) {
+        match self.sessions.get_mut(id) {
+            Some(session) => {
+                session.last_activity = Instant::now();
+                if let Err(e) = session
+                    .writer
+                    .write_all(bytes)
+                    .and_then(|()| session.writer.flush())
+                {
+                    tracing::debug!(session_id = id, "terminal input not written: {e}");
+                }
+            }
+            None => tracing::warn!(
+                session_id = id,
+                "dropped {} bytes of input for an unknown terminal session",
+                bytes.len()
+            ),
+        }
+    }
+
+    pub fn touch(&mut self, id: &str) {
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.last_activity = Instant::now();
+        }
+    }
+
+    pub fn resize(&mut self, params: &Map<String, Value>) -> Result<Value, String> {
+        if !self.config.enabled {
+            return Err(DISABLED.into());
+        }
+        let id = session_id(params)?;
+        let size = PtySize {
+            cols: dimension(params, "cols")?,
+            rows: dimension(params, "rows")?,
+            pixel_width: 0,
+            pixel_height: 0,
+        };
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| format!("no open terminal session {id}"))?;
+        session
+            .master
+            .resize(size)
+            .map_err(|e| format!("cannot resize session {id}: {e}"))?;
+        session.last_activity = Instant::now();
+        Ok(json!({"session_id": id, "cols": size.cols, "rows": size.rows}))
+    }
+
+    pub fn close(&mut self, params: &Map<String, Value>) -> Result<Value, String> {
+        if !self.config.enabled {
+            return Err(DISABLED.into());
+        }
+        let id = session_id(params)?;
+        let session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| format!("no open terminal session {id}"))?;
+        let _ = session.killer.kill();
+        Ok(json!({"session_id": id, "message": "terminal session closing"}))
+    }
+
+    /// The shell is gone: forget the session.
+    pub fn on_closed(&mut self, id: &str) {
+        if self.sessions.remove(id).is_some() {
+            tracing::info!(session_id = id, "terminal session closed");
+        }
+    }
+
+    /// Ends sessions without traffic for longer than the idle timeout.
+    pub fn reap_idle(&mut self) {
+        let timeout = self.config.idle_timeout;
+        for (id, session) in self
+            .sessions
+            .iter_mut()
+            .filter(|(_, s)| s.last_activity.elapsed() > timeout)
+        {
+            tracing::info!(session_id = %id, "terminal session idle for {}s: ending it", timeout.as_secs());
+            let _ = session.killer.kill();
+        }
+    }
+
+    /// The node is stopping: sessions are interactive and end with it.
+    pub fn close_all(&mut self) {
+        for session in self.sessions.values_mut() {
+            let _ = session.killer.kill();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+/// Reads the PTY in a thread and batches what it reads: at most one message
+/// per [`BATCH_INTERVAL`], at most [`MAX_MESSAGE`] bytes. After the last
+/// output, reports the shell's exit.
+fn spawn_output(
+    id: String,
+    request_id: String,
+    mut reader: Box<dyn Read + Send>,
+    exit: oneshot::Receiver<Option<portable_pty::ExitStatus>>,
+    events: mpsc::UnboundedSender<TerminalEvent>,
+) {
+    let (chunks_tx, mut chunks) = mpsc::unbounded_channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || chunks_tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(first) = chunks.recv().await {
+            let mut batch = first;
+            let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
+            while batch.len() < MAX_MESSAGE {
+                tokio::select! {
+                    more = chunks.recv() => match more { Some(more) => batch.extend_from_slice(&more), None => break },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            for part in batch.chunks(MAX_MESSAGE) {
+                let _ = events.send(TerminalEvent::Output {
+                    session_id: id.clone(),
+                    bytes: part.to_vec(),
+                });
+            }
+        }
+        let status = exit.await.ok().flatten();
+        let (exit_code, signal) = match &status {
+            Some(s) if s.signal().is_some() => (None, s.signal().map(str::to_owned)),
+            Some(s) => (Some(s.exit_code() as i32), None),
+            None => (None, None),
+        };
+        let _ = events.send(TerminalEvent::Closed {
+            session_id: id,
+            request_id,
+            exit_code,
+            signal,
+        });
+    });
+}
