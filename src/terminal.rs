@@ -291,15 +291,30 @@ fn spawn_output(
         }
     });
     tokio::spawn(async move {
+        // The first output after a quiet spell goes out at once (an echo must
+        // feel instant); a busy stream goes out at most every BATCH_INTERVAL.
+        let mut last_sent = tokio::time::Instant::now() - BATCH_INTERVAL;
         while let Some(first) = chunks.recv().await {
             let mut batch = first;
-            let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
+            let deadline = last_sent + BATCH_INTERVAL;
             while batch.len() < MAX_MESSAGE {
+                match chunks.try_recv() {
+                    Ok(more) => {
+                        batch.extend_from_slice(&more);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
                 tokio::select! {
                     more = chunks.recv() => match more { Some(more) => batch.extend_from_slice(&more), None => break },
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            last_sent = tokio::time::Instant::now();
             for part in batch.chunks(MAX_MESSAGE) {
                 let _ = events.send(TerminalEvent::Output {
                     session_id: id.clone(),

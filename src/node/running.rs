@@ -153,6 +153,10 @@ impl RunningNode {
             workload_seconds: stats.seconds,
         };
         let sample = sampler.sample(&figures);
+        let gpu_memory = sampler.gpu_memory_by_pid();
+        if !gpu_memory.is_empty() {
+            self.workloads.note_gpu_memory(&gpu_memory);
+        }
         let topic = self.topics.metrics(&self.node.uuid);
         if let Err(e) = self
             .mqtt

@@ -47,6 +47,26 @@ impl Sampler {
         })
     }
 
+    /// GPU memory per process (pid → bytes), where NVML reports it.
+    pub fn gpu_memory_by_pid(&self) -> std::collections::HashMap<u32, u64> {
+        use nvml_wrapper::enums::device::UsedGpuMemory;
+        let mut by_pid = std::collections::HashMap::new();
+        let Some(nvml) = &self.nvml else {
+            return by_pid;
+        };
+        for index in 0..nvml.device_count().unwrap_or(0) {
+            let Ok(device) = nvml.device_by_index(index) else {
+                continue;
+            };
+            for process in device.running_compute_processes().unwrap_or_default() {
+                if let UsedGpuMemory::Used(bytes) = process.used_gpu_memory {
+                    *by_pid.entry(process.pid).or_default() += bytes;
+                }
+            }
+        }
+        by_pid
+    }
+
     /// One sample; CPU and network figures cover the time since the last one.
     pub fn sample(&mut self, node: &NodeFigures) -> Value {
         self.system.refresh_cpu_usage();

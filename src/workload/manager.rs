@@ -78,6 +78,8 @@ struct Entry {
     tail: Option<OutputTail>,
     /// Watching the workload itself because its supervisor died.
     orphaned: bool,
+    /// Peak GPU memory NVML reported for the workload's processes.
+    gpu_memory_max: Option<u64>,
 }
 
 pub struct Workloads {
@@ -143,6 +145,7 @@ impl Workloads {
                 paths,
                 tail,
                 orphaned: false,
+                gpu_memory_max: None,
             },
         );
     }
@@ -196,6 +199,26 @@ impl Workloads {
                 })
             })
             .collect()
+    }
+
+    /// Adds per-process GPU memory (pid → bytes, from NVML) to the running
+    /// workloads whose process group holds those pids, keeping each peak.
+    pub fn note_gpu_memory(&mut self, by_pid: &HashMap<u32, u64>) {
+        let mut per_group: HashMap<i32, u64> = HashMap::new();
+        for (pid, bytes) in by_pid {
+            if let Some(group) = procfs::process_group(*pid as i32) {
+                *per_group.entry(group).or_default() += bytes;
+            }
+        }
+        for entry in self
+            .entries
+            .values_mut()
+            .filter(|e| e.record.state.is_active())
+        {
+            if let Some(bytes) = entry.record.pid.and_then(|pid| per_group.get(&pid)) {
+                entry.gpu_memory_max = Some(entry.gpu_memory_max.unwrap_or(0).max(*bytes));
+            }
+        }
     }
 
     /// One line per running workload, for the shutdown log.
@@ -269,6 +292,7 @@ impl Workloads {
                 paths,
                 tail: None,
                 orphaned: false,
+                gpu_memory_max: None,
             },
         );
         Ok(())

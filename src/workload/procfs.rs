@@ -35,6 +35,13 @@ pub fn is_running(pid: i32, expected_start: u64) -> bool {
     start == Some(expected_start) && state != "Z" && state != "X"
 }
 
+/// The process group of `pid`, or `None` when there is no such process.
+pub fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// True while any process is left in process group `pgid`.
 pub fn group_alive(pgid: i32) -> bool {
     use nix::sys::signal::kill;
@@ -57,5 +64,6 @@ mod tests {
         assert!(is_running(me, start));
         assert!(!is_same_process(me, start + 1));
         assert_eq!(start_time(i32::MAX), None);
+        assert_eq!(process_group(me), Some(nix::unistd::getpgrp().as_raw()));
     }
 }

@@ -106,7 +106,11 @@ impl Workloads {
             Some(tail) => tail.poll(&entry.record, &entry.paths, true),
             None => OutputTail::load(&entry.paths).poll(&entry.record, &entry.paths, true),
         };
-        let output = terminal_output(&entry.record, &entry.paths, exit.as_ref());
+        let mut output = terminal_output(&entry.record, &entry.paths, exit.as_ref());
+        if let (Some(bytes), Some(resources)) = (entry.gpu_memory_max, output.get_mut("resources"))
+        {
+            resources["gpu_memory_bytes"] = json!(bytes);
+        }
         let outbox_name = format!(
             "{}.{}",
             entry
