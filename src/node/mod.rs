@@ -96,19 +96,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), NodeError
         settings.workspace_slug.as_ref().map(|w| w.value.clone()),
     )?;
     validate_token(&backend).await?;
-    if let Some(script) = &settings.install_script {
-        let outcome = install::run_install_script(
-            &script.value,
-            &settings.working_dir,
-            &settings.dotenv_vars,
-            &shutdown,
-        )
-        .await;
-        match outcome {
-            Err(InstallError::Interrupted) => return Ok(()),
-            Err(error) => return Err(fail_before_ready(&backend, &settings, error.into()).await),
-            Ok(()) => {}
-        }
+    match run_install_script(&settings, &shutdown).await {
+        Err(InstallError::Interrupted) => return Ok(()),
+        Err(error) => return Err(fail_before_ready(&backend, &settings, error.into()).await),
+        Ok(()) => {}
     }
     let identity = match register(&backend, &settings, &shutdown).await {
         Ok(Some(identity)) => identity,
@@ -122,6 +113,20 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), NodeError
             Err(error)
         }
     }
+}
+
+/// The install script, if one is configured, in the working directory.
+async fn run_install_script(settings: &Settings, shutdown: &Shutdown) -> Result<(), InstallError> {
+    let Some(script) = &settings.install_script else {
+        return Ok(());
+    };
+    install::run_install_script(
+        &script.value,
+        &settings.working_dir,
+        &settings.dotenv_vars,
+        shutdown,
+    )
+    .await
 }
 
 async fn validate_token(backend: &Backend) -> Result<(), NodeError> {

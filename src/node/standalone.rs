@@ -3,7 +3,7 @@
 use super::running::RunningNode;
 use super::NodeError;
 use crate::config::{Origin, Settings, Sourced};
-use crate::install::{self, InstallError};
+use crate::install::InstallError;
 use crate::shutdown::Shutdown;
 use crate::standalone::{local_identity, start_broker};
 
@@ -20,19 +20,10 @@ pub(super) async fn run(mut settings: Settings, shutdown: Shutdown) -> Result<()
             Sourced::new("127.0.0.1".into(), Origin::Derived("the embedded broker"));
         settings.mqtt_use_tls = Sourced::new(false, Origin::Derived("the embedded broker"));
     }
-    if let Some(script) = &settings.install_script {
-        let outcome = install::run_install_script(
-            &script.value,
-            &settings.working_dir,
-            &settings.dotenv_vars,
-            &shutdown,
-        )
-        .await;
-        match outcome {
-            Err(InstallError::Interrupted) => return Ok(()),
-            Err(error) => return Err(error.into()),
-            Ok(()) => {}
-        }
+    match super::run_install_script(&settings, &shutdown).await {
+        Err(InstallError::Interrupted) => return Ok(()),
+        Err(error) => return Err(error.into()),
+        Ok(()) => {}
     }
     let slug_hint = settings
         .instance_slug
