@@ -10,15 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::broker::free_port;
 use common::Node;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn send(home: &Path, args: &[&str]) -> bool {
     Command::new(common::node::NODE_BIN)

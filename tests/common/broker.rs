@@ -210,7 +210,7 @@ impl Drop for Broker {
 }
 
 /// Asks the kernel for a currently free port on 127.0.0.1.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
