@@ -40,6 +40,7 @@ pub mod backend;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod fsutil;
 pub mod identity;
 pub mod install;
@@ -48,6 +49,7 @@ pub mod mqtt;
 pub mod node;
 pub mod outbox;
 pub mod protocol;
+pub mod runners;
 pub mod send;
 pub mod shutdown;
 pub mod standalone;
@@ -55,16 +57,17 @@ pub mod telemetry;
 pub mod terminal;
 pub mod workload;
 
-/// Workloads are supervised by the node's own executable in a hidden mode.
-/// A program that embeds the node must call this first thing in `main` and
-/// return the exit code it gives, if any.
+/// Workloads are supervised, and models served, by the node's own
+/// executable in hidden modes. A program that embeds the node must call this
+/// first thing in `main` and return the exit code it gives, if any.
 pub fn run_supervisor_if_asked() -> Option<std::process::ExitCode> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args
-        .get(1)
-        .is_some_and(|mode| mode == workload::supervisor::MODE)
-    {
+    let mode = args.get(1)?;
+    if mode == workload::supervisor::MODE {
         return Some(workload::supervisor::main(&args[2..]));
+    }
+    if mode == deploy::server::MODE {
+        return Some(deploy::server::main(&args[2..]));
     }
     None
 }

@@ -22,10 +22,14 @@ pub enum CommandKind {
     TerminalOpen,
     TerminalResize,
     TerminalClose,
+    Deploy,
+    Infer,
+    Undeploy,
+    Deployments,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 8] = [
+    pub const ALL: [CommandKind; 12] = [
         CommandKind::Inference,
         CommandKind::Training,
         CommandKind::Simulate,
@@ -34,6 +38,10 @@ impl CommandKind {
         CommandKind::TerminalOpen,
         CommandKind::TerminalResize,
         CommandKind::TerminalClose,
+        CommandKind::Deploy,
+        CommandKind::Infer,
+        CommandKind::Undeploy,
+        CommandKind::Deployments,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +54,10 @@ impl CommandKind {
             CommandKind::TerminalOpen => "terminal_open",
             CommandKind::TerminalResize => "terminal_resize",
             CommandKind::TerminalClose => "terminal_close",
+            CommandKind::Deploy => "deploy",
+            CommandKind::Infer => "infer",
+            CommandKind::Undeploy => "undeploy",
+            CommandKind::Deployments => "deployments",
         }
     }
 
@@ -268,6 +280,12 @@ impl Presence<'_> {
 }
 
 /// Now, as RFC 3339 UTC with seconds.
+/// RFC 3339 (seconds) of a Unix time in milliseconds.
+pub fn rfc3339_from_unix_ms(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

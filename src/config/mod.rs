@@ -93,6 +93,10 @@ impl<T> Sourced<T> {
     pub fn new(value: T, origin: Origin) -> Self {
         Sourced { value, origin }
     }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Sourced<U> {
+        Sourced::new(f(self.value), self.origin)
+    }
 }
 
 /// A secret that refuses to be printed: `{:?}` and `{}` show a mask, so a
@@ -220,6 +224,11 @@ pub struct Settings {
     pub terminal_idle_timeout: Sourced<Duration>,
     /// How long finished workloads' files (and their request_ids) are kept.
     pub log_retention: Sourced<Duration>,
+    /// Where models may be loaded from; `None` means the working directory
+    /// and `<config dir>/models` (see [`Settings::model_roots`]).
+    pub model_roots: Option<Sourced<Vec<PathBuf>>>,
+    /// ONNX Runtime's library, or a directory holding it.
+    pub onnxruntime_path: Option<Sourced<PathBuf>>,
     /// The `.env` variables, for child processes (install script, workloads),
     /// which see them the way the Python node's `load_dotenv` made them visible.
     pub dotenv_vars: Vec<(String, String)>,
@@ -271,6 +280,12 @@ impl Settings {
         if let Some(ca) = &mut settings.mqtt_tls_ca_certs {
             ca.value = working_dir.join(&ca.value);
         }
+        if let Some(roots) = &mut settings.model_roots {
+            roots.value = roots.value.iter().map(|r| working_dir.join(r)).collect();
+        }
+        if let Some(path) = &mut settings.onnxruntime_path {
+            path.value = working_dir.join(&path.value);
+        }
         settings.working_dir = working_dir;
         settings.config_file = config_file;
         settings.identity = identity;
@@ -287,6 +302,17 @@ impl Settings {
             config_env: self.config_dir.value.join(".env"),
             credentials: self.config_dir.value.join("credentials.json"),
         })
+    }
+
+    /// The directories models may be loaded from.
+    pub fn model_roots(&self) -> Vec<PathBuf> {
+        match &self.model_roots {
+            Some(roots) => roots.value.clone(),
+            None => vec![
+                self.working_dir.clone(),
+                self.config_dir.value.join("models"),
+            ],
+        }
     }
 
     /// The template configured for a workload type.

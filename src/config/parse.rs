@@ -67,6 +67,20 @@ pub fn nonempty(text: &str) -> Result<String, String> {
 }
 
 /// Text as given (templates and scripts keep their inner whitespace).
+/// A `:`-separated list of paths (as `PATH`), empty parts dropped.
+pub fn path_list(text: &str) -> Result<Vec<std::path::PathBuf>, String> {
+    let paths: Vec<std::path::PathBuf> = text
+        .split(':')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .collect();
+    if paths.is_empty() {
+        return Err("expected one or more directories separated by ':'".into());
+    }
+    Ok(paths)
+}
+
 pub fn verbatim(text: &str) -> Result<String, String> {
     if text.trim().is_empty() {
         Err("must not be empty".into())

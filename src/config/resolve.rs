@@ -108,6 +108,16 @@ const RETENTION: Spec = spec(
     &["CYBERWAVE_LOG_RETENTION_DAYS"],
     Some("log_retention_days"),
 );
+const MODEL_ROOTS: Spec = spec(
+    "model roots",
+    &["CYBERWAVE_MODEL_ROOTS"],
+    Some("model_roots"),
+);
+const ONNXRUNTIME_PATH: Spec = spec(
+    "ONNX Runtime library path",
+    &["CYBERWAVE_ONNXRUNTIME_PATH"],
+    Some("onnxruntime_path"),
+);
 const MAX_WORKLOADS: Spec = spec(
     "max concurrent workloads",
     &["CYBERWAVE_MAX_CONCURRENT_WORKLOADS"],
@@ -344,6 +354,10 @@ impl Layers<'_> {
                 parse::days,
                 Duration::from_secs(7 * 86_400),
             )?,
+            model_roots: self.get(&MODEL_ROOTS, None, parse::path_list)?,
+            onnxruntime_path: self
+                .get(&ONNXRUNTIME_PATH, None, parse::nonempty)?
+                .map(|p| p.map(PathBuf::from)),
             dotenv_vars: self.dotenv_vars(),
             identity: None,
             warnings: Vec::new(),

@@ -103,6 +103,22 @@ fn rows(s: &Settings) -> Vec<Row> {
         row("log_retention_days", &s.log_retention, |d| {
             (d.as_secs() / 86_400).to_string()
         }),
+        match &s.model_roots {
+            Some(roots) => row("model_roots", roots, |r| {
+                r.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+            }),
+            None => (
+                "model_roots",
+                s.model_roots().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
+                "default".to_owned(),
+            ),
+        },
+        optional(
+            "onnxruntime_path",
+            &s.onnxruntime_path,
+            |p| p.display().to_string(),
+            "ORT_DYLIB_PATH, then Python's onnxruntime",
+        ),
         row("config_dir", &s.config_dir, |p| p.display().to_string()),
     ]
 }

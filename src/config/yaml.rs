@@ -33,6 +33,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_concurrent_workloads",
     "log_retention_days",
     "metrics_interval",
+    "model_roots",
+    "onnxruntime_path",
     "terminal.enabled",
     "terminal.shell",
     "terminal.max_sessions",
@@ -166,6 +168,15 @@ impl YamlFile {
                 }
             },
         };
+        let listed = match (canonical, value) {
+            ("model_roots", Value::Sequence(items)) => Some(items.iter().map(scalar_text).collect::<Result<Vec<_>, _>>()),
+            _ => None,
+        };
+        if let Some(Ok(items)) = listed {
+            let text = items.into_iter().flatten().collect::<Vec<_>>().join(":");
+            self.entries.insert(canonical, YamlEntry { text, line });
+            return Ok(());
+        }
         let Some(text) = scalar_text(value).map_err(|found| ConfigError::Yaml {
             path: self.path.clone(),
             line,

@@ -15,6 +15,7 @@ pub struct CommandContext<'a> {
     pub started: Instant,
     pub accepting: bool,
     pub workloads: &'a Workloads,
+    pub deployments: &'a crate::deploy::Deployments,
     /// The latest metrics sample, if metrics are on.
     pub metrics: Option<&'a Value>,
 }
@@ -35,6 +36,7 @@ pub fn status_output(ctx: &CommandContext<'_>) -> Value {
         "has_training": settings.training_cmd.is_some(),
         "has_simulate": settings.simulate_cmd.is_some(),
         "active_workloads": ctx.workloads.active_summaries(),
+        "deployments": ctx.deployments.summary(),
         "metrics": ctx.metrics,
     })
 }

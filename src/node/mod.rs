@@ -8,6 +8,7 @@
 //! backend never delays a `status` answer.
 
 mod commands;
+mod deployments;
 mod registration;
 
 use std::time::Duration;

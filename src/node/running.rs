@@ -10,9 +10,11 @@ use std::collections::{HashMap, HashSet};
 
 use super::commands::{self, CommandContext};
 use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
+use super::deployments::deploy_config;
 use super::terminal::terminal_config;
 use super::workloads::{workload_config, Reply};
 use super::*;
+use crate::deploy::{DeployEvent, Deployments};
 use crate::outbox::Outbox;
 use crate::telemetry::{NodeFigures, Sampler};
 use crate::terminal::{TerminalEvent, Terminals};
@@ -73,6 +75,8 @@ pub(super) struct RunningNode {
     metrics: Option<serde_json::Value>,
     pub(super) terminals: Terminals,
     terminal_events: mpsc::UnboundedReceiver<TerminalEvent>,
+    pub(super) deployments: Deployments,
+    deploy_events: mpsc::UnboundedReceiver<DeployEvent>,
 }
 
 impl RunningNode {
@@ -99,6 +103,8 @@ impl RunningNode {
         let workloads = Workloads::open(workload_config(&settings)?, workload_tx);
         let (terminal_tx, terminal_events) = mpsc::unbounded_channel();
         let terminals = Terminals::new(terminal_config(&settings), terminal_tx);
+        let (deploy_tx, deploy_events) = mpsc::unbounded_channel();
+        let deployments = Deployments::open(deploy_config(&settings)?, deploy_tx);
         Ok(RunningNode {
             settings,
             backend,
@@ -127,6 +133,8 @@ impl RunningNode {
             metrics: None,
             terminals,
             terminal_events,
+            deployments,
+            deploy_events,
         }
         .with_metrics())
     }
@@ -207,6 +215,7 @@ impl RunningNode {
                 _ = retention_timer.tick() => self.workloads.prune(),
                 _ = metrics_timer.tick(), if self.sampler.is_some() => self.publish_metrics().await,
                 Some(event) = self.terminal_events.recv() => self.on_terminal(event).await,
+                Some(event) = self.deploy_events.recv() => self.on_deploy_event(event).await,
                 _ = idle_timer.tick(), if !self.terminals.is_empty() => self.terminals.reap_idle(),
                 Some(done) = self.background_rx.recv() => {
                     if let Err(fatal) = self.on_background(done).await {
@@ -243,6 +252,7 @@ impl RunningNode {
             started: self.started,
             accepting: self.accepting,
             workloads: &self.workloads,
+            deployments: &self.deployments,
             metrics: self.metrics.as_ref(),
         }
     }
@@ -312,6 +322,7 @@ impl RunningNode {
                         self.unacked_starts.insert(request_id, publish);
                         return;
                     }
+                    Reply::Later => None,
                 }
             }
         };

@@ -20,6 +20,8 @@ pub(super) enum Reply {
     Now(Response),
     /// The `started` answer (and the MQTT ack) wait for the launch.
     AfterLaunch(String),
+    /// Acknowledged now; the one response follows from a spawned task.
+    Later,
 }
 
 /// The workload settings, and what a workload may inherit.
@@ -28,6 +30,24 @@ pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, Nod
         .into_iter()
         .filter_map(|kind| Some((kind.to_owned(), settings.template(kind)?.value.clone())))
         .collect();
+    Ok(WorkloadConfig {
+        logs_dir: crate::workload::paths::logs_dir(&settings.config_dir.value),
+        working_dir: settings.working_dir.clone(),
+        templates,
+        max_concurrent: settings.max_concurrent_workloads.value as usize,
+        base_env: inherited_env(settings),
+        api_token: settings
+            .api_token
+            .as_ref()
+            .map(|t| t.value.expose().to_owned()),
+        supervisor_exe: std::env::current_exe().map_err(NodeError::OwnExecutable)?,
+        retention: settings.log_retention.value,
+    })
+}
+
+/// What the node's children start from: its environment and the `.env`
+/// variables, without the secrets.
+pub(super) fn inherited_env(settings: &Settings) -> Vec<(String, String)> {
     let mut base_env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| !WITHHELD_VARS.contains(&k.as_str()))
         .collect();
@@ -36,19 +56,7 @@ pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, Nod
             base_env.push((key.clone(), value.clone()));
         }
     }
-    Ok(WorkloadConfig {
-        logs_dir: crate::workload::paths::logs_dir(&settings.config_dir.value),
-        working_dir: settings.working_dir.clone(),
-        templates,
-        max_concurrent: settings.max_concurrent_workloads.value as usize,
-        base_env,
-        api_token: settings
-            .api_token
-            .as_ref()
-            .map(|t| t.value.expose().to_owned()),
-        supervisor_exe: std::env::current_exe().map_err(NodeError::OwnExecutable)?,
-        retention: settings.log_retention.value,
-    })
+    base_env
 }
 
 impl RunningNode {
@@ -74,6 +82,10 @@ impl RunningNode {
             | CommandKind::TerminalClose => {
                 Reply::Now(self.on_terminal_command(command.kind, id, &command.params))
             }
+            CommandKind::Deploy
+            | CommandKind::Infer
+            | CommandKind::Undeploy
+            | CommandKind::Deployments => self.on_deploy_command(command.kind, id, &command.params),
             kind => match self.workloads.start(kind.name(), id, command.params) {
                 Ok(()) => Reply::AfterLaunch(command.request_id),
                 Err(refusal) => {
@@ -136,12 +148,20 @@ impl RunningNode {
             }
         };
         response.event = Some(ending.event());
+        self.workloads.reported(&request_id, ending);
+        self.publish_event(&terminal.outbox_name, response).await;
+    }
+
+    /// Publishes an event that must not be lost: into the outbox first,
+    /// removed when the broker acknowledges it.
+    pub(super) async fn publish_event(&mut self, outbox_name: &str, response: Response) {
+        let request_id = response.request_id.clone();
+        let event = response.event.unwrap_or("event");
         let entry = OutboxEntry {
             topic: self.topics.response(&self.node.uuid),
             payload: serde_json::to_value(&response).expect("responses serialize"),
         };
-        let stored = self.outbox.add(&terminal.outbox_name, &entry);
-        self.workloads.reported(&request_id, ending);
+        let stored = self.outbox.add(outbox_name, &entry);
         let payload = response.to_bytes();
         let sent = match stored {
             Ok(id) => {
@@ -151,16 +171,12 @@ impl RunningNode {
                 self.mqtt.publish_tracked(&entry.topic, payload, id).await
             }
             Err(e) => {
-                tracing::error!(request_id, "cannot store the {} event in the outbox ({e}); publishing it without a safety net", ending.event());
+                tracing::error!(request_id, "cannot store the {event} event in the outbox ({e}); publishing it without a safety net");
                 self.mqtt.publish(&entry.topic, payload, false).await
             }
         };
         if let Err(e) = sent {
-            tracing::warn!(
-                request_id,
-                "could not publish the {} event: {e}",
-                ending.event()
-            );
+            tracing::warn!(request_id, "could not publish the {event} event: {e}");
         }
     }
 

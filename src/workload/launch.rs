@@ -55,11 +55,35 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
     tokio::task::spawn_blocking(move || write_initial_files(&p, &r, &params_json))
         .await
         .map_err(|e| e.to_string())??;
-    let mut child = Command::new(&exe)
+    let (started, child) = spawn_supervised(&exe, &paths, &cwd, &command, env).await?;
+    apply_started(&mut record, &started);
+    let (p, r) = (paths.clone(), record.clone());
+    tokio::task::spawn_blocking(move || r.save(&p))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            format!(
+                "cannot write the workload record {}: {e}",
+                paths.record().display()
+            )
+        })?;
+    Ok((record, child))
+}
+
+/// Starts `command` under a supervisor (files named after `paths`) and
+/// waits for it to report the pid; the model server is started this way too.
+pub async fn spawn_supervised(
+    exe: &std::path::Path,
+    paths: &WorkloadPaths,
+    cwd: &std::path::Path,
+    command: &str,
+    env: Vec<(String, String)>,
+) -> Result<(StartedFile, Child), String> {
+    let mut child = Command::new(exe)
         .arg(supervisor::MODE)
         .arg(paths.base())
-        .arg(&cwd)
-        .arg(&command)
+        .arg(cwd)
+        .arg(command)
         .env_clear()
         .envs(env)
         .stdin(Stdio::null())
@@ -81,20 +105,7 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
         return Err("the workload supervisor did not report in time".into());
     }
     match read_json::<StartedFile>(&paths.started())? {
-        Some(started) => {
-            apply_started(&mut record, &started);
-            let (p, r) = (paths.clone(), record.clone());
-            tokio::task::spawn_blocking(move || r.save(&p))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| {
-                    format!(
-                        "cannot write the workload record {}: {e}",
-                        paths.record().display()
-                    )
-                })?;
-            Ok((record, child))
-        }
+        Some(started) => Ok((started, child)),
         None => {
             let exit = read_json::<ExitFile>(&paths.exit())?;
             Err(exit

@@ -1,0 +1,182 @@
+//! The files of one deployment, in `<config dir>/deployments/`:
+//!
+//! - `<id>.json`: the node's record (what was asked, the processes, what has
+//!   been reported); it is how a restarted node finds its deployments.
+//! - `<id>.spec.json`: what the model server loads, written by the node.
+//! - `<id>.state.json`: written by the model server: `ready` with the specs,
+//!   or `failed` with the loader's error.
+//! - `<id>.sock`: the model server's Unix socket.
+//!
+//! The server's output goes to `workload_logs/deploy_<id>.stdout.log` and
+//! `.stderr.log`, next to the supervisor's exit file, like a workload's.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::workload::paths::{rid, WorkloadPaths};
+use crate::workload::record::{read_json, write_json};
+
+/// The directory of every deployment's files.
+pub fn deployments_dir(config_dir: &Path) -> PathBuf {
+    config_dir.join("deployments")
+}
+
+/// Where one deployment's files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployPaths {
+    dir: PathBuf,
+    name: String,
+    /// The supervisor's files and the server's logs.
+    pub supervised: WorkloadPaths,
+}
+
+impl DeployPaths {
+    pub fn new(config_dir: &Path, deployment_id: &str) -> DeployPaths {
+        let logs = crate::workload::paths::logs_dir(config_dir);
+        DeployPaths {
+            dir: deployments_dir(config_dir),
+            name: rid(deployment_id),
+            supervised: WorkloadPaths::new(&logs, "deploy", deployment_id),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn record(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.name))
+    }
+    pub fn spec(&self) -> PathBuf {
+        self.dir.join(format!("{}.spec.json", self.name))
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(format!("{}.state.json", self.name))
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(format!("{}.sock", self.name))
+    }
+    /// The outbox name of one event of this deployment.
+    pub fn event_name(&self, event: &str) -> String {
+        format!("deploy_{}.{event}", self.name)
+    }
+}
+
+/// What the model server is told to load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    pub deployment_id: String,
+    /// Resolved and checked against `model_roots` by the node.
+    pub model: PathBuf,
+    pub format: Option<String>,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    pub socket: PathBuf,
+    pub state_file: PathBuf,
+    #[serde(default)]
+    pub onnxruntime_path: Option<PathBuf>,
+}
+
+/// What the model server writes once loading has succeeded or failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum ServerState {
+    /// `model` is [`crate::runners::Model::describe`] plus `pid`, `loaded_at`.
+    Ready { model: Value },
+    Failed { error: String },
+}
+
+/// Where a deployment stands, as the node records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployState {
+    /// The server is loading the model.
+    Starting,
+    Ready,
+    /// `undeploy` was asked; the server is on its way out.
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl DeployState {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeployState::Starting => "starting",
+            DeployState::Ready => "ready",
+            DeployState::Stopping => "stopping",
+            DeployState::Stopped => "stopped",
+            DeployState::Failed => "failed",
+        }
+    }
+
+    /// Whether a server process may still be alive.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            DeployState::Starting | DeployState::Ready | DeployState::Stopping
+        )
+    }
+}
+
+/// The node's record of one deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub deployment_id: String,
+    /// The `deploy` command's request_id: its events go there.
+    pub request_id: String,
+    pub model: PathBuf,
+    pub format: Option<String>,
+    pub options: Map<String, Value>,
+    pub state: DeployState,
+    pub created_unix_ms: u64,
+    pub supervisor_pid: Option<i32>,
+    pub supervisor_start_time: Option<u64>,
+    pub pid: Option<i32>,
+    pub start_time: Option<u64>,
+    /// What the server reported when ready (specs, memory, format).
+    #[serde(default)]
+    pub loaded: Option<Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub ended_unix_ms: Option<u64>,
+}
+
+impl DeploymentRecord {
+    pub fn save(&self, paths: &DeployPaths) -> std::io::Result<()> {
+        write_json(&paths.record(), self)
+    }
+}
+
+/// Every record in the deployments dir, skipping (and naming) broken ones.
+pub fn scan(config_dir: &Path) -> Vec<(DeployPaths, DeploymentRecord)> {
+    let dir = deployments_dir(config_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let is_record = name.ends_with(".json")
+            && !name.ends_with(".spec.json")
+            && !name.ends_with(".state.json")
+            && !name.starts_with('.');
+        if !is_record {
+            continue;
+        }
+        match read_json::<DeploymentRecord>(&path) {
+            Ok(Some(record)) => {
+                let paths = DeployPaths::new(config_dir, &record.deployment_id);
+                found.push((paths, record));
+            }
+            Ok(None) => {}
+            Err(problem) => tracing::warn!("skipping a deployment record: {problem}"),
+        }
+    }
+    found.sort_by_key(|(_, r)| r.created_unix_ms);
+    found
+}

@@ -1,0 +1,156 @@
+//! The params of `deploy`, `infer` and `undeploy`, checked before anything
+//! runs so that a bad message costs nothing but its error response.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::protocol::json_kind;
+use crate::runners::{self, roots, Format};
+
+/// How long `infer` waits for the model server unless `timeout_seconds` says.
+pub const DEFAULT_INFER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A checked `deploy`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployRequest {
+    pub deployment_id: String,
+    pub model: PathBuf,
+    pub format: Option<String>,
+    pub options: Map<String, Value>,
+}
+
+/// Reads `deploy` params; `new_id` names a deployment that has no id given.
+pub fn deploy(
+    params: &Map<String, Value>,
+    working_dir: &Path,
+    model_roots: &[PathBuf],
+    new_id: impl FnOnce() -> String,
+) -> Result<DeployRequest, String> {
+    let model = match params.get("model") {
+        Some(Value::String(model)) => model,
+        Some(other) => return Err(format!("\"model\" must be a path string, got {}", json_kind(other))),
+        None => return Err("missing \"model\": give the path of the model file (inside model_roots)".into()),
+    };
+    let format = optional_string(params, "format")?;
+    if let Some(name) = &format {
+        let format = Format::parse(name).map_err(|e| e.to_string())?;
+        if !format.is_built() {
+            return Err(runners::RunnerError::NotBuilt {
+                format: format.name(),
+                feature: format.feature(),
+            }
+            .to_string());
+        }
+    }
+    let deployment_id = match optional_string(params, "deployment_id")? {
+        Some(id) => checked_id(&id)?,
+        None => new_id(),
+    };
+    let options = match params.get("options") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(options)) => options.clone(),
+        Some(other) => return Err(format!("\"options\" must be an object, got {}", json_kind(other))),
+    };
+    for key in super::server::SERVER_OPTIONS {
+        let value = runners::usize_option(&options, key).map_err(|e| e.to_string())?;
+        if *key == "max_concurrency" && value == Some(0) {
+            return Err("bad options: \"max_concurrency\" must be at least 1".into());
+        }
+    }
+    let model = roots::resolve_model_path(model, working_dir, model_roots).map_err(|e| e.to_string())?;
+    Ok(DeployRequest {
+        deployment_id,
+        model,
+        format,
+        options,
+    })
+}
+
+/// The `deployment_id` of `infer` and `undeploy`.
+pub fn deployment_id(params: &Map<String, Value>) -> Result<String, String> {
+    match optional_string(params, "deployment_id")? {
+        Some(id) => Ok(id),
+        None => Err("missing \"deployment_id\": give the id the deploy command returned".into()),
+    }
+}
+
+/// `infer`'s wait for the model server.
+pub fn infer_timeout(params: &Map<String, Value>) -> Result<Duration, String> {
+    match params.get("timeout_seconds") {
+        None | Some(Value::Null) => Ok(DEFAULT_INFER_TIMEOUT),
+        Some(value) => value
+            .as_f64()
+            .filter(|s| *s > 0.0 && *s <= 86_400.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("\"timeout_seconds\" must be a number of seconds between 0 and 86400, got {value}")),
+    }
+}
+
+fn optional_string(params: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("\"{key}\" must be a string, got {}", json_kind(other))),
+    }
+}
+
+/// Deployment ids name files and appear in logs: a plain, short alphabet.
+fn checked_id(id: &str) -> Result<String, String> {
+    let plain = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "\"deployment_id\" {id:?} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn params(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn deploy_params_are_checked_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.onnx"), b"x").unwrap();
+        let roots = vec![dir.path().to_owned()];
+        let check = |value: Value| deploy(&params(value), dir.path(), &roots, || "d-1".into());
+
+        let ok = check(json!({"model": "m.onnx"})).unwrap();
+        assert_eq!(ok.deployment_id, "d-1");
+        assert!(ok.model.ends_with("m.onnx"));
+        let cases = [
+            (json!({}), "missing \"model\""),
+            (json!({"model": 3}), "\"model\" must be a path string"),
+            (json!({"model": "m.onnx", "format": "tflite"}), "unknown model format"),
+            (json!({"model": "m.onnx", "deployment_id": "../x"}), "is not allowed"),
+            (json!({"model": "m.onnx", "options": []}), "\"options\" must be an object"),
+            (json!({"model": "m.onnx", "options": {"max_queue": -1}}), "\"max_queue\" must be a non-negative integer"),
+            (json!({"model": "m.onnx", "options": {"max_concurrency": 0}}), "at least 1"),
+            (json!({"model": "/etc/passwd"}), "outside the model roots"),
+        ];
+        for (value, expected) in cases {
+            let error = check(value.clone()).unwrap_err();
+            assert!(error.contains(expected), "{value}: {error}");
+        }
+    }
+
+    #[test]
+    fn infer_params() {
+        assert!(deployment_id(&params(json!({}))).unwrap_err().contains("missing \"deployment_id\""));
+        assert_eq!(infer_timeout(&params(json!({}))).unwrap(), DEFAULT_INFER_TIMEOUT);
+        assert!(infer_timeout(&params(json!({"timeout_seconds": -1}))).is_err());
+    }
+}

@@ -1,0 +1,415 @@
+//! Tensors as JSON, the form every tensor runner takes and returns:
+//!
+//! ```json
+//! {"dtype": "float32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+//! {"dtype": "float32", "shape": [1, 4], "data_b64": "AACAPwAAAEAAAEBAAACAQA=="}
+//! ```
+//!
+//! `data` is row-major, flat or nested; `data_b64` is the little-endian raw
+//! bytes, for tensors too large to spell out. JSON has no NaN or infinity,
+//! so floats also accept (and outputs use) the strings `"NaN"`,
+//! `"Infinity"` and `"-Infinity"`. In memory a tensor is always raw bytes,
+//! so a runner copies it once into its runtime and back.
+
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+/// The element types the tensor JSON carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    Float32,
+    Float16,
+    Float64,
+    Int8,
+    Int32,
+    Int64,
+    Uint8,
+    Bool,
+}
+
+impl DType {
+    pub const ALL: [DType; 8] = [
+        DType::Float32,
+        DType::Float16,
+        DType::Float64,
+        DType::Int8,
+        DType::Int32,
+        DType::Int64,
+        DType::Uint8,
+        DType::Bool,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Float32 => "float32",
+            DType::Float16 => "float16",
+            DType::Float64 => "float64",
+            DType::Int8 => "int8",
+            DType::Int32 => "int32",
+            DType::Int64 => "int64",
+            DType::Uint8 => "uint8",
+            DType::Bool => "bool",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::Int8 | DType::Uint8 | DType::Bool => 1,
+            DType::Float16 => 2,
+            DType::Float32 | DType::Int32 => 4,
+            DType::Float64 | DType::Int64 => 8,
+        }
+    }
+
+    fn names() -> String {
+        DType::ALL.map(DType::name).join(", ")
+    }
+}
+
+/// A dense tensor: row-major little-endian bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// A model's declared input or output. A dim is `None` when the model leaves
+/// it dynamic; `dim_names` holds the model's symbolic names for such dims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    /// A [`DType`] name, or the runtime's name of a type the JSON cannot carry.
+    pub dtype: String,
+    pub shape: Vec<Option<u64>>,
+    pub dim_names: Vec<Option<String>>,
+}
+
+/// A tensor in a request that cannot be used, with the name of the input.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("input '{input}': {problem}")]
+pub struct TensorError {
+    pub input: String,
+    pub problem: String,
+}
+
+impl TensorSpec {
+    /// `float32 [batch, 4]`: how errors and `--info` show a spec.
+    pub fn describe(&self) -> String {
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .zip(self.dim_names.iter().chain(std::iter::repeat(&None)))
+            .map(|(dim, name)| match (dim, name) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(name)) if !name.is_empty() => name.clone(),
+                (None, _) => "?".to_owned(),
+            })
+            .collect();
+        format!("{} [{}]", self.dtype, dims.join(", "))
+    }
+
+    /// `{"name", "dtype", "shape"}`; a dynamic dim is its symbolic name, or
+    /// null when the model gives it none.
+    pub fn to_json(&self) -> Value {
+        let shape: Vec<Value> = self
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(i, dim)| match dim {
+                Some(n) => json!(n),
+                None => match self.dim_names.get(i) {
+                    Some(Some(name)) if !name.is_empty() => json!(name),
+                    _ => Value::Null,
+                },
+            })
+            .collect();
+        json!({"name": self.name, "dtype": self.dtype, "shape": shape})
+    }
+
+    /// Checks `tensor` against this spec: dtype, rank, every fixed dim.
+    pub fn check(&self, tensor: &Tensor) -> Result<(), TensorError> {
+        let fits = tensor.dtype.name() == self.dtype
+            && tensor.shape.len() == self.shape.len()
+            && self
+                .shape
+                .iter()
+                .zip(&tensor.shape)
+                .all(|(want, got)| want.is_none_or(|w| w == *got as u64));
+        if fits {
+            return Ok(());
+        }
+        Err(TensorError {
+            input: self.name.clone(),
+            problem: format!("expected {}, got {}", self.describe(), tensor.describe()),
+        })
+    }
+}
+
+impl Tensor {
+    pub fn element_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// `float32 [1, 3]`.
+    pub fn describe(&self) -> String {
+        let dims: Vec<String> = self.shape.iter().map(usize::to_string).collect();
+        format!("{} [{}]", self.dtype.name(), dims.join(", "))
+    }
+
+    /// Reads one tensor of a request; `name` is for the error messages.
+    pub fn from_json(name: &str, value: &Value) -> Result<Tensor, TensorError> {
+        let fail = |problem: String| TensorError {
+            input: name.to_owned(),
+            problem,
+        };
+        let Value::Object(fields) = value else {
+            return Err(fail(format!(
+                "expected an object {{\"dtype\", \"shape\", \"data\"}}, got {}",
+                kind(value)
+            )));
+        };
+        let dtype = read_dtype(fields).map_err(&fail)?;
+        let shape = read_shape(fields).map_err(&fail)?;
+        let count = shape
+            .iter()
+            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+            .ok_or_else(|| fail(format!("shape {shape:?} is too large")))?;
+        let bytes = match (fields.get("data"), fields.get("data_b64")) {
+            (Some(_), Some(_)) => Err("give either \"data\" or \"data_b64\", not both".into()),
+            (None, None) => Err("missing \"data\" (or \"data_b64\")".into()),
+            (Some(data), None) => encode_data(dtype, data, count),
+            (None, Some(b64)) => decode_b64(dtype, b64, count),
+        }
+        .map_err(&fail)?;
+        Ok(Tensor {
+            dtype,
+            shape,
+            bytes,
+        })
+    }
+
+    /// `{"dtype", "shape", "data"}`, or `data_b64` when `base64` is set.
+    pub fn to_json(&self, base64: bool) -> Value {
+        let data = if base64 {
+            ("data_b64", json!(b64().encode(&self.bytes)))
+        } else {
+            ("data", Value::Array(self.values()))
+        };
+        let mut object = Map::new();
+        object.insert("dtype".into(), json!(self.dtype.name()));
+        object.insert("shape".into(), json!(self.shape));
+        object.insert(data.0.into(), data.1);
+        Value::Object(object)
+    }
+
+    /// The elements as JSON values, flat.
+    pub fn values(&self) -> Vec<Value> {
+        let chunks = self.bytes.chunks_exact(self.dtype.size());
+        match self.dtype {
+            DType::Float32 => chunks
+                .map(|c| float_json(f32::from_le_bytes(c.try_into().unwrap()) as f64))
+                .collect(),
+            DType::Float16 => chunks
+                .map(|c| float_json(half::f16::from_le_bytes(c.try_into().unwrap()).to_f64()))
+                .collect(),
+            DType::Float64 => chunks
+                .map(|c| float_json(f64::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            DType::Int8 => chunks.map(|c| json!(c[0] as i8)).collect(),
+            DType::Uint8 => chunks.map(|c| json!(c[0])).collect(),
+            DType::Bool => chunks.map(|c| json!(c[0] != 0)).collect(),
+            DType::Int32 => chunks
+                .map(|c| json!(i32::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+            DType::Int64 => chunks
+                .map(|c| json!(i64::from_le_bytes(c.try_into().unwrap())))
+                .collect(),
+        }
+    }
+}
+
+/// The `inputs` object of a request, in the order given.
+pub fn inputs_from_json(request: &Map<String, Value>) -> Result<Vec<(String, Tensor)>, String> {
+    let Some(inputs) = request.get("inputs") else {
+        return Err("missing \"inputs\": give {\"inputs\": {\"<name>\": {\"dtype\", \"shape\", \"data\"}}}".into());
+    };
+    let Value::Object(inputs) = inputs else {
+        return Err(format!(
+            "\"inputs\" must be an object of named tensors, got {}",
+            kind(inputs)
+        ));
+    };
+    inputs
+        .iter()
+        .map(|(name, value)| Ok((name.clone(), Tensor::from_json(name, value)?)))
+        .collect::<Result<_, TensorError>>()
+        .map_err(|e| e.to_string())
+}
+
+/// Whether the request asks for `data_b64` outputs.
+pub fn wants_base64(request: &Map<String, Value>) -> Result<bool, String> {
+    match request.get("output_encoding") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(s)) if s == "base64" => Ok(true),
+        Some(Value::String(s)) if s == "json" => Ok(false),
+        Some(other) => Err(format!(
+            "\"output_encoding\" must be \"json\" or \"base64\", got {other}"
+        )),
+    }
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn read_dtype(fields: &Map<String, Value>) -> Result<DType, String> {
+    match fields.get("dtype") {
+        Some(Value::String(name)) => DType::parse(name).ok_or_else(|| {
+            format!(
+                "unsupported dtype \"{name}\"; use one of {}",
+                DType::names()
+            )
+        }),
+        Some(other) => Err(format!("\"dtype\" must be a string, got {}", kind(other))),
+        None => Err(format!("missing \"dtype\" (one of {})", DType::names())),
+    }
+}
+
+fn read_shape(fields: &Map<String, Value>) -> Result<Vec<usize>, String> {
+    let Some(Value::Array(dims)) = fields.get("shape") else {
+        return Err("missing \"shape\": give the dims as an array, e.g. [1, 4]".into());
+    };
+    dims.iter()
+        .map(|d| {
+            d.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| format!("\"shape\" must hold non-negative integers, got {d}"))
+        })
+        .collect()
+}
+
+fn decode_b64(dtype: DType, value: &Value, count: usize) -> Result<Vec<u8>, String> {
+    let Value::String(text) = value else {
+        return Err(format!(
+            "\"data_b64\" must be a base64 string, got {}",
+            kind(value)
+        ));
+    };
+    let bytes = b64()
+        .decode(text)
+        .map_err(|e| format!("\"data_b64\" is not valid base64: {e}"))?;
+    let want = count.saturating_mul(dtype.size());
+    if bytes.len() != want {
+        return Err(format!(
+            "\"data_b64\" holds {} bytes; the shape needs {count} {} elements = {want} bytes",
+            bytes.len(),
+            dtype.name()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Flattens `data` and writes each element as `dtype` bytes.
+fn encode_data(dtype: DType, data: &Value, count: usize) -> Result<Vec<u8>, String> {
+    let mut flat = Vec::new();
+    flatten(data, &mut flat, 0)?;
+    if flat.len() != count {
+        return Err(format!(
+            "\"data\" holds {} elements; the shape needs {count}",
+            flat.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(count * dtype.size());
+    for (index, value) in flat.iter().enumerate() {
+        encode_element(dtype, value, &mut bytes)
+            .map_err(|why| format!("element {index} of \"data\": {why}"))?;
+    }
+    Ok(bytes)
+}
+
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
+    match value {
+        Value::Array(items) if depth < 64 => items.iter().try_for_each(|v| flatten(v, out, depth + 1)),
+        Value::Array(_) => Err("\"data\" is nested too deeply".into()),
+        other if depth == 0 => Err(format!(
+            "\"data\" must be an array of numbers, got {}",
+            kind(other)
+        )),
+        other => {
+            out.push(other);
+            Ok(())
+        }
+    }
+}
+
+fn encode_element(dtype: DType, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+    match dtype {
+        DType::Float32 => out.extend((float(value)? as f32).to_le_bytes()),
+        DType::Float16 => out.extend(half::f16::from_f64(float(value)?).to_le_bytes()),
+        DType::Float64 => out.extend(float(value)?.to_le_bytes()),
+        DType::Int8 => out.extend(int::<i8>(value, dtype)?.to_le_bytes()),
+        DType::Uint8 => out.extend(int::<u8>(value, dtype)?.to_le_bytes()),
+        DType::Int32 => out.extend(int::<i32>(value, dtype)?.to_le_bytes()),
+        DType::Int64 => out.extend(int::<i64>(value, dtype)?.to_le_bytes()),
+        DType::Bool => out.push(match value {
+            Value::Bool(b) => u8::from(*b),
+            Value::Number(n) if n.as_u64() == Some(0) => 0,
+            Value::Number(n) if n.as_u64() == Some(1) => 1,
+            other => return Err(format!("expected true, false, 0 or 1, got {other}")),
+        }),
+    }
+    Ok(())
+}
+
+fn float(value: &Value) -> Result<f64, String> {
+    match value {
+        Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
+        Value::String(s) if s == "NaN" => Ok(f64::NAN),
+        Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
+        Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
+        other => Err(format!("expected a number, got {other}")),
+    }
+}
+
+fn int<T: TryFrom<i64>>(value: &Value, dtype: DType) -> Result<T, String> {
+    let Value::Number(n) = value else {
+        return Err(format!("expected an integer, got {value}"));
+    };
+    let whole = n
+        .as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        .ok_or_else(|| format!("expected an integer, got {n}"))?;
+    T::try_from(whole).map_err(|_| format!("{n} is out of range for {}", dtype.name()))
+}
+
+/// JSON for a float: a number, or the string form of NaN and the infinities.
+fn float_json(f: f64) -> Value {
+    if f.is_nan() {
+        json!("NaN")
+    } else if f.is_infinite() {
+        json!(if f > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        json!(f)
+    }
+}
+
+#[cfg(test)]
+#[path = "tensor_tests.rs"]
+mod tests;
