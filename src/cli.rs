@@ -76,6 +76,9 @@ enum CliCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Load a model and run it once in this process (no node, no broker)
+    #[command(after_long_help = crate::runners::run_model::RUN_MODEL_HELP)]
+    RunModel(crate::runners::run_model::RunModelArgs),
     /// Inspect the node's settings
     Config {
         #[command(subcommand)]
@@ -227,6 +230,7 @@ pub fn main() -> ExitCode {
             stderr,
             follow,
         } => local_logs(request_id, *stderr, *follow),
+        CliCommand::RunModel(args) => crate::runners::run_model::run(args),
         CliCommand::Completions { shell } => completions(*shell),
         CliCommand::Man => man_page(),
     };

@@ -300,7 +300,7 @@ impl Deployments {
                 };
                 let error = loader_error.unwrap_or_else(|| {
                     let when = if state == DeployState::Starting { "while loading the model" } else { "unexpectedly" };
-                    format!("the model server {} {when}; see {}", describe_exit(exit.as_ref()), paths.supervised.stderr().display())
+                    format!("the model server stopped {when} ({}); see {}", describe_exit(exit.as_ref()), paths.supervised.stderr().display())
                 });
                 tracing::warn!(deployment_id, "{error}");
                 record.state = DeployState::Failed;
@@ -484,9 +484,9 @@ fn format_of(record: &DeploymentRecord) -> Value {
 
 fn describe_exit(exit: Option<&ExitFile>) -> String {
     match exit {
-        Some(ExitFile { signal: Some(signal), .. }) => format!("was killed by {signal}"),
-        Some(ExitFile { exit_code: Some(code), .. }) => format!("exited with code {code}"),
-        _ => "ended without an exit status".into(),
+        Some(ExitFile { signal: Some(signal), .. }) => format!("killed by {signal}"),
+        Some(ExitFile { exit_code: Some(code), .. }) => format!("exit code {code}"),
+        _ => "no exit status recorded: its supervisor died too".into(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`ModelRunner`]: one loaded model; [`load`] picks the runner by format.
 //! - [`tensor`]: the tensor JSON every tensor runner speaks.
 //! - [`roots`]: models load only from inside `model_roots`.
+//! - [`run_model`]: the `run-model` command.
 //! - `onnx` (feature `onnx`, default): ONNX Runtime, loaded at run time.
 //!
 //! Each format sits behind a cargo feature. A build without one still
@@ -19,6 +20,7 @@ use serde_json::{json, Map, Value};
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod roots;
+pub mod run_model;
 pub mod tensor;
 
 use tensor::TensorSpec;

@@ -181,15 +181,34 @@ fn environment(runtimes: &RuntimePaths) -> Result<&'static Environment, RunnerEr
             .with_name("cyberwave-cloud-node")
             .build()
             .map_err(|e| format!("ONNX Runtime at {} failed to start: {e}", library.display()))?;
-        let version = ort::info()
-            .split(',')
-            .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
-            .unwrap_or("(unknown version)")
-            .to_owned();
+        let version = library_version(&library).unwrap_or_else(|| "(unknown version)".into());
         tracing::debug!("ONNX Runtime {version} loaded from {}", library.display());
         Ok((environment, format!("ONNX Runtime {version} from {}", library.display())))
     });
     loaded.as_ref().map(|(e, _)| e).map_err(|e| RunnerError::Runtime(e.clone()))
+}
+
+/// ONNX Runtime's own version string (`OrtGetApiBase()->GetVersionString()`).
+fn library_version(library: &Path) -> Option<String> {
+    /// The stable head of ONNX Runtime's C API: two function pointers.
+    #[repr(C)]
+    struct ApiBase {
+        get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
+        get_version_string: unsafe extern "C" fn() -> *const std::ffi::c_char,
+    }
+    // SAFETY: the library is already loaded by `ort` (this only takes a
+    // reference), and `OrtGetApiBase` has had this signature since 1.0.
+    unsafe {
+        let lib = libloading::Library::new(library).ok()?;
+        let base: libloading::Symbol<unsafe extern "C" fn() -> *const ApiBase> =
+            lib.get(b"OrtGetApiBase").ok()?;
+        let base = base();
+        if base.is_null() {
+            return None;
+        }
+        let version = ((*base).get_version_string)();
+        (!version.is_null()).then(|| std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned())
+    }
 }
 
 fn install_hint() -> String {
@@ -318,7 +337,13 @@ fn build_session(
     if let Some(device) = options.cuda {
         builder = with_cuda(builder, device);
     }
-    builder.commit_from_file(path).map_err(|e| load_error(e.to_string()))
+    builder.commit_from_file(path).map_err(|e| {
+        let mut reason = e.to_string();
+        if reason.contains("Protobuf parsing failed") {
+            reason.push_str(" (the file is not an ONNX model, or it is truncated)");
+        }
+        load_error(reason)
+    })
 }
 
 /// Adds the CUDA provider, or warns and stays on the CPU when it is missing.
