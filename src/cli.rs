@@ -484,7 +484,9 @@ pub fn init_server_logging() {
     let filter = std::env::var("CYBERWAVE_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn,cyberwave_cloud_node=info,ort=warn"));
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new("warn,cyberwave_cloud_node=info,ort=warn")
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

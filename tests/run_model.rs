@@ -46,8 +46,17 @@ fn tensor(dtype: &str, shape: &[usize], data: Value) -> Value {
 #[test]
 fn add_matmul_computes_the_right_numbers() {
     let request = json!({"inputs": {"x": tensor("float32", &[1, 4], json!([1, 2, 3, 4]))}});
-    let out = run_json(&["--model", &fixture("add_matmul.onnx"), "--input", &request.to_string()]);
-    assert_eq!(out["outputs"]["y"], tensor("float32", &[1, 3], json!([70.5, 79.0, 92.0])), "{out}");
+    let out = run_json(&[
+        "--model",
+        &fixture("add_matmul.onnx"),
+        "--input",
+        &request.to_string(),
+    ]);
+    assert_eq!(
+        out["outputs"]["y"],
+        tensor("float32", &[1, 3], json!([70.5, 79.0, 92.0])),
+        "{out}"
+    );
     assert_eq!(out["format"], "onnx");
     assert!(out["run_ms"].as_f64().unwrap() > 0.0, "{out}");
 }
@@ -55,8 +64,16 @@ fn add_matmul_computes_the_right_numbers() {
 #[test]
 fn info_shows_dynamic_dims_by_name() {
     let info = run_json(&["--model", &fixture("dynamic_batch.onnx"), "--info"]);
-    assert_eq!(info["input_specs"], json!([{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]), "{info}");
-    assert_eq!(info["output_specs"][0]["shape"], json!(["batch", 2]), "{info}");
+    assert_eq!(
+        info["input_specs"],
+        json!([{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]),
+        "{info}"
+    );
+    assert_eq!(
+        info["output_specs"][0]["shape"],
+        json!(["batch", 2]),
+        "{info}"
+    );
     assert!(info["memory_bytes"].as_u64().unwrap() > 0, "{info}");
 }
 
@@ -64,12 +81,24 @@ fn info_shows_dynamic_dims_by_name() {
 fn a_dynamic_batch_takes_any_number_of_rows() {
     for (rows, expected) in [
         (json!([[1, 2, 3, 4]]), json!([10.0, 0.0])),
-        (json!([[1, 2, 3, 4], [-1, -2, -3, -4], [0.5, 0.5, 0, 0]]), json!([10.0, 0.0, 0.0, 10.0, 1.0, 0.0])),
+        (
+            json!([[1, 2, 3, 4], [-1, -2, -3, -4], [0.5, 0.5, 0, 0]]),
+            json!([10.0, 0.0, 0.0, 10.0, 1.0, 0.0]),
+        ),
     ] {
         let n = rows.as_array().unwrap().len();
         let request = json!({"inputs": {"x": tensor("float32", &[n, 4], rows)}});
-        let out = run_json(&["--model", &fixture("dynamic_batch.onnx"), "--input", &request.to_string()]);
-        assert_eq!(out["outputs"]["y"], tensor("float32", &[n, 2], expected), "{out}");
+        let out = run_json(&[
+            "--model",
+            &fixture("dynamic_batch.onnx"),
+            "--input",
+            &request.to_string(),
+        ]);
+        assert_eq!(
+            out["outputs"]["y"],
+            tensor("float32", &[n, 2], expected),
+            "{out}"
+        );
     }
 }
 
@@ -83,12 +112,31 @@ fn several_inputs_and_outputs_from_a_request_file() {
         "k": tensor("int64", &[2], json!([3, -7])),
     }});
     std::fs::write(&file, request.to_string()).unwrap();
-    let out = run_json(&["--model", &fixture("multi_io.onnx"), "--input", &format!("@{}", file.display())]);
+    let out = run_json(&[
+        "--model",
+        &fixture("multi_io.onnx"),
+        "--input",
+        &format!("@{}", file.display()),
+    ]);
     let outputs = &out["outputs"];
-    assert_eq!(outputs["sum"], tensor("float32", &[2, 3], json!([1.5, 4.0, 7.0, 3.0, 10.5, 7.0])), "{out}");
-    assert_eq!(outputs["prod"], tensor("float32", &[2, 3], json!([0.5, 4.0, 12.0, -4.0, 27.5, 6.0])));
+    assert_eq!(
+        outputs["sum"],
+        tensor("float32", &[2, 3], json!([1.5, 4.0, 7.0, 3.0, 10.5, 7.0])),
+        "{out}"
+    );
+    assert_eq!(
+        outputs["prod"],
+        tensor("float32", &[2, 3], json!([0.5, 4.0, 12.0, -4.0, 27.5, 6.0]))
+    );
     assert_eq!(outputs["k2"], tensor("int64", &[2], json!([6, -14])));
-    assert_eq!(outputs["pos"], tensor("bool", &[2, 3], json!([true, false, false, true, false, true])));
+    assert_eq!(
+        outputs["pos"],
+        tensor(
+            "bool",
+            &[2, 3],
+            json!([true, false, false, true, false, true])
+        )
+    );
 }
 
 #[test]
@@ -107,9 +155,18 @@ fn every_dtype_goes_through_unchanged_in_json_and_base64() {
         .iter()
         .map(|(dtype, data)| (format!("in_{dtype}"), tensor(dtype, &[3], data.clone())))
         .collect();
-    let out = run_json(&["--model", &fixture("dtypes.onnx"), "--input", &json!({"inputs": inputs}).to_string()]);
+    let out = run_json(&[
+        "--model",
+        &fixture("dtypes.onnx"),
+        "--input",
+        &json!({"inputs": inputs}).to_string(),
+    ]);
     for (dtype, data) in &samples {
-        assert_eq!(out["outputs"][format!("out_{dtype}")], tensor(dtype, &[3], data.clone()), "{dtype}: {out}");
+        assert_eq!(
+            out["outputs"][format!("out_{dtype}")],
+            tensor(dtype, &[3], data.clone()),
+            "{dtype}: {out}"
+        );
     }
     // The same tensors as data_b64, with base64 outputs.
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -117,29 +174,64 @@ fn every_dtype_goes_through_unchanged_in_json_and_base64() {
     let mut inputs = inputs;
     inputs.insert("in_int32".into(), raw.clone());
     let request = json!({"inputs": inputs, "output_encoding": "base64"});
-    let out = run_json(&["--model", &fixture("dtypes.onnx"), "--input", &request.to_string()]);
+    let out = run_json(&[
+        "--model",
+        &fixture("dtypes.onnx"),
+        "--input",
+        &request.to_string(),
+    ]);
     assert_eq!(out["outputs"]["out_int32"], raw, "{out}");
-    let f32s = b64.decode(out["outputs"]["out_float32"]["data_b64"].as_str().unwrap()).unwrap();
-    assert_eq!(f32s, [-1.5f32, 0.0, 3.25].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    let f32s = b64
+        .decode(out["outputs"]["out_float32"]["data_b64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        f32s,
+        [-1.5f32, 0.0, 3.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    );
 }
 
 #[test]
 fn bad_requests_name_the_input_and_what_was_expected() {
     let x = |t: Value| json!({"inputs": {"x": t}}).to_string();
     let cases = [
-        (json!({"inputs": {"z": tensor("float32", &[1, 4], json!([1, 2, 3, 4]))}}).to_string(), "unknown input 'z'; the model's inputs are x (float32 [1, 4])"),
-        (json!({"inputs": {}}).to_string(), "missing input 'x' (float32 [1, 4])"),
-        (x(tensor("int32", &[1, 4], json!([1, 2, 3, 4]))), "input 'x': expected float32 [1, 4], got int32 [1, 4]"),
-        (x(tensor("float32", &[1, 3], json!([1, 2, 3]))), "input 'x': expected float32 [1, 4], got float32 [1, 3]"),
-        (x(tensor("float32", &[1, 4], json!([1, "two", 3, 4]))), "input 'x': element 1 of \"data\": expected a number, got \"two\""),
-        (x(tensor("float32", &[1, 4], json!([1, 2, 3]))), "\"data\" holds 3 elements; the shape needs 4"),
+        (
+            json!({"inputs": {"z": tensor("float32", &[1, 4], json!([1, 2, 3, 4]))}}).to_string(),
+            "unknown input 'z'; the model's inputs are x (float32 [1, 4])",
+        ),
+        (
+            json!({"inputs": {}}).to_string(),
+            "missing input 'x' (float32 [1, 4])",
+        ),
+        (
+            x(tensor("int32", &[1, 4], json!([1, 2, 3, 4]))),
+            "input 'x': expected float32 [1, 4], got int32 [1, 4]",
+        ),
+        (
+            x(tensor("float32", &[1, 3], json!([1, 2, 3]))),
+            "input 'x': expected float32 [1, 4], got float32 [1, 3]",
+        ),
+        (
+            x(tensor("float32", &[1, 4], json!([1, "two", 3, 4]))),
+            "input 'x': element 1 of \"data\": expected a number, got \"two\"",
+        ),
+        (
+            x(tensor("float32", &[1, 4], json!([1, 2, 3]))),
+            "\"data\" holds 3 elements; the shape needs 4",
+        ),
         ("[1, 2]".to_owned(), "the request must be a JSON object"),
         ("{not json".to_owned(), "the request is not valid JSON"),
     ];
     for (request, expected) in cases {
-        let (ok, _, stderr) = run_model(&["--model", &fixture("add_matmul.onnx"), "--input", &request]);
+        let (ok, _, stderr) =
+            run_model(&["--model", &fixture("add_matmul.onnx"), "--input", &request]);
         assert!(!ok, "{request} should fail");
-        assert!(stderr.contains(expected), "{request}: wanted {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{request}: wanted {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -156,18 +248,33 @@ fn bad_model_files_are_refused_with_the_reason() {
     let unknown = dir.path().join("model.bin");
     std::fs::write(&unknown, b"\x00\x01").unwrap();
     let cases = [
-        (garbage.display().to_string(), "not an ONNX model, or it is truncated"),
+        (
+            garbage.display().to_string(),
+            "not an ONNX model, or it is truncated",
+        ),
         (truncated.display().to_string(), "cannot load model"),
         (gguf.display().to_string(), "it is a gguf file, not ONNX"),
         (unknown.display().to_string(), "cannot tell the format"),
-        (dir.path().join("absent.onnx").display().to_string(), "cannot open it"),
+        (
+            dir.path().join("absent.onnx").display().to_string(),
+            "cannot open it",
+        ),
     ];
     for (path, expected) in cases {
         let (ok, _, stderr) = run_model(&["--model", &path, "--info"]);
         assert!(!ok, "{path} should fail");
-        assert!(stderr.contains(expected), "{path}: wanted {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{path}: wanted {expected:?} in:\n{stderr}"
+        );
     }
-    let (ok, _, stderr) = run_model(&["--model", &fixture("add_matmul.onnx"), "--format", "gguf", "--info"]);
+    let (ok, _, stderr) = run_model(&[
+        "--model",
+        &fixture("add_matmul.onnx"),
+        "--format",
+        "gguf",
+        "--info",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("this build has no gguf runner"), "{stderr}");
 }
@@ -179,14 +286,23 @@ fn without_onnx_runtime_the_error_says_how_to_install_it() {
     let (ok, _, stderr) = run_model_with(node, &["--model", &fixture("add_matmul.onnx"), "--info"]);
     assert!(!ok);
     assert!(stderr.contains("ONNX Runtime not found"), "{stderr}");
-    assert!(stderr.contains("pip install onnxruntime==1.31.1"), "{stderr}");
+    assert!(
+        stderr.contains("pip install onnxruntime==1.31.1"),
+        "{stderr}"
+    );
 
     let not_a_library = empty.path().join("libonnxruntime.so");
     std::fs::write(&not_a_library, b"nope").unwrap();
     let node = Node::new().env_var("ORT_DYLIB_PATH", not_a_library.to_str().unwrap());
     let (ok, _, stderr) = run_model_with(node, &["--model", &fixture("add_matmul.onnx"), "--info"]);
     assert!(!ok);
-    assert!(stderr.contains(&format!("ONNX Runtime at {} does not load", not_a_library.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "ONNX Runtime at {} does not load",
+            not_a_library.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -196,7 +312,13 @@ fn list_formats_tells_what_this_build_runs() {
     let onnx = formats.iter().find(|f| f["format"] == "onnx").unwrap();
     assert_eq!(onnx["built"], true, "{listed}");
     assert_eq!(onnx["runtime_loads"], true, "{listed}");
-    assert!(onnx["runtime"].as_str().unwrap().starts_with("ONNX Runtime 1."), "{listed}");
+    assert!(
+        onnx["runtime"]
+            .as_str()
+            .unwrap()
+            .starts_with("ONNX Runtime 1."),
+        "{listed}"
+    );
     for name in ["gguf", "torchscript"] {
         let format = formats.iter().find(|f| f["format"] == name).unwrap();
         assert_eq!(format["built"], false, "{listed}");
@@ -206,10 +328,27 @@ fn list_formats_tells_what_this_build_runs() {
 #[test]
 fn repeated_runs_report_percentiles() {
     let request = json!({"inputs": {"x": tensor("float32", &[1, 4], json!([1, 2, 3, 4]))}});
-    let out = run_json(&["--model", &fixture("add_matmul.onnx"), "--input", &request.to_string(), "--runs", "20", "--warmup", "2", "--option", "intra_op_threads=1"]);
+    let out = run_json(&[
+        "--model",
+        &fixture("add_matmul.onnx"),
+        "--input",
+        &request.to_string(),
+        "--runs",
+        "20",
+        "--warmup",
+        "2",
+        "--option",
+        "intra_op_threads=1",
+    ]);
     assert_eq!(out["runs"]["count"], 20, "{out}");
     assert!(out["runs"]["p50_ms"].as_f64().unwrap() <= out["runs"]["p95_ms"].as_f64().unwrap());
-    let (ok, _, stderr) = run_model(&["--model", &fixture("add_matmul.onnx"), "--info", "--option", "threads=2"]);
+    let (ok, _, stderr) = run_model(&[
+        "--model",
+        &fixture("add_matmul.onnx"),
+        "--info",
+        "--option",
+        "threads=2",
+    ]);
     assert!(!ok);
     assert!(stderr.contains("unknown option \"threads\""), "{stderr}");
 }

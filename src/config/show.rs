@@ -105,11 +105,18 @@ fn rows(s: &Settings) -> Vec<Row> {
         }),
         match &s.model_roots {
             Some(roots) => row("model_roots", roots, |r| {
-                r.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+                r.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
             }),
             None => (
                 "model_roots",
-                s.model_roots().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
+                s.model_roots()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":"),
                 "default".to_owned(),
             ),
         },

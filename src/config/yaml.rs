@@ -169,7 +169,9 @@ impl YamlFile {
             },
         };
         let listed = match (canonical, value) {
-            ("model_roots", Value::Sequence(items)) => Some(items.iter().map(scalar_text).collect::<Result<Vec<_>, _>>()),
+            ("model_roots", Value::Sequence(items)) => {
+                Some(items.iter().map(scalar_text).collect::<Result<Vec<_>, _>>())
+            }
             _ => None,
         };
         if let Some(Ok(items)) = listed {

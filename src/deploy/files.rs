@@ -83,8 +83,12 @@ pub struct DeploySpec {
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum ServerState {
     /// `model` is [`crate::runners::Model::describe`] plus `pid`, `loaded_at`.
-    Ready { model: Value },
-    Failed { error: String },
+    Ready {
+        model: Value,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// Where a deployment stands, as the node records it.

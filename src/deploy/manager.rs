@@ -50,8 +50,12 @@ pub enum DeployEvent {
         state: ServerState,
     },
     /// The supervisor (and so the server) is gone.
-    Exited { deployment_id: String },
-    StopDeadline { deployment_id: String },
+    Exited {
+        deployment_id: String,
+    },
+    StopDeadline {
+        deployment_id: String,
+    },
     /// The one response of an `infer` or `deployments` command.
     Answer {
         request_id: String,
@@ -89,14 +93,20 @@ impl Deployments {
                 tracing::info!(pid = ?record.pid, "reconnecting to deployment {} ({})", record.deployment_id, record.state.name());
                 deployments.watch(&paths, &record);
             }
-            deployments.entries.insert(record.deployment_id.clone(), (paths, record));
+            deployments
+                .entries
+                .insert(record.deployment_id.clone(), (paths, record));
         }
         deployments
     }
 
     /// Checks a `deploy` and starts its server; `Launched` follows.
     pub fn deploy(&mut self, request_id: &str, params: &Map<String, Value>) -> Result<(), String> {
-        if let Some((_, existing)) = self.entries.values().find(|(_, r)| r.request_id == request_id) {
+        if let Some((_, existing)) = self
+            .entries
+            .values()
+            .find(|(_, r)| r.request_id == request_id)
+        {
             return Err(format!(
                 "request_id {request_id} already started deployment {} (state {}); a redelivered deploy never starts a second server",
                 existing.deployment_id,
@@ -145,7 +155,8 @@ impl Deployments {
         };
         prepare_files(&paths, &record, &spec)?;
         self.spawn_launch(&paths, &spec);
-        self.entries.insert(record.deployment_id.clone(), (paths, record));
+        self.entries
+            .insert(record.deployment_id.clone(), (paths, record));
         Ok(())
     }
 
@@ -156,17 +167,31 @@ impl Deployments {
             super::server::MODE,
             shell_quote(&paths.spec().to_string_lossy())
         );
-        let (exe, cwd, env) = (self.config.exe.clone(), self.config.working_dir.clone(), self.config.base_env.clone());
-        let (supervised, events, id) = (paths.supervised.clone(), self.events.clone(), spec.deployment_id.clone());
+        let (exe, cwd, env) = (
+            self.config.exe.clone(),
+            self.config.working_dir.clone(),
+            self.config.base_env.clone(),
+        );
+        let (supervised, events, id) = (
+            paths.supervised.clone(),
+            self.events.clone(),
+            spec.deployment_id.clone(),
+        );
         tokio::spawn(async move {
             let outcome = spawn_supervised(&exe, &supervised, &cwd, &command, env).await;
             let child = match outcome {
                 Ok((started, child)) => {
-                    let _ = events.send(DeployEvent::Launched { deployment_id: id.clone(), outcome: Ok(started) });
+                    let _ = events.send(DeployEvent::Launched {
+                        deployment_id: id.clone(),
+                        outcome: Ok(started),
+                    });
                     child
                 }
                 Err(error) => {
-                    let _ = events.send(DeployEvent::Launched { deployment_id: id, outcome: Err(error) });
+                    let _ = events.send(DeployEvent::Launched {
+                        deployment_id: id,
+                        outcome: Err(error),
+                    });
                     return;
                 }
             };
@@ -177,13 +202,21 @@ impl Deployments {
 
     /// The `deploy` request_id of a deployment.
     pub fn request_id_of(&self, deployment_id: &str) -> Option<String> {
-        self.entries.get(deployment_id).map(|(_, r)| r.request_id.clone())
+        self.entries
+            .get(deployment_id)
+            .map(|(_, r)| r.request_id.clone())
     }
 
     /// The `started` response, or the launch error.
-    pub fn on_launched(&mut self, deployment_id: &str, outcome: Result<StartedFile, String>) -> Result<Value, String> {
+    pub fn on_launched(
+        &mut self,
+        deployment_id: &str,
+        outcome: Result<StartedFile, String>,
+    ) -> Result<Value, String> {
         let Some((paths, record)) = self.entries.get_mut(deployment_id) else {
-            return Err(format!("deployment {deployment_id} vanished while starting"));
+            return Err(format!(
+                "deployment {deployment_id} vanished while starting"
+            ));
         };
         match outcome {
             Ok(started) => {
@@ -225,7 +258,9 @@ impl Deployments {
                 Some((pid, start)) => watch::process_exit(pid, start).await,
                 None => tokio::time::sleep(Duration::from_secs(2)).await,
             }
-            let _ = exit_events.send(DeployEvent::Exited { deployment_id: exited });
+            let _ = exit_events.send(DeployEvent::Exited {
+                deployment_id: exited,
+            });
         });
         if record.state == DeployState::Starting {
             let state_file = paths.state();
@@ -233,7 +268,10 @@ impl Deployments {
                 let mut pause = Duration::from_millis(2);
                 loop {
                     if let Ok(Some(state)) = read_json::<ServerState>(&state_file) {
-                        let _ = events.send(DeployEvent::Loaded { deployment_id: id, state });
+                        let _ = events.send(DeployEvent::Loaded {
+                            deployment_id: id,
+                            state,
+                        });
                         return;
                     }
                     if events.is_closed() {
@@ -278,7 +316,9 @@ impl Deployments {
             return None;
         }
         let _ = std::fs::remove_file(paths.socket());
-        let exit = read_json::<ExitFile>(&paths.supervised.exit()).ok().flatten();
+        let exit = read_json::<ExitFile>(&paths.supervised.exit())
+            .ok()
+            .flatten();
         record.ended_unix_ms = Some(now_unix_ms());
         let output = json!({
             "deployment_id": deployment_id,
@@ -295,12 +335,22 @@ impl Deployments {
             }
             state => {
                 let loader_error = match read_json::<ServerState>(&paths.state()) {
-                    Ok(Some(ServerState::Failed { error })) if state == DeployState::Starting => Some(error),
+                    Ok(Some(ServerState::Failed { error })) if state == DeployState::Starting => {
+                        Some(error)
+                    }
                     _ => None,
                 };
                 let error = loader_error.unwrap_or_else(|| {
-                    let when = if state == DeployState::Starting { "while loading the model" } else { "unexpectedly" };
-                    format!("the model server stopped {when} ({}); see {}", describe_exit(exit.as_ref()), paths.supervised.stderr().display())
+                    let when = if state == DeployState::Starting {
+                        "while loading the model"
+                    } else {
+                        "unexpectedly"
+                    };
+                    format!(
+                        "the model server stopped {when} ({}); see {}",
+                        describe_exit(exit.as_ref()),
+                        paths.supervised.stderr().display()
+                    )
                 });
                 tracing::warn!(deployment_id, "{error}");
                 record.state = DeployState::Failed;
@@ -317,12 +367,16 @@ impl Deployments {
         let id = request::deployment_id(params)?;
         let known = self.known_ids();
         let Some((paths, record)) = self.entries.get_mut(&id) else {
-            return Err(format!("no deployment {id} on this node (deployments: {known})"));
+            return Err(format!(
+                "no deployment {id} on this node (deployments: {known})"
+            ));
         };
         if !record.state.is_active() {
             let (paths, record) = self.entries.remove(&id).expect("present");
             remove_files(&paths);
-            return Ok(json!({"message": format!("Deployment {id} removed (it was {})", record.state.name()), "deployment_id": id, "state": "removed"}));
+            return Ok(
+                json!({"message": format!("Deployment {id} removed (it was {})", record.state.name()), "deployment_id": id, "state": "removed"}),
+            );
         }
         if record.state != DeployState::Stopping {
             record.state = DeployState::Stopping;
@@ -345,7 +399,11 @@ impl Deployments {
     pub fn on_stop_deadline(&mut self, deployment_id: &str) {
         if let Some((_, record)) = self.entries.get(deployment_id) {
             if record.state == DeployState::Stopping {
-                tracing::warn!(deployment_id, "the model server ignored SIGTERM for {} s; sending SIGKILL", STOP_GRACE.as_secs());
+                tracing::warn!(
+                    deployment_id,
+                    "the model server ignored SIGTERM for {} s; sending SIGKILL",
+                    STOP_GRACE.as_secs()
+                );
                 signal_server(record, Signal::SIGKILL);
             }
         }
@@ -356,23 +414,37 @@ impl Deployments {
         let id = request::deployment_id(params)?;
         let timeout = request::infer_timeout(params)?;
         let Some((paths, record)) = self.entries.get(&id) else {
-            return Err(format!("no deployment {id} on this node (deployments: {})", self.known_ids()));
+            return Err(format!(
+                "no deployment {id} on this node (deployments: {})",
+                self.known_ids()
+            ));
         };
         match record.state {
             DeployState::Ready => {}
             DeployState::Starting => {
-                return Err(format!("deployment {id} is still loading its model; wait for its ready event"))
+                return Err(format!(
+                    "deployment {id} is still loading its model; wait for its ready event"
+                ))
             }
             DeployState::Failed => {
-                return Err(format!("deployment {id} failed: {}", record.error.as_deref().unwrap_or("unknown error")))
+                return Err(format!(
+                    "deployment {id} failed: {}",
+                    record.error.as_deref().unwrap_or("unknown error")
+                ))
             }
-            state => return Err(format!("deployment {id} is {}; deploy it again to use it", state.name())),
+            state => {
+                return Err(format!(
+                    "deployment {id} is {}; deploy it again to use it",
+                    state.name()
+                ))
+            }
         }
         let mut forwarded = params.clone();
         forwarded.remove("deployment_id");
         forwarded.remove("timeout_seconds");
         let call = json!({"op": "infer", "request": forwarded});
-        let (socket, events, request_id) = (paths.socket(), self.events.clone(), request_id.to_owned());
+        let (socket, events, request_id) =
+            (paths.socket(), self.events.clone(), request_id.to_owned());
         tokio::spawn(async move {
             let outcome = wire::call(&socket, &call, timeout).await.and_then(|reply| {
                 if reply["ok"] == true {
@@ -380,18 +452,27 @@ impl Deployments {
                     output["deployment_id"] = json!(id);
                     Ok(output)
                 } else {
-                    Err(reply["error"].as_str().unwrap_or("the model server refused the request").to_owned())
+                    Err(reply["error"]
+                        .as_str()
+                        .unwrap_or("the model server refused the request")
+                        .to_owned())
                 }
             });
-            let _ = events.send(DeployEvent::Answer { request_id, outcome });
+            let _ = events.send(DeployEvent::Answer {
+                request_id,
+                outcome,
+            });
         });
         Ok(())
     }
 
     /// Lists every deployment with its server's figures; answers as `Answer`.
     pub fn list(&self, request_id: &str) {
-        let mut entries: Vec<(PathBuf, DeploymentRecord)> =
-            self.entries.values().map(|(p, r)| (p.socket(), r.clone())).collect();
+        let mut entries: Vec<(PathBuf, DeploymentRecord)> = self
+            .entries
+            .values()
+            .map(|(p, r)| (p.socket(), r.clone()))
+            .collect();
         entries.sort_by_key(|(_, r)| r.created_unix_ms);
         let (events, request_id) = (self.events.clone(), request_id.to_owned());
         tokio::spawn(async move {
@@ -399,7 +480,11 @@ impl Deployments {
             for (index, (socket, record)) in entries.into_iter().enumerate() {
                 queries.spawn(async move {
                     let info = match record.state {
-                        DeployState::Ready => wire::call(&socket, &json!({"op": "info"}), INFO_TIMEOUT).await.ok(),
+                        DeployState::Ready => {
+                            wire::call(&socket, &json!({"op": "info"}), INFO_TIMEOUT)
+                                .await
+                                .ok()
+                        }
                         _ => None,
                     };
                     (index, listing(&record, info.as_ref().map(|i| &i["info"])))
@@ -411,7 +496,10 @@ impl Deployments {
             }
             list.sort_by_key(|(index, _)| *index);
             let list: Vec<Value> = list.into_iter().map(|(_, row)| row).collect();
-            let _ = events.send(DeployEvent::Answer { request_id, outcome: Ok(json!({"deployments": list})) });
+            let _ = events.send(DeployEvent::Answer {
+                request_id,
+                outcome: Ok(json!({"deployments": list})),
+            });
         });
     }
 
@@ -436,7 +524,13 @@ impl Deployments {
     }
 }
 
-fn report(paths: &DeployPaths, record: &DeploymentRecord, event: &'static str, mut output: Value, error: Option<String>) -> Report {
+fn report(
+    paths: &DeployPaths,
+    record: &DeploymentRecord,
+    event: &'static str,
+    mut output: Value,
+    error: Option<String>,
+) -> Report {
     output["deployment_id"] = json!(record.deployment_id);
     Report {
         request_id: record.request_id.clone(),
@@ -452,7 +546,13 @@ fn listing(record: &DeploymentRecord, info: Option<&Value>) -> Value {
     let loaded = info.or(record.loaded.as_ref());
     let field = |key: &str| loaded.map_or(Value::Null, |l| l[key].clone());
     let stats = info.map_or(Value::Null, |i| i["stats"].clone());
-    let stat = |key: &str| if stats.is_null() { Value::Null } else { stats[key].clone() };
+    let stat = |key: &str| {
+        if stats.is_null() {
+            Value::Null
+        } else {
+            stats[key].clone()
+        }
+    };
     json!({
         "deployment_id": record.deployment_id,
         "model": record.model,
@@ -484,8 +584,14 @@ fn format_of(record: &DeploymentRecord) -> Value {
 
 fn describe_exit(exit: Option<&ExitFile>) -> String {
     match exit {
-        Some(ExitFile { signal: Some(signal), .. }) => format!("killed by {signal}"),
-        Some(ExitFile { exit_code: Some(code), .. }) => format!("exit code {code}"),
+        Some(ExitFile {
+            signal: Some(signal),
+            ..
+        }) => format!("killed by {signal}"),
+        Some(ExitFile {
+            exit_code: Some(code),
+            ..
+        }) => format!("exit code {code}"),
         _ => "no exit status recorded: its supervisor died too".into(),
     }
 }
@@ -500,20 +606,38 @@ fn signal_server(record: &DeploymentRecord, signal: Signal) {
     }
 }
 
-fn prepare_files(paths: &DeployPaths, record: &DeploymentRecord, spec: &DeploySpec) -> Result<(), String> {
-    let fail = |what: &str, e: std::io::Error| format!("cannot write {what} in {}: {e}; check free space and permissions of the config dir", paths.dir().display());
+fn prepare_files(
+    paths: &DeployPaths,
+    record: &DeploymentRecord,
+    spec: &DeploySpec,
+) -> Result<(), String> {
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "cannot write {what} in {}: {e}; check free space and permissions of the config dir",
+            paths.dir().display()
+        )
+    };
     crate::fsutil::create_private_dir(paths.dir()).map_err(|e| fail("the deployments dir", e))?;
     if let Some(logs) = paths.supervised.base().parent() {
         crate::fsutil::create_private_dir(logs).map_err(|e| fail("the workload log dir", e))?;
     }
     remove_files(paths);
     write_json(&paths.spec(), spec).map_err(|e| fail("the deployment spec", e))?;
-    record.save(paths).map_err(|e| fail("the deployment record", e))
+    record
+        .save(paths)
+        .map_err(|e| fail("the deployment record", e))
 }
 
 /// Every file of a deployment but its logs.
 fn remove_files(paths: &DeployPaths) {
-    for path in [paths.record(), paths.spec(), paths.state(), paths.socket(), paths.supervised.started(), paths.supervised.exit()] {
+    for path in [
+        paths.record(),
+        paths.spec(),
+        paths.state(),
+        paths.socket(),
+        paths.supervised.started(),
+        paths.supervised.exit(),
+    ] {
         let _ = std::fs::remove_file(path);
     }
 }

@@ -30,8 +30,17 @@ pub fn deploy(
 ) -> Result<DeployRequest, String> {
     let model = match params.get("model") {
         Some(Value::String(model)) => model,
-        Some(other) => return Err(format!("\"model\" must be a path string, got {}", json_kind(other))),
-        None => return Err("missing \"model\": give the path of the model file (inside model_roots)".into()),
+        Some(other) => {
+            return Err(format!(
+                "\"model\" must be a path string, got {}",
+                json_kind(other)
+            ))
+        }
+        None => {
+            return Err(
+                "missing \"model\": give the path of the model file (inside model_roots)".into(),
+            )
+        }
     };
     let format = optional_string(params, "format")?;
     if let Some(name) = &format {
@@ -51,7 +60,12 @@ pub fn deploy(
     let options = match params.get("options") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(options)) => options.clone(),
-        Some(other) => return Err(format!("\"options\" must be an object, got {}", json_kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "\"options\" must be an object, got {}",
+                json_kind(other)
+            ))
+        }
     };
     for key in super::server::SERVER_OPTIONS {
         let value = runners::usize_option(&options, key).map_err(|e| e.to_string())?;
@@ -59,7 +73,8 @@ pub fn deploy(
             return Err("bad options: \"max_concurrency\" must be at least 1".into());
         }
     }
-    let model = roots::resolve_model_path(model, working_dir, model_roots).map_err(|e| e.to_string())?;
+    let model =
+        roots::resolve_model_path(model, working_dir, model_roots).map_err(|e| e.to_string())?;
     Ok(DeployRequest {
         deployment_id,
         model,
@@ -92,7 +107,10 @@ fn optional_string(params: &Map<String, Value>, key: &str) -> Result<Option<Stri
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!("\"{key}\" must be a string, got {}", json_kind(other))),
+        Some(other) => Err(format!(
+            "\"{key}\" must be a string, got {}",
+            json_kind(other)
+        )),
     }
 }
 
@@ -101,7 +119,9 @@ fn checked_id(id: &str) -> Result<String, String> {
     let plain = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if plain {
         Ok(id.to_owned())
     } else {
@@ -134,11 +154,26 @@ mod tests {
         let cases = [
             (json!({}), "missing \"model\""),
             (json!({"model": 3}), "\"model\" must be a path string"),
-            (json!({"model": "m.onnx", "format": "tflite"}), "unknown model format"),
-            (json!({"model": "m.onnx", "deployment_id": "../x"}), "is not allowed"),
-            (json!({"model": "m.onnx", "options": []}), "\"options\" must be an object"),
-            (json!({"model": "m.onnx", "options": {"max_queue": -1}}), "\"max_queue\" must be a non-negative integer"),
-            (json!({"model": "m.onnx", "options": {"max_concurrency": 0}}), "at least 1"),
+            (
+                json!({"model": "m.onnx", "format": "tflite"}),
+                "unknown model format",
+            ),
+            (
+                json!({"model": "m.onnx", "deployment_id": "../x"}),
+                "is not allowed",
+            ),
+            (
+                json!({"model": "m.onnx", "options": []}),
+                "\"options\" must be an object",
+            ),
+            (
+                json!({"model": "m.onnx", "options": {"max_queue": -1}}),
+                "\"max_queue\" must be a non-negative integer",
+            ),
+            (
+                json!({"model": "m.onnx", "options": {"max_concurrency": 0}}),
+                "at least 1",
+            ),
             (json!({"model": "/etc/passwd"}), "outside the model roots"),
         ];
         for (value, expected) in cases {
@@ -149,8 +184,13 @@ mod tests {
 
     #[test]
     fn infer_params() {
-        assert!(deployment_id(&params(json!({}))).unwrap_err().contains("missing \"deployment_id\""));
-        assert_eq!(infer_timeout(&params(json!({}))).unwrap(), DEFAULT_INFER_TIMEOUT);
+        assert!(deployment_id(&params(json!({})))
+            .unwrap_err()
+            .contains("missing \"deployment_id\""));
+        assert_eq!(
+            infer_timeout(&params(json!({}))).unwrap(),
+            DEFAULT_INFER_TIMEOUT
+        );
         assert!(infer_timeout(&params(json!({"timeout_seconds": -1}))).is_err());
     }
 }

@@ -58,12 +58,19 @@ pub fn main(args: &[OsString]) -> ExitCode {
     crate::cli::init_server_logging();
     let spec = match read_json::<DeploySpec>(Path::new(spec_path)) {
         Ok(Some(spec)) => spec,
-        Ok(None) => return fail_early(&format!("the deployment spec {spec_path:?} does not exist")),
+        Ok(None) => {
+            return fail_early(&format!("the deployment spec {spec_path:?} does not exist"))
+        }
         Err(problem) => return fail_early(&problem),
     };
     match load(&spec) {
         Ok((server, listener)) => {
-            let _ = write_json(&spec.state_file, &ServerState::Ready { model: server.loaded.clone() });
+            let _ = write_json(
+                &spec.state_file,
+                &ServerState::Ready {
+                    model: server.loaded.clone(),
+                },
+            );
             tracing::info!(deployment_id = %spec.deployment_id, "model loaded; serving on {}", spec.socket.display());
             serve(server, listener);
             let _ = std::fs::remove_file(&spec.socket);
@@ -93,8 +100,14 @@ fn load(spec: &DeploySpec) -> Result<(Arc<Server>, std::os::unix::net::UnixListe
     let runtimes = RuntimePaths {
         onnxruntime: spec.onnxruntime_path.clone(),
     };
-    let model = runners::load(&spec.model, spec.format.as_deref(), &spec.options, SERVER_OPTIONS, &runtimes)
-        .map_err(|e| e.to_string())?;
+    let model = runners::load(
+        &spec.model,
+        spec.format.as_deref(),
+        &spec.options,
+        SERVER_OPTIONS,
+        &runtimes,
+    )
+    .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&spec.socket);
     let listener = std::os::unix::net::UnixListener::bind(&spec.socket)
         .map_err(|e| format!("cannot listen on {}: {e}", spec.socket.display()))?;
@@ -131,8 +144,9 @@ fn serve(server: Arc<Server>, listener: std::os::unix::net::UnixListener) {
     runtime.block_on(async move {
         let _ = listener.set_nonblocking(true);
         let listener = UnixListener::from_std(listener).expect("a tokio listener");
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler");
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -178,14 +192,20 @@ async fn handle(server: &Arc<Server>, request: Value) -> Value {
         Some("info") => {
             let mut info = server.loaded.clone();
             info["rss_bytes"] = json!(runners::resident_bytes());
-            info["stats"] = server.stats.lock().unwrap_or_else(|p| p.into_inner()).to_json();
+            info["stats"] = server
+                .stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .to_json();
             json!({"ok": true, "info": info})
         }
         Some("shutdown") => {
             server.stop.notify_one();
             json!({"ok": true})
         }
-        _ => json!({"ok": false, "kind": "bad_request", "error": "unknown op; use infer, info or shutdown"}),
+        _ => {
+            json!({"ok": false, "kind": "bad_request", "error": "unknown op; use infer, info or shutdown"})
+        }
     }
 }
 
@@ -194,7 +214,11 @@ async fn infer(server: &Arc<Server>, request: Map<String, Value>) -> Value {
     let queued = server.waiting.fetch_add(1, Ordering::SeqCst);
     if server.permits.available_permits() == 0 && queued >= server.max_queue {
         server.waiting.fetch_sub(1, Ordering::SeqCst);
-        server.stats.lock().unwrap_or_else(|p| p.into_inner()).record(0.0, false);
+        server
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(0.0, false);
         return json!({
             "ok": false,
             "kind": "overloaded",
@@ -209,7 +233,11 @@ async fn infer(server: &Arc<Server>, request: Map<String, Value>) -> Value {
         .unwrap_or_else(|e| Err(RunnerError::Inference(format!("the runner panicked: {e}"))));
     drop(permit);
     let latency_ms = received.elapsed().as_secs_f64() * 1000.0;
-    server.stats.lock().unwrap_or_else(|p| p.into_inner()).record(latency_ms, outcome.is_ok());
+    server
+        .stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record(latency_ms, outcome.is_ok());
     match outcome {
         Ok(mut output) => {
             output["latency_ms"] = json!(latency_ms);

@@ -52,7 +52,10 @@ impl Stats {
         sorted.sort_by(f64::total_cmp);
         let ok = self.requests - self.errors;
         let now = Instant::now();
-        let span = now.duration_since(self.started).min(RATE_SPAN).as_secs_f64();
+        let span = now
+            .duration_since(self.started)
+            .min(RATE_SPAN)
+            .as_secs_f64();
         let in_span = self
             .recent
             .iter()

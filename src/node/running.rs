@@ -9,8 +9,8 @@ use tokio::time::sleep_until;
 use std::collections::{HashMap, HashSet};
 
 use super::commands::{self, CommandContext};
-use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
 use super::deployments::deploy_config;
+use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
 use super::terminal::terminal_config;
 use super::workloads::{workload_config, Reply};
 use super::*;

@@ -286,7 +286,9 @@ pub fn usize_option(options: &Map<String, Value>, key: &str) -> Result<Option<us
             .and_then(|n| usize::try_from(n).ok())
             .map(Some)
             .ok_or_else(|| {
-                RunnerError::Options(format!("\"{key}\" must be a non-negative integer, got {value}"))
+                RunnerError::Options(format!(
+                    "\"{key}\" must be a non-negative integer, got {value}"
+                ))
             }),
     }
 }

@@ -25,7 +25,9 @@ use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 use serde_json::{json, Map, Value};
 
 use super::tensor::{inputs_from_json, wants_base64, DType, Tensor, TensorSpec};
-use super::{check_option_keys, sniff, usize_option, Format, ModelRunner, RunnerError, RuntimePaths};
+use super::{
+    check_option_keys, sniff, usize_option, Format, ModelRunner, RunnerError, RuntimePaths,
+};
 
 /// The ONNX Runtime release the pinned `ort` is made for; CI tests this one.
 pub const RECOMMENDED_VERSION: &str = "1.31.1";
@@ -77,8 +79,16 @@ impl OnnxRunner {
             });
         }
         let session = build_session(environment(runtimes)?, path, &options)?;
-        let inputs = session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
-        let outputs = session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect();
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect();
         Ok(OnnxRunner {
             path: path.to_owned(),
             options,
@@ -108,7 +118,10 @@ impl OnnxRunner {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if let Some((name, _)) = inputs.iter().find(|(n, _)| !self.inputs.iter().any(|s| &s.name == n)) {
+        if let Some((name, _)) = inputs
+            .iter()
+            .find(|(n, _)| !self.inputs.iter().any(|s| &s.name == n))
+        {
             return Err(RunnerError::BadRequest(format!(
                 "unknown input '{name}'; the model's inputs are {}",
                 known()
@@ -116,7 +129,9 @@ impl OnnxRunner {
         }
         for spec in &self.inputs {
             match inputs.iter().find(|(n, _)| *n == spec.name) {
-                Some((_, tensor)) => spec.check(tensor).map_err(|e| RunnerError::BadRequest(e.to_string()))?,
+                Some((_, tensor)) => spec
+                    .check(tensor)
+                    .map_err(|e| RunnerError::BadRequest(e.to_string()))?,
                 None => {
                     return Err(RunnerError::BadRequest(format!(
                         "missing input '{}' ({}); the model's inputs are {}",
@@ -150,7 +165,9 @@ impl ModelRunner for OnnxRunner {
             .collect::<Result<Vec<_>, RunnerError>>()?;
         let mut session = self.take_session()?;
         let started = Instant::now();
-        let result = session.run(values).map_err(|e| RunnerError::Inference(e.to_string()));
+        let result = session
+            .run(values)
+            .map_err(|e| RunnerError::Inference(e.to_string()));
         let run_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outputs = result.and_then(|outputs| {
             let mut out = Map::new();
@@ -159,7 +176,10 @@ impl ModelRunner for OnnxRunner {
             }
             Ok(out)
         });
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(session);
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
         Ok(json!({"outputs": outputs?, "run_ms": run_ms}))
     }
 }
@@ -167,7 +187,13 @@ impl ModelRunner for OnnxRunner {
 /// `Ok("ONNX Runtime 1.31.1 from /path")`, or why it does not load.
 pub fn runtime_status(runtimes: &RuntimePaths) -> Result<String, String> {
     environment(runtimes)
-        .map(|_| ENVIRONMENT.get().and_then(|e| e.as_ref().ok()).map(|(_, d)| d.clone()).unwrap_or_default())
+        .map(|_| {
+            ENVIRONMENT
+                .get()
+                .and_then(|e| e.as_ref().ok())
+                .map(|(_, d)| d.clone())
+                .unwrap_or_default()
+        })
         .map_err(|e| e.to_string())
 }
 
@@ -175,7 +201,11 @@ fn environment(runtimes: &RuntimePaths) -> Result<&'static Environment, RunnerEr
     let loaded = ENVIRONMENT.get_or_init(|| {
         let library = find_library(runtimes)?;
         let builder = ort::init_from(&library).map_err(|e| {
-            format!("ONNX Runtime at {} does not load: {e}; {}", library.display(), install_hint())
+            format!(
+                "ONNX Runtime at {} does not load: {e}; {}",
+                library.display(),
+                install_hint()
+            )
         })?;
         let environment = builder
             .with_name("cyberwave-cloud-node")
@@ -183,9 +213,15 @@ fn environment(runtimes: &RuntimePaths) -> Result<&'static Environment, RunnerEr
             .map_err(|e| format!("ONNX Runtime at {} failed to start: {e}", library.display()))?;
         let version = library_version(&library).unwrap_or_else(|| "(unknown version)".into());
         tracing::debug!("ONNX Runtime {version} loaded from {}", library.display());
-        Ok((environment, format!("ONNX Runtime {version} from {}", library.display())))
+        Ok((
+            environment,
+            format!("ONNX Runtime {version} from {}", library.display()),
+        ))
     });
-    loaded.as_ref().map(|(e, _)| e).map_err(|e| RunnerError::Runtime(e.clone()))
+    loaded
+        .as_ref()
+        .map(|(e, _)| e)
+        .map_err(|e| RunnerError::Runtime(e.clone()))
 }
 
 /// ONNX Runtime's own version string (`OrtGetApiBase()->GetVersionString()`).
@@ -207,7 +243,11 @@ fn library_version(library: &Path) -> Option<String> {
             return None;
         }
         let version = ((*base).get_version_string)();
-        (!version.is_null()).then(|| std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned())
+        (!version.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(version)
+                .to_string_lossy()
+                .into_owned()
+        })
     }
 }
 
@@ -222,15 +262,26 @@ fn find_library(runtimes: &RuntimePaths) -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         return library_in(&path).ok_or_else(|| {
-            format!("ORT_DYLIB_PATH={} is not an ONNX Runtime library; {}", path.display(), install_hint())
+            format!(
+                "ORT_DYLIB_PATH={} is not an ONNX Runtime library; {}",
+                path.display(),
+                install_hint()
+            )
         });
     }
     if let Some(path) = &runtimes.onnxruntime {
         return library_in(path).ok_or_else(|| {
-            format!("onnxruntime_path {} holds no libonnxruntime.so; {}", path.display(), install_hint())
+            format!(
+                "onnxruntime_path {} holds no libonnxruntime.so; {}",
+                path.display(),
+                install_hint()
+            )
         });
     }
-    let mut tried = vec!["ORT_DYLIB_PATH (unset)".to_owned(), "onnxruntime_path (unset)".to_owned()];
+    let mut tried = vec![
+        "ORT_DYLIB_PATH (unset)".to_owned(),
+        "onnxruntime_path (unset)".to_owned(),
+    ];
     match python_package_dir() {
         Ok(dir) => match library_in(&dir.join("capi")) {
             Some(found) => return Ok(found),
@@ -246,7 +297,11 @@ fn find_library(runtimes: &RuntimePaths) -> Result<PathBuf, String> {
         }
     }
     tried.push("the dynamic linker's search path".into());
-    Err(format!("ONNX Runtime not found (looked at: {}); {}", tried.join("; "), install_hint()))
+    Err(format!(
+        "ONNX Runtime not found (looked at: {}); {}",
+        tried.join("; "),
+        install_hint()
+    ))
 }
 
 /// A library file itself, or the newest `libonnxruntime.so*` in a directory.
@@ -285,17 +340,18 @@ fn python_package_dir() -> Result<PathBuf, String> {
 }
 
 fn parse_options(options: &Map<String, Value>) -> Result<SessionOptions, RunnerError> {
-    let optimization = match options.get("graph_optimization_level").and_then(Value::as_str) {
+    let optimization = match options
+        .get("graph_optimization_level")
+        .and_then(Value::as_str)
+    {
         None => None,
         Some("disable") => Some(GraphOptimizationLevel::Disable),
         Some("basic") => Some(GraphOptimizationLevel::Level1),
         Some("extended") => Some(GraphOptimizationLevel::Level2),
         Some("all") => Some(GraphOptimizationLevel::All),
-        Some(other) => {
-            return Err(RunnerError::Options(format!(
-                "\"graph_optimization_level\" must be disable, basic, extended or all, got \"{other}\""
-            )))
-        }
+        Some(other) => return Err(RunnerError::Options(format!(
+            "\"graph_optimization_level\" must be disable, basic, extended or all, got \"{other}\""
+        ))),
     };
     let device = usize_option(options, "cuda_device_id")?.unwrap_or(0) as i32;
     let cuda = match options.get("execution_provider").and_then(Value::as_str) {
@@ -326,13 +382,19 @@ fn build_session(
     };
     let mut builder = Session::builder(environment).map_err(|e| load_error(e.to_string()))?;
     if let Some(n) = options.intra_op_threads {
-        builder = builder.with_intra_threads(n).map_err(|e| load_error(e.to_string()))?;
+        builder = builder
+            .with_intra_threads(n)
+            .map_err(|e| load_error(e.to_string()))?;
     }
     if let Some(n) = options.inter_op_threads {
-        builder = builder.with_inter_threads(n).map_err(|e| load_error(e.to_string()))?;
+        builder = builder
+            .with_inter_threads(n)
+            .map_err(|e| load_error(e.to_string()))?;
     }
     if let Some(level) = options.optimization {
-        builder = builder.with_optimization_level(level).map_err(|e| load_error(e.to_string()))?;
+        builder = builder
+            .with_optimization_level(level)
+            .map_err(|e| load_error(e.to_string()))?;
     }
     if let Some(device) = options.cuda {
         builder = with_cuda(builder, device);
@@ -347,12 +409,18 @@ fn build_session(
 }
 
 /// Adds the CUDA provider, or warns and stays on the CPU when it is missing.
-fn with_cuda(builder: ort::session::builder::SessionBuilder, device: i32) -> ort::session::builder::SessionBuilder {
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    device: i32,
+) -> ort::session::builder::SessionBuilder {
     if !ep::CUDA::is_available().unwrap_or(false) {
         tracing::warn!("CUDA asked for, but this ONNX Runtime has no CUDA provider (install onnxruntime-gpu); running on the CPU");
         return builder;
     }
-    let cuda = ep::CUDA::default().with_device_id(device).build().error_on_failure();
+    let cuda = ep::CUDA::default()
+        .with_device_id(device)
+        .build()
+        .error_on_failure();
     match builder.with_execution_providers([cuda]) {
         Ok(builder) => builder,
         Err(e) => {
@@ -370,7 +438,8 @@ fn spec(name: &str, value_type: &ValueType) -> TensorSpec {
             dimension_symbols,
         } => TensorSpec {
             name: name.to_owned(),
-            dtype: dtype_of(*ty).map_or_else(|| format!("{ty:?}").to_lowercase(), |d| d.name().to_owned()),
+            dtype: dtype_of(*ty)
+                .map_or_else(|| format!("{ty:?}").to_lowercase(), |d| d.name().to_owned()),
             shape: shape.iter().map(|d| u64::try_from(*d).ok()).collect(),
             dim_names: dimension_symbols
                 .iter()
@@ -415,8 +484,17 @@ fn element_type(dtype: DType) -> TensorElementType {
 
 /// Copies the tensor's bytes into a CPU tensor of ONNX Runtime.
 fn to_ort(tensor: &Tensor) -> Result<DynValue, RunnerError> {
-    let mut value = DynTensor::new(&Allocator::default(), element_type(tensor.dtype), tensor.shape.clone())
-        .map_err(|e| RunnerError::Inference(format!("cannot allocate a {} tensor: {e}", tensor.describe())))?;
+    let mut value = DynTensor::new(
+        &Allocator::default(),
+        element_type(tensor.dtype),
+        tensor.shape.clone(),
+    )
+    .map_err(|e| {
+        RunnerError::Inference(format!(
+            "cannot allocate a {} tensor: {e}",
+            tensor.describe()
+        ))
+    })?;
     if !tensor.bytes.is_empty() {
         // SAFETY: ONNX Runtime allocated exactly element_count * size bytes
         // on the CPU for this dtype and shape, which is what `bytes` holds
@@ -435,12 +513,19 @@ fn to_ort(tensor: &Tensor) -> Result<DynValue, RunnerError> {
 /// Copies an output of ONNX Runtime into a tensor.
 fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, RunnerError> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
-        return Err(RunnerError::Inference(format!("output '{name}' is not a tensor; the node returns tensors only")));
+        return Err(RunnerError::Inference(format!(
+            "output '{name}' is not a tensor; the node returns tensors only"
+        )));
     };
     let dtype = dtype_of(*ty).ok_or_else(|| {
-        RunnerError::Inference(format!("output '{name}' has element type {ty:?}, which the tensor JSON cannot carry"))
+        RunnerError::Inference(format!(
+            "output '{name}' has element type {ty:?}, which the tensor JSON cannot carry"
+        ))
     })?;
-    let shape: Vec<usize> = shape.iter().map(|d| usize::try_from(*d).unwrap_or(0)).collect();
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|d| usize::try_from(*d).unwrap_or(0))
+        .collect();
     let len = shape.iter().product::<usize>() * dtype.size();
     let mut bytes = vec![0u8; len];
     if len > 0 {
@@ -455,5 +540,9 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, RunnerError> {
             std::ptr::copy_nonoverlapping(tensor.data_ptr().cast::<u8>(), bytes.as_mut_ptr(), len);
         }
     }
-    Ok(Tensor { dtype, shape, bytes })
+    Ok(Tensor {
+        dtype,
+        shape,
+        bytes,
+    })
 }

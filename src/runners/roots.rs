@@ -19,7 +19,8 @@ pub fn resolve_model_path(
             "\"model\" is empty: give the path of a model file".into(),
         ));
     }
-    let canonical_roots: Vec<PathBuf> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+    let canonical_roots: Vec<PathBuf> =
+        roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
     let refuse = || {
         RunnerError::BadRequest(format!(
             "model path {requested} is outside the model roots ({}); put the model there or add its directory to model_roots",
@@ -36,7 +37,10 @@ pub fn resolve_model_path(
     else {
         // Say "not found" only for paths inside the roots, so a message
         // cannot probe which files exist elsewhere.
-        if !bases.iter().any(|b| lexically_inside(&b.join(requested), roots)) {
+        if !bases
+            .iter()
+            .any(|b| lexically_inside(&b.join(requested), roots))
+        {
             return Err(refuse());
         }
         if Path::new(requested).is_relative() {
@@ -56,7 +60,10 @@ pub fn resolve_model_path(
         // A dangling symlink: refuse without saying where it points.
         Err(_) => return Err(refuse()),
     };
-    if !canonical_roots.iter().any(|root| resolved.starts_with(root)) {
+    if !canonical_roots
+        .iter()
+        .any(|root| resolved.starts_with(root))
+    {
         return Err(refuse());
     }
     if !resolved.is_file() {
@@ -114,19 +121,35 @@ mod tests {
         let ok = resolve_model_path("m.onnx", &root, &roots).unwrap();
         assert_eq!(ok, root.canonicalize().unwrap().join("m.onnx"));
         let from_root = resolve_model_path("m.onnx", dir.path(), &roots).unwrap();
-        assert_eq!(from_root, ok, "a relative path is also looked up in the roots");
+        assert_eq!(
+            from_root, ok,
+            "a relative path is also looked up in the roots"
+        );
         for outside in ["../secret", "link.onnx", "/etc/passwd", "../nothing-here"] {
-            let error = resolve_model_path(outside, &root, &roots).unwrap_err().to_string();
-            assert!(error.contains("outside the model roots"), "{outside}: {error}");
+            let error = resolve_model_path(outside, &root, &roots)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("outside the model roots"),
+                "{outside}: {error}"
+            );
             assert!(error.contains(&root.display().to_string()), "{error}");
         }
         let missing = resolve_model_path("absent.onnx", &root, &roots).unwrap_err();
-        assert!(missing.to_string().contains("model absent.onnx not found in the working directory or the model roots"), "{missing}");
+        assert!(
+            missing.to_string().contains(
+                "model absent.onnx not found in the working directory or the model roots"
+            ),
+            "{missing}"
+        );
         let absolute = root.join("absent.onnx");
         let missing = resolve_model_path(absolute.to_str().unwrap(), &root, &roots).unwrap_err();
         assert!(missing.to_string().contains("No such file"), "{missing}");
         let not_file = resolve_model_path(".", &root, &roots).unwrap_err();
-        assert!(not_file.to_string().contains("not a regular file"), "{not_file}");
+        assert!(
+            not_file.to_string().contains("not a regular file"),
+            "{not_file}"
+        );
         assert!(resolve_model_path(" ", &root, &roots).is_err());
     }
 }

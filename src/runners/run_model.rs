@@ -68,7 +68,10 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
     let runtimes = runtime_paths(args.config.clone());
     if args.list_formats {
         let formats = format_support(&runtimes);
-        println!("{}", serde_json::to_string_pretty(&json!({ "formats": formats }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "formats": formats }))?
+        );
         return Ok(());
     }
     let path = args.model.as_ref().expect("clap requires --model");
@@ -79,7 +82,9 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(input) = &args.input else {
-        bail!("give --input with the request JSON (or @FILE), or --info to see what the model takes");
+        bail!(
+            "give --input with the request JSON (or @FILE), or --info to see what the model takes"
+        );
     };
     let request = read_request(input)?;
     for _ in 0..args.warmup {
@@ -135,8 +140,10 @@ fn parse_options(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
 
 fn read_request(input: &str) -> anyhow::Result<Map<String, Value>> {
     let text = match input.strip_prefix('@') {
-        Some("-") => std::io::read_to_string(std::io::stdin()).context("cannot read the request from stdin")?,
-        Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read the request file {file}"))?,
+        Some("-") => std::io::read_to_string(std::io::stdin())
+            .context("cannot read the request from stdin")?,
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the request file {file}"))?,
         None => input.to_owned(),
     };
     match serde_json::from_str(&text) {

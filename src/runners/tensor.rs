@@ -237,7 +237,10 @@ impl Tensor {
 /// The `inputs` object of a request, in the order given.
 pub fn inputs_from_json(request: &Map<String, Value>) -> Result<Vec<(String, Tensor)>, String> {
     let Some(inputs) = request.get("inputs") else {
-        return Err("missing \"inputs\": give {\"inputs\": {\"<name>\": {\"dtype\", \"shape\", \"data\"}}}".into());
+        return Err(
+            "missing \"inputs\": give {\"inputs\": {\"<name>\": {\"dtype\", \"shape\", \"data\"}}}"
+                .into(),
+        );
     };
     let Value::Object(inputs) = inputs else {
         return Err(format!(
@@ -346,7 +349,9 @@ fn encode_data(dtype: DType, data: &Value, count: usize) -> Result<Vec<u8>, Stri
 
 fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
     match value {
-        Value::Array(items) if depth < 64 => items.iter().try_for_each(|v| flatten(v, out, depth + 1)),
+        Value::Array(items) if depth < 64 => {
+            items.iter().try_for_each(|v| flatten(v, out, depth + 1))
+        }
         Value::Array(_) => Err("\"data\" is nested too deeply".into()),
         other if depth == 0 => Err(format!(
             "\"data\" must be an array of numbers, got {}",
@@ -394,7 +399,11 @@ fn int<T: TryFrom<i64>>(value: &Value, dtype: DType) -> Result<T, String> {
     };
     let whole = n
         .as_i64()
-        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
         .ok_or_else(|| format!("expected an integer, got {n}"))?;
     T::try_from(whole).map_err(|_| format!("{n} is out of range for {}", dtype.name()))
 }
