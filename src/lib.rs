@@ -20,6 +20,9 @@
 //!   heartbeat policy, command handling and the graceful stop.
 //! - [`install`]: the install script run before registration.
 //! - [`shutdown`]: the one token every loop watches, and signal handling.
+//! - [`workload`]: detached, supervised workloads and their one terminal event.
+//! - [`runners`]: built-in model runners (ONNX) and the tensor JSON.
+//! - [`deploy`]: resident models, one model-server process each.
 //! - [`telemetry`]: hardware detection and the periodic metrics sample.
 //! - [`backoff`], [`fsutil`]: capped exponential backoff; atomic file writes.
 //!

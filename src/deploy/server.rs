@@ -165,7 +165,7 @@ fn serve(server: Arc<Server>, listener: std::os::unix::net::UnixListener) {
 
 async fn connection(server: Arc<Server>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::with_capacity(wire::READ_BUFFER, read);
     loop {
         let reply = match wire::read_line(&mut reader).await {
             Ok(None) => return,

@@ -16,6 +16,10 @@ use tokio::net::UnixStream;
 /// The longest reply line the node reads (outputs of large tensors).
 pub const MAX_LINE: usize = 256 * 1024 * 1024;
 
+/// Large tensors arrive in one line; reading them in big chunks saves
+/// hundreds of small reads.
+pub const READ_BUFFER: usize = 1024 * 1024;
+
 /// Sends one request and reads its reply.
 pub async fn call(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
     let exchange = async {
@@ -29,9 +33,12 @@ pub async fn call(socket: &Path, request: &Value, timeout: Duration) -> Result<V
             .write_all(&line)
             .await
             .map_err(|e| format!("the model server closed the connection: {e}"))?;
-        read_line(&mut BufReader::new(read)).await?.ok_or_else(|| {
-            "the model server closed the connection without answering (did it crash?)".to_owned()
-        })
+        read_line(&mut BufReader::with_capacity(READ_BUFFER, read))
+            .await?
+            .ok_or_else(|| {
+                "the model server closed the connection without answering (did it crash?)"
+                    .to_owned()
+            })
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,

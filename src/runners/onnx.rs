@@ -349,9 +349,11 @@ fn parse_options(options: &Map<String, Value>) -> Result<SessionOptions, RunnerE
         Some("basic") => Some(GraphOptimizationLevel::Level1),
         Some("extended") => Some(GraphOptimizationLevel::Level2),
         Some("all") => Some(GraphOptimizationLevel::All),
-        Some(other) => return Err(RunnerError::Options(format!(
+        Some(other) => {
+            return Err(RunnerError::Options(format!(
             "\"graph_optimization_level\" must be disable, basic, extended or all, got \"{other}\""
-        ))),
+        )))
+        }
     };
     let device = usize_option(options, "cuda_device_id")?.unwrap_or(0) as i32;
     let cuda = match options.get("execution_provider").and_then(Value::as_str) {

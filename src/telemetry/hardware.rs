@@ -71,7 +71,11 @@ pub fn detect() -> Hardware {
         memory_total_bytes,
         disks: disks(),
         gpus: super::nvml().map(|nvml| gpus(&nvml)).unwrap_or_default(),
-        model_formats: Vec::new(),
+        model_formats: crate::runners::Format::ALL
+            .into_iter()
+            .filter(|f| f.is_built())
+            .map(crate::runners::Format::name)
+            .collect(),
     }
 }
 
