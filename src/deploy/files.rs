@@ -57,9 +57,11 @@ impl DeployPaths {
     pub fn socket(&self) -> PathBuf {
         self.dir.join(format!("{}.sock", self.name))
     }
-    /// The outbox name of one event of this deployment.
-    pub fn event_name(&self, event: &str) -> String {
-        format!("deploy_{}.{event}", self.name)
+    /// The outbox name of one event of this deployment: with the deploy's
+    /// request_id, so a redeploy under the same id never overwrites an
+    /// event of the earlier one that still waits for its ack.
+    pub fn event_name(&self, request_id: &str, event: &str) -> String {
+        format!("deploy_{}_{}.{event}", self.name, rid(request_id))
     }
 }
 
@@ -183,4 +185,42 @@ pub fn scan(config_dir: &Path) -> Vec<(DeployPaths, DeploymentRecord)> {
     }
     found.sort_by_key(|(_, r)| r.created_unix_ms);
     found
+}
+
+/// Writes the record and the spec of a new deployment, clearing the files
+/// an ended deployment of the same id left.
+pub fn prepare_files(
+    paths: &DeployPaths,
+    record: &DeploymentRecord,
+    spec: &DeploySpec,
+) -> Result<(), String> {
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "cannot write {what} in {}: {e}; check free space and permissions of the config dir",
+            paths.dir().display()
+        )
+    };
+    crate::fsutil::create_private_dir(paths.dir()).map_err(|e| fail("the deployments dir", e))?;
+    if let Some(logs) = paths.supervised.base().parent() {
+        crate::fsutil::create_private_dir(logs).map_err(|e| fail("the workload log dir", e))?;
+    }
+    remove_files(paths);
+    write_json(&paths.spec(), spec).map_err(|e| fail("the deployment spec", e))?;
+    record
+        .save(paths)
+        .map_err(|e| fail("the deployment record", e))
+}
+
+/// Every file of a deployment but its logs.
+pub fn remove_files(paths: &DeployPaths) {
+    for path in [
+        paths.record(),
+        paths.spec(),
+        paths.state(),
+        paths.socket(),
+        paths.supervised.started(),
+        paths.supervised.exit(),
+    ] {
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -12,10 +12,14 @@ use nix::unistd::Pid;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::files::{scan, DeployPaths, DeploySpec, DeployState, DeploymentRecord, ServerState};
+use super::files::{
+    prepare_files, remove_files, scan, DeployPaths, DeploySpec, DeployState, DeploymentRecord,
+    ServerState,
+};
+use super::listing::{format_of, listing};
 use super::{request, wire};
 use crate::workload::launch::spawn_supervised;
-use crate::workload::record::{now_unix_ms, read_json, write_json, ExitFile, StartedFile};
+use crate::workload::record::{now_unix_ms, read_json, ExitFile, StartedFile};
 use crate::workload::template::shell_quote;
 use crate::workload::{output, procfs, watch};
 
@@ -88,7 +92,15 @@ impl Deployments {
             config,
             events,
         };
-        for (paths, record) in scan(&deployments.config.config_dir) {
+        for (paths, mut record) in scan(&deployments.config.config_dir) {
+            if record.supervisor_pid.is_none() {
+                // The node died between the launch and saving the pids: the
+                // supervisor's started file has them.
+                if let Ok(Some(started)) = read_json::<StartedFile>(&paths.supervised.started()) {
+                    apply_started(&mut record, &started);
+                    let _ = record.save(&paths);
+                }
+            }
             if record.state.is_active() {
                 tracing::info!(pid = ?record.pid, "reconnecting to deployment {} ({})", record.deployment_id, record.state.name());
                 deployments.watch(&paths, &record);
@@ -220,10 +232,7 @@ impl Deployments {
         };
         match outcome {
             Ok(started) => {
-                record.pid = Some(started.pid);
-                record.start_time = Some(started.start_time);
-                record.supervisor_pid = Some(started.supervisor_pid);
-                record.supervisor_start_time = Some(started.supervisor_start_time);
+                apply_started(record, &started);
                 let _ = record.save(paths);
                 let (paths, record) = (paths.clone(), record.clone());
                 self.watch(&paths, &record);
@@ -524,6 +533,13 @@ impl Deployments {
     }
 }
 
+fn apply_started(record: &mut DeploymentRecord, started: &StartedFile) {
+    record.pid = Some(started.pid);
+    record.start_time = Some(started.start_time);
+    record.supervisor_pid = Some(started.supervisor_pid);
+    record.supervisor_start_time = Some(started.supervisor_start_time);
+}
+
 fn report(
     paths: &DeployPaths,
     record: &DeploymentRecord,
@@ -534,51 +550,10 @@ fn report(
     output["deployment_id"] = json!(record.deployment_id);
     Report {
         request_id: record.request_id.clone(),
-        outbox_name: paths.event_name(event),
+        outbox_name: paths.event_name(&record.request_id, event),
         event,
         output,
         error,
-    }
-}
-
-/// One row of `deployments`.
-fn listing(record: &DeploymentRecord, info: Option<&Value>) -> Value {
-    let loaded = info.or(record.loaded.as_ref());
-    let field = |key: &str| loaded.map_or(Value::Null, |l| l[key].clone());
-    let stats = info.map_or(Value::Null, |i| i["stats"].clone());
-    let stat = |key: &str| {
-        if stats.is_null() {
-            Value::Null
-        } else {
-            stats[key].clone()
-        }
-    };
-    json!({
-        "deployment_id": record.deployment_id,
-        "model": record.model,
-        "format": format_of(record),
-        "state": record.state.name(),
-        "pid": record.pid,
-        "loaded_at": field("loaded_at"),
-        "input_specs": field("input_specs"),
-        "output_specs": field("output_specs"),
-        "memory_bytes": field("memory_bytes"),
-        "rss_bytes": field("rss_bytes"),
-        "request_count": stat("request_count"),
-        "error_count": stat("error_count"),
-        "avg_latency_ms": stat("avg_latency_ms"),
-        "p50_latency_ms": stat("p50_latency_ms"),
-        "p95_latency_ms": stat("p95_latency_ms"),
-        "requests_per_second": stat("requests_per_second"),
-        "error": record.error,
-    })
-}
-
-fn format_of(record: &DeploymentRecord) -> Value {
-    match (&record.loaded, &record.format) {
-        (Some(loaded), _) => loaded["format"].clone(),
-        (None, Some(format)) => json!(format),
-        (None, None) => Value::Null,
     }
 }
 
@@ -603,41 +578,5 @@ fn signal_server(record: &DeploymentRecord, signal: Signal) {
         if procfs::is_same_process(pid, start) {
             let _ = kill(Pid::from_raw(-pid), signal);
         }
-    }
-}
-
-fn prepare_files(
-    paths: &DeployPaths,
-    record: &DeploymentRecord,
-    spec: &DeploySpec,
-) -> Result<(), String> {
-    let fail = |what: &str, e: std::io::Error| {
-        format!(
-            "cannot write {what} in {}: {e}; check free space and permissions of the config dir",
-            paths.dir().display()
-        )
-    };
-    crate::fsutil::create_private_dir(paths.dir()).map_err(|e| fail("the deployments dir", e))?;
-    if let Some(logs) = paths.supervised.base().parent() {
-        crate::fsutil::create_private_dir(logs).map_err(|e| fail("the workload log dir", e))?;
-    }
-    remove_files(paths);
-    write_json(&paths.spec(), spec).map_err(|e| fail("the deployment spec", e))?;
-    record
-        .save(paths)
-        .map_err(|e| fail("the deployment record", e))
-}
-
-/// Every file of a deployment but its logs.
-fn remove_files(paths: &DeployPaths) {
-    for path in [
-        paths.record(),
-        paths.spec(),
-        paths.state(),
-        paths.socket(),
-        paths.supervised.started(),
-        paths.supervised.exit(),
-    ] {
-        let _ = std::fs::remove_file(path);
     }
 }

@@ -4,11 +4,13 @@
 //! - [`files`]: the record, spec, state and socket of each deployment.
 //! - [`server`]: the hidden `__serve-model` mode, one process per model.
 //! - [`wire`]: the JSON-lines protocol on the socket.
+//! - [`listing`]: the rows of `deployments` and `status`.
 //! - [`stats`]: request counts and latency percentiles, kept by the server.
 //! - [`request`]: the checked params of deploy, infer and undeploy.
 //! - [`manager`]: the node's side: deploy, infer, undeploy, list, adopt.
 
 pub mod files;
+pub mod listing;
 pub mod manager;
 pub mod request;
 pub mod server;
