@@ -60,6 +60,11 @@ pub enum DeployEvent {
     StopDeadline {
         deployment_id: String,
     },
+    /// A streamed piece of an `infer` (a `token` event).
+    Streamed {
+        request_id: String,
+        output: Value,
+    },
     /// The one response of an `infer` or `deployments` command.
     Answer {
         request_id: String,
@@ -455,18 +460,25 @@ impl Deployments {
         let (socket, events, request_id) =
             (paths.socket(), self.events.clone(), request_id.to_owned());
         tokio::spawn(async move {
-            let outcome = wire::call(&socket, &call, timeout).await.and_then(|reply| {
-                if reply["ok"] == true {
-                    let mut output = reply["output"].clone();
-                    output["deployment_id"] = json!(id);
-                    Ok(output)
-                } else {
-                    Err(reply["error"]
-                        .as_str()
-                        .unwrap_or("the model server refused the request")
-                        .to_owned())
-                }
-            });
+            let (stream_events, stream_id) = (events.clone(), request_id.clone());
+            let on_event = move |output: Value| {
+                let request_id = stream_id.clone();
+                let _ = stream_events.send(DeployEvent::Streamed { request_id, output });
+            };
+            let outcome = wire::call_streaming(&socket, &call, timeout, on_event)
+                .await
+                .and_then(|reply| {
+                    if reply["ok"] == true {
+                        let mut output = reply["output"].clone();
+                        output["deployment_id"] = json!(id);
+                        Ok(output)
+                    } else {
+                        Err(reply["error"]
+                            .as_str()
+                            .unwrap_or("the model server refused the request")
+                            .to_owned())
+                    }
+                });
             let _ = events.send(DeployEvent::Answer {
                 request_id,
                 outcome,

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, Semaphore};
 
@@ -169,25 +170,29 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
     loop {
         let reply = match wire::read_line(&mut reader).await {
             Ok(None) => return,
-            Ok(Some(request)) => handle(&server, request).await,
+            Ok(Some(request)) => handle(&server, request, &mut write).await,
             Err(problem) => json!({"ok": false, "kind": "bad_request", "error": problem}),
         };
-        let mut line = serde_json::to_vec(&reply).unwrap_or_default();
-        line.push(b'\n');
-        if write.write_all(&line).await.is_err() {
+        if write_line(&mut write, &reply).await.is_err() {
             return;
         }
     }
 }
 
-async fn handle(server: &Arc<Server>, request: Value) -> Value {
+async fn write_line(write: &mut OwnedWriteHalf, value: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+async fn handle(server: &Arc<Server>, request: Value, write: &mut OwnedWriteHalf) -> Value {
     match request.get("op").and_then(Value::as_str) {
         Some("infer") => {
             let request = match request.get("request") {
                 Some(Value::Object(request)) => request.clone(),
                 _ => Map::new(),
             };
-            infer(server, request).await
+            infer(server, request, write).await
         }
         Some("info") => {
             let mut info = server.loaded.clone();
@@ -209,7 +214,12 @@ async fn handle(server: &Arc<Server>, request: Value) -> Value {
     }
 }
 
-async fn infer(server: &Arc<Server>, request: Map<String, Value>) -> Value {
+/// Runs one request; its streamed events are written as they come.
+async fn infer(
+    server: &Arc<Server>,
+    request: Map<String, Value>,
+    write: &mut OwnedWriteHalf,
+) -> Value {
     let received = Instant::now();
     let queued = server.waiting.fetch_add(1, Ordering::SeqCst);
     if server.permits.available_permits() == 0 && queued >= server.max_queue {
@@ -228,8 +238,25 @@ async fn infer(server: &Arc<Server>, request: Map<String, Value>) -> Value {
     let permit = server.permits.acquire().await;
     server.waiting.fetch_sub(1, Ordering::SeqCst);
     let model = server.model.clone();
-    let outcome = tokio::task::spawn_blocking(move || model.runner.infer(&request))
-        .await
+    let (events, mut streamed) = tokio::sync::mpsc::unbounded_channel();
+    let mut run = tokio::task::spawn_blocking(move || {
+        model.runner.infer(&request, &mut |event| {
+            let _ = events.send(event);
+        })
+    });
+    let outcome = loop {
+        tokio::select! {
+            Some(event) = streamed.recv() => {
+                // A client that hung up still lets the run finish (and count).
+                let _ = write_line(write, &json!({"event": event})).await;
+            }
+            done = &mut run => break done,
+        }
+    };
+    while let Ok(event) = streamed.try_recv() {
+        let _ = write_line(write, &json!({"event": event})).await;
+    }
+    let outcome = outcome
         .unwrap_or_else(|e| Err(RunnerError::Inference(format!("the runner panicked: {e}"))));
     drop(permit);
     let latency_ms = received.elapsed().as_secs_f64() * 1000.0;

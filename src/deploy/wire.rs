@@ -3,6 +3,7 @@
 //! Requests: `{"op": "infer", "request": {...}}`, `{"op": "info"}`,
 //! `{"op": "shutdown"}`. Replies: `{"ok": true, ...}` or
 //! `{"ok": false, "kind": "bad_request"|"overloaded"|"inference", "error"}`.
+//! A streaming request gets `{"event": {...}}` lines before its reply.
 //! The node opens one connection per request (a Unix connect costs
 //! microseconds), so concurrent requests never wait on each other's replies.
 
@@ -22,6 +23,17 @@ pub const READ_BUFFER: usize = 1024 * 1024;
 
 /// Sends one request and reads its reply.
 pub async fn call(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
+    call_streaming(socket, request, timeout, |_| {}).await
+}
+
+/// Sends one request and reads its reply, handing each `{"event": ...}`
+/// line that comes before it to `on_event`.
+pub async fn call_streaming(
+    socket: &Path,
+    request: &Value,
+    timeout: Duration,
+    mut on_event: impl FnMut(Value),
+) -> Result<Value, String> {
     let exchange = async {
         let stream = UnixStream::connect(socket)
             .await
@@ -33,12 +45,19 @@ pub async fn call(socket: &Path, request: &Value, timeout: Duration) -> Result<V
             .write_all(&line)
             .await
             .map_err(|e| format!("the model server closed the connection: {e}"))?;
-        read_line(&mut BufReader::with_capacity(READ_BUFFER, read))
-            .await?
-            .ok_or_else(|| {
+        let mut reader = BufReader::with_capacity(READ_BUFFER, read);
+        loop {
+            let line = read_line(&mut reader).await?.ok_or_else(|| {
                 "the model server closed the connection without answering (did it crash?)"
                     .to_owned()
-            })
+            })?;
+            match line {
+                Value::Object(mut fields) if fields.contains_key("event") => {
+                    on_event(fields.remove("event").unwrap_or_default())
+                }
+                reply => return Ok(reply),
+            }
+        }
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,

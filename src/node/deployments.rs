@@ -85,6 +85,12 @@ impl RunningNode {
                 self.deployments.on_stop_deadline(&deployment_id);
                 None
             }
+            DeployEvent::Streamed { request_id, output } => {
+                let mut response = Response::ok(&self.node, &request_id, output);
+                response.event = Some("token");
+                self.respond(response).await;
+                None
+            }
             DeployEvent::Answer {
                 request_id,
                 outcome,

@@ -6,6 +6,9 @@
 //! - [`roots`]: models load only from inside `model_roots`.
 //! - [`run_model`]: the `run-model` command.
 //! - `onnx` (feature `onnx`, default): ONNX Runtime, loaded at run time.
+//! - `gguf` (feature `gguf`): language models through llama.cpp, with
+//!   `generate` for the token loop.
+//! - `torch` (feature `torch`): TorchScript modules through LibTorch.
 //!
 //! Each format sits behind a cargo feature. A build without one still
 //! recognises the format and says how to get a build that has it.
@@ -17,11 +20,17 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+#[cfg(feature = "gguf")]
+mod generate;
+#[cfg(feature = "gguf")]
+pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod roots;
 pub mod run_model;
 pub mod tensor;
+#[cfg(feature = "torch")]
+pub mod torch;
 
 use tensor::TensorSpec;
 
@@ -69,7 +78,8 @@ impl Format {
     pub fn is_built(self) -> bool {
         match self {
             Format::Onnx => cfg!(feature = "onnx"),
-            Format::Gguf | Format::TorchScript => false,
+            Format::Gguf => cfg!(feature = "gguf"),
+            Format::TorchScript => cfg!(feature = "torch"),
         }
     }
 
@@ -139,12 +149,25 @@ pub enum RunnerError {
     Inference(String),
 }
 
+/// What a runner may send while a request runs (the `token` events of a
+/// streaming generation), before its output.
+pub type EventSink<'a> = &'a mut dyn FnMut(Value);
+
 /// One loaded model. `infer` may be called from several threads at once.
 pub trait ModelRunner: Send + Sync {
+    /// The tensor inputs; empty for runners that take no tensors (GGUF).
     fn input_specs(&self) -> &[TensorSpec];
     fn output_specs(&self) -> &[TensorSpec];
     /// Runs one request (its JSON object) and returns the output JSON.
-    fn infer(&self, request: &Map<String, Value>) -> Result<Value, RunnerError>;
+    fn infer(
+        &self,
+        request: &Map<String, Value>,
+        events: EventSink<'_>,
+    ) -> Result<Value, RunnerError>;
+    /// Format-specific facts for `--info` and `ready` (context size, ...).
+    fn details(&self) -> Value {
+        Value::Null
+    }
 }
 
 /// Where the runners find their runtime libraries.
@@ -175,6 +198,7 @@ impl Model {
             "output_specs": specs(self.runner.output_specs()),
             "memory_bytes": self.memory_bytes,
             "load_ms": self.load_ms,
+            "details": self.runner.details(),
         })
     }
 }
@@ -224,6 +248,11 @@ fn load_with(
         Format::Onnx => Ok(Box::new(onnx::OnnxRunner::load(
             path, options, ignored, runtimes,
         )?)),
+        #[cfg(feature = "gguf")]
+        Format::Gguf => Ok(Box::new(gguf::GgufRunner::load(path, options, ignored)?)),
+        #[cfg(feature = "torch")]
+        Format::TorchScript => Ok(Box::new(torch::TorchRunner::load(path, options, ignored)?)),
+        #[allow(unreachable_patterns)] // every format built in
         other => Err(RunnerError::NotBuilt {
             format: other.name(),
             feature: other.feature(),
@@ -240,6 +269,18 @@ pub fn format_support(runtimes: &RuntimePaths) -> Vec<Value> {
             let runtime = match format {
                 #[cfg(feature = "onnx")]
                 Format::Onnx => onnx::runtime_status(runtimes),
+                #[cfg(feature = "gguf")]
+                Format::Gguf => gguf::runtime_status(),
+                #[cfg(feature = "torch")]
+                Format::TorchScript => Ok(format!(
+                    "LibTorch (linked at build time; CUDA {})",
+                    if tch::Cuda::is_available() {
+                        "available"
+                    } else {
+                        "not available"
+                    }
+                )),
+                #[allow(unreachable_patterns)] // every format built in
                 _ => Err(format!(
                     "not in this build (cargo feature `{}`)",
                     format.feature()

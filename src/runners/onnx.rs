@@ -26,7 +26,8 @@ use serde_json::{json, Map, Value};
 
 use super::tensor::{inputs_from_json, wants_base64, DType, Tensor, TensorSpec};
 use super::{
-    check_option_keys, sniff, usize_option, Format, ModelRunner, RunnerError, RuntimePaths,
+    check_option_keys, sniff, usize_option, EventSink, Format, ModelRunner, RunnerError,
+    RuntimePaths,
 };
 
 /// The ONNX Runtime release the pinned `ort` is made for; CI tests this one.
@@ -155,7 +156,7 @@ impl ModelRunner for OnnxRunner {
         &self.outputs
     }
 
-    fn infer(&self, request: &Map<String, Value>) -> Result<Value, RunnerError> {
+    fn infer(&self, request: &Map<String, Value>, _: EventSink<'_>) -> Result<Value, RunnerError> {
         let base64 = wants_base64(request).map_err(RunnerError::BadRequest)?;
         let inputs = inputs_from_json(request).map_err(RunnerError::BadRequest)?;
         self.check_inputs(&inputs)?;

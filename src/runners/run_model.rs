@@ -87,15 +87,24 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
         );
     };
     let request = read_request(input)?;
+    // Streamed pieces (GGUF with "stream": true) go out as JSON lines
+    // before the output, as `token` events do over MQTT.
+    let mut print_event = |event: Value| {
+        let mut line = json!({"event": "token"});
+        if let (Value::Object(line), Value::Object(event)) = (&mut line, event) {
+            line.extend(event);
+        }
+        println!("{line}");
+    };
     for _ in 0..args.warmup {
-        model.runner.infer(&request)?;
+        model.runner.infer(&request, &mut |_| {})?;
     }
     let mut times = Vec::with_capacity(args.runs as usize);
     let mut run_times = Vec::with_capacity(args.runs as usize);
     let mut output = Value::Null;
     for _ in 0..args.runs {
         let started = Instant::now();
-        output = model.runner.infer(&request)?;
+        output = model.runner.infer(&request, &mut print_event)?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         run_times.extend(output["run_ms"].as_f64());
     }
