@@ -455,8 +455,8 @@ fn bad_deploys_fail_clearly_and_leave_other_deployments_serving() {
             "is not allowed",
         ),
         (
-            json!({"model": "add_matmul.onnx", "format": "gguf"}),
-            "this build has no gguf runner",
+            json!({"model": "add_matmul.onnx", "format": "tflite"}),
+            "unknown model format \"tflite\"",
         ),
         (
             json!({"model": "add_matmul.onnx", "options": {"max_concurrency": 0}}),

@@ -276,7 +276,12 @@ fn bad_model_files_are_refused_with_the_reason() {
         "--info",
     ]);
     assert!(!ok);
-    assert!(stderr.contains("this build has no gguf runner"), "{stderr}");
+    let expected = if cfg!(feature = "gguf") {
+        "not a GGUF file"
+    } else {
+        "this build has no gguf runner"
+    };
+    assert!(stderr.contains(expected), "{stderr}");
 }
 
 #[test]
@@ -319,9 +324,13 @@ fn list_formats_tells_what_this_build_runs() {
             .starts_with("ONNX Runtime 1."),
         "{listed}"
     );
-    for name in ["gguf", "torchscript"] {
+    for (name, built) in [
+        ("gguf", cfg!(feature = "gguf")),
+        ("torchscript", cfg!(feature = "torch")),
+    ] {
         let format = formats.iter().find(|f| f["format"] == name).unwrap();
-        assert_eq!(format["built"], false, "{listed}");
+        assert_eq!(format["built"], built, "{listed}");
+        assert_eq!(format["runtime_loads"], built, "{listed}");
     }
 }
 
