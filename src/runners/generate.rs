@@ -38,6 +38,8 @@ pub struct GenerateRequest {
     pub seed: u32,
     pub stop: Vec<String>,
     pub stream: bool,
+    /// Keep going past end-of-generation tokens (benchmarks, fixed lengths).
+    pub ignore_eos: bool,
 }
 
 impl GenerateRequest {
@@ -123,11 +125,13 @@ impl GenerateRequest {
                     ))
                 })?,
         };
-        let stream = match request.get("stream") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => return Err(bad(format!("\"stream\" must be true or false, got {v}"))),
+        let flag = |key: &str| match request.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(bad(format!("\"{key}\" must be true or false, got {v}"))),
         };
+        let stream = flag("stream")?;
+        let ignore_eos = flag("ignore_eos")?;
         Ok(GenerateRequest {
             prompt,
             max_tokens,
@@ -137,6 +141,7 @@ impl GenerateRequest {
             seed,
             stop: stops_of(request.get("stop"))?,
             stream,
+            ignore_eos,
         })
     }
 }
@@ -265,7 +270,7 @@ pub fn run(
     let mut logits_at = batch.n_tokens() - 1;
     let finish = loop {
         let token = sampler.sample(context, logits_at);
-        if vocab.is_eog(token) {
+        if vocab.is_eog(token) && !request.ignore_eos {
             break Finish::Stop;
         }
         completion += 1;
