@@ -11,6 +11,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 use serde_json::{json, Map, Value};
 
 use super::{EventSink, RunnerError};
@@ -254,22 +255,26 @@ pub fn run(
         context.decode(&mut batch).map_err(|e| decode_error(&e))?;
     }
     let prompt_done = Instant::now();
-    let mut sampler = if request.temperature == 0.0 {
-        LlamaSampler::greedy()
-    } else {
+    // Greedy decoding reads the logits directly: llama.cpp's greedy sampler
+    // gives the same token but first copies every candidate (32 k of them
+    // for a llama vocabulary) on each step.
+    let mut sampler = (request.temperature != 0.0).then(|| {
         LlamaSampler::chain_simple([
             LlamaSampler::top_k(request.top_k),
             LlamaSampler::top_p(request.top_p, 1),
             LlamaSampler::temp(request.temperature),
             LlamaSampler::dist(request.seed),
         ])
-    };
+    });
     let mut text = TextStream::new(&request.stop, request.stream);
     let mut completion = 0;
     let mut position = tokens.len();
     let mut logits_at = batch.n_tokens() - 1;
     let finish = loop {
-        let token = sampler.sample(context, logits_at);
+        let token = match sampler.as_mut() {
+            Some(sampler) => sampler.sample(context, logits_at),
+            None => argmax(context.get_logits_ith(logits_at)),
+        };
         if vocab.is_eog(token) && !request.ignore_eos {
             break Finish::Stop;
         }
@@ -303,6 +308,18 @@ pub fn run(
         "generation_ms": generation * 1000.0,
         "run_ms": done.duration_since(started).as_secs_f64() * 1000.0,
     }))
+}
+
+/// The most likely token; the first one on ties, as llama.cpp's greedy
+/// sampler picks.
+fn argmax(logits: &[f32]) -> LlamaToken {
+    let mut best = 0;
+    for (i, logit) in logits.iter().enumerate() {
+        if *logit > logits[best] {
+            best = i;
+        }
+    }
+    LlamaToken::new(best as i32)
 }
 
 fn rate(count: usize, seconds: f64) -> f64 {
