@@ -74,7 +74,7 @@ impl GgufRunner {
         let backend = backend()?;
         let gpu_layers = usize_option(options, "gpu_layers")?.unwrap_or(0) as u32;
         if gpu_layers > 0 && !backend.supports_gpu_offload() {
-            tracing::warn!("gpu_layers {gpu_layers} asked for, but this build of llama.cpp has no GPU backend (build with --features gguf-cuda); running on the CPU");
+            tracing::warn!("gpu_layers {gpu_layers} asked for, but this build of llama.cpp has no GPU backend (that needs llama-cpp-2's `cuda` feature, which this build does not enable); running on the CPU");
         }
         LAST_ERRORS
             .lock()
