@@ -14,6 +14,8 @@
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
+use crate::protocol::json_kind as kind;
+
 /// The element types the tensor JSON carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -269,17 +271,6 @@ pub fn wants_base64(request: &Map<String, Value>) -> Result<bool, String> {
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn read_dtype(fields: &Map<String, Value>) -> Result<DType, String> {
