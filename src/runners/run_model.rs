@@ -14,11 +14,15 @@ use crate::config::{Environment, Overrides, Settings};
 
 pub const RUN_MODEL_HELP: &str = "\
 INPUT
-  A JSON object with the tensors by input name, as `infer` takes them:
+  The request, as `infer` takes it. ONNX and TorchScript: the tensors by input name,
     {\"inputs\": {\"x\": {\"dtype\": \"float32\", \"shape\": [1, 4], \"data\": [1, 2, 3, 4]}}}
   \"data_b64\" (little-endian raw bytes) may replace \"data\"; add
   \"output_encoding\": \"base64\" to get outputs that way too. Dtypes: float32,
-  float16, float64, int8, int32, int64, uint8, bool.
+  float16, float64, int8, int32, int64, uint8, bool. TorchScript takes
+  \"input_order\": [...] for several inputs. GGUF: a prompt or chat messages,
+    {\"prompt\": \"Once upon\", \"max_tokens\": 32, \"temperature\": 0, \"stop\": [\"\\n\"]}
+    {\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"stream\": true}
+  (streamed pieces are printed as {\"event\": \"token\", \"text\"} lines first).
 
 ONNX RUNTIME
   The ONNX runner loads libonnxruntime.so at run time, from ORT_DYLIB_PATH,
@@ -34,7 +38,7 @@ EXAMPLES
 /// `run-model`'s flags.
 #[derive(Debug, Args)]
 pub struct RunModelArgs {
-    /// The model file (.onnx)
+    /// The model file (.onnx, .gguf, .pt)
     #[arg(long, value_name = "PATH", required_unless_present = "list_formats")]
     model: Option<PathBuf>,
     /// The format: onnx, gguf, torchscript [default: from the extension or the file's first bytes]
