@@ -290,3 +290,38 @@ fn secrets_are_masked_in_debug_output() {
     assert!(!debug.contains("super-secret-token-123"));
     assert!(render_table(&s).contains("****-123"));
 }
+
+#[test]
+fn model_roots_from_a_yaml_list_or_the_environment() {
+    let f = Fixture::new().cwd_file(
+        "cyberwave.yml",
+        "cyberwave-cloud-node:\n  model_roots:\n    - ./models\n    - /data/models\n  onnxruntime_path: lib/libonnxruntime.so\n",
+    );
+    let s = f.load().unwrap();
+    let cwd = f.env.cwd.clone();
+    assert_eq!(
+        s.model_roots(),
+        vec![cwd.join("models"), PathBuf::from("/data/models")]
+    );
+    assert_eq!(
+        s.onnxruntime_path.unwrap().value,
+        cwd.join("lib/libonnxruntime.so")
+    );
+
+    let s = f.var("CYBERWAVE_MODEL_ROOTS", "/a:/b").load().unwrap();
+    assert_eq!(
+        s.model_roots(),
+        vec![PathBuf::from("/a"), PathBuf::from("/b")]
+    );
+    assert!(matches!(
+        s.model_roots.unwrap().origin,
+        Origin::Env("CYBERWAVE_MODEL_ROOTS")
+    ));
+
+    let none = Fixture::new().load().unwrap();
+    let config_dir = none.config_dir.value.clone();
+    assert_eq!(
+        none.model_roots(),
+        vec![none.working_dir.clone(), config_dir.join("models")]
+    );
+}
