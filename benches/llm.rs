@@ -17,9 +17,13 @@
 //! the runner's `forward` time (`run-model --runs`) against
 //! `torch.jit.load(...)(x)` in Python, same threads. Target: within 5 %.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::node::run_ok;
 use serde_json::{json, Value};
 
 const THREADS: usize = 2;
@@ -46,18 +50,6 @@ fn main() {
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// Compiles `llama_ref.c` against the llama.cpp this bench binary links:

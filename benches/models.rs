@@ -22,6 +22,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::node::run_ok;
 use common::restart::Reaper;
 use common::scenario::Scenario;
 use common::TestClient;
@@ -106,18 +107,6 @@ fn bench_model(s: &Scenario, reaper: &Reaper, name: &str, model: &Path, input: &
     );
     let rps = concurrent_rps(s, name, &inputs["inputs"], 4, Duration::from_secs(5));
     println!("  infer over MQTT: 4 clients    {rps:8.1} requests/s (max_concurrency 1: requests queue in the server)");
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 fn python_reference(model: &Path, input: &Path, runs: usize) -> Value {

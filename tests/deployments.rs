@@ -12,7 +12,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::restart::{again, is_terminal, wait_until, Reaper, ANSWER_TIMEOUT};
+use common::restart::{again, answer as ask, is_terminal, wait_until, Reaper, ANSWER_TIMEOUT};
 use common::scenario::{Scenario, READY};
 use common::NodeProcess;
 use nix::sys::signal::{kill, Signal};
@@ -36,23 +36,6 @@ fn x_request(deployment: &str, data: Value) -> Value {
         "deployment_id": deployment,
         "inputs": {"x": {"dtype": "float32", "shape": [1, 4], "data": data}},
     }})
-}
-
-/// Sends a command with `request_id` and returns its one response (not an
-/// event); panics with `node`'s log when none comes.
-fn ask(s: &Scenario, node: &NodeProcess, request_id: &str, mut command: Value) -> Value {
-    command["request_id"] = json!(request_id);
-    s.client
-        .publish_json(&s.topic(&s.uuid, "command"), &command);
-    s.client
-        .recv_json_where(ANSWER_TIMEOUT, |topic, v| {
-            topic == s.response_topic()
-                && v["request_id"] == request_id
-                && v["event"] != "ready"
-                && v["event"] != "failed"
-                && v["event"] != "stopped"
-        })
-        .unwrap_or_else(|| panic!("no response to {command}; node log:\n{}", node.stderr()))
 }
 
 /// The first `event` on `request_id`.

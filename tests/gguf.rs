@@ -11,9 +11,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::restart::{again, Reaper, ANSWER_TIMEOUT};
+use common::restart::{again, answer as ask, Reaper, ANSWER_TIMEOUT};
 use common::scenario::{Scenario, READY};
-use common::{Node, NodeProcess};
+use common::Node;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -163,19 +163,6 @@ fn bad_requests_and_files_are_refused_with_the_numbers() {
 
 // ---------------------------------------------------------------------------
 // Over MQTT
-
-fn ask(s: &Scenario, node: &NodeProcess, request_id: &str, mut command: Value) -> Value {
-    command["request_id"] = json!(request_id);
-    s.client
-        .publish_json(&s.topic(&s.uuid, "command"), &command);
-    s.client
-        .recv_json_where(ANSWER_TIMEOUT, |topic, v| {
-            topic == s.response_topic()
-                && v["request_id"] == request_id
-                && (v.get("event").is_none() || v["event"] == "started")
-        })
-        .unwrap_or_else(|| panic!("no response to {command}; node log:\n{}", node.stderr()))
-}
 
 fn deploy_llm(s: &Scenario, reaper: &Reaper) {
     let started = ask(

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::restart::{Reaper, ANSWER_TIMEOUT};
+use common::restart::{answer as ask, Reaper};
 use common::scenario::Scenario;
 use common::Node;
 use serde_json::{json, Value};
@@ -148,15 +148,9 @@ fn deployed_module_answers_over_mqtt_and_survives_a_bad_request() {
         )
     });
     let reaper = Reaper::new(&s);
-    let ask = |request_id: &str, mut command: Value| {
-        command["request_id"] = json!(request_id);
-        s.client
-            .publish_json(&s.topic(&s.uuid, "command"), &command);
-        s.client
-            .recv_json_where(ANSWER_TIMEOUT * 3, |_, v| v["request_id"] == request_id)
-            .unwrap_or_else(|| panic!("no answer to {command}: {}", s.node.stderr()))
-    };
     let started = ask(
+        &s,
+        &s.node,
         "deploy-pt",
         json!({"command": "deploy", "params": {"model": "two_inputs.pt", "deployment_id": "mm"}}),
     );
@@ -172,6 +166,8 @@ fn deployed_module_answers_over_mqtt_and_survives_a_bad_request() {
     assert_eq!(ready["output"]["format"], "torchscript");
     let a = tensor(&[2, 3], json!([1, 2, 3, 4, 5, 6]));
     let bad = ask(
+        &s,
+        &s.node,
         "mm-bad",
         json!({"command": "infer", "params": {"deployment_id": "mm", "inputs": {"a": a.clone(), "b": a.clone()}, "input_order": ["a", "b"]}}),
     );
@@ -183,6 +179,8 @@ fn deployed_module_answers_over_mqtt_and_survives_a_bad_request() {
         "{bad}"
     );
     let good = ask(
+        &s,
+        &s.node,
         "mm-good",
         json!({"command": "infer", "params": {"deployment_id": "mm", "inputs": {"a": a, "b": tensor(&[3, 2], json!([1, 0, 0, 1, 1, 1]))}, "input_order": ["a", "b"]}}),
     );

@@ -20,7 +20,9 @@ use serde_json::{json, Map, Value};
 
 use super::generate::{self, GenerateRequest, Prompt};
 use super::tensor::TensorSpec;
-use super::{check_option_keys, sniff, usize_option, EventSink, Format, ModelRunner, RunnerError};
+use super::{
+    check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
+};
 
 const OPTIONS: &[&str] = &["n_ctx", "n_threads", "n_batch", "gpu_layers", "seed"];
 /// The context when the deployment does not say (capped by the model's own).
@@ -58,19 +60,7 @@ impl GgufRunner {
             path: path.to_owned(),
             reason,
         };
-        match sniff(path)? {
-            Some(Format::Gguf) => {}
-            Some(other) => {
-                return Err(load_error(format!(
-                    "it is a {other} file, not GGUF; give \"format\": \"{other}\""
-                )))
-            }
-            None => {
-                return Err(load_error(
-                    "not a GGUF file (it does not start with \"GGUF\")".into(),
-                ))
-            }
-        }
+        expect_format(path, Format::Gguf)?;
         let backend = backend()?;
         let gpu_layers = usize_option(options, "gpu_layers")?.unwrap_or(0) as u32;
         if gpu_layers > 0 && !backend.supports_gpu_offload() {

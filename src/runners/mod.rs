@@ -127,6 +127,36 @@ pub fn sniff(path: &Path) -> Result<Option<Format>, RunnerError> {
     })
 }
 
+/// Refuses a file whose first bytes say it is another format, or that lacks
+/// the magic bytes `expected` has (ONNX, protobuf, has none to check).
+pub fn expect_format(path: &Path, expected: Format) -> Result<(), RunnerError> {
+    let refuse = |reason: String| {
+        Err(RunnerError::Load {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    let title = match expected {
+        Format::Onnx => "ONNX",
+        Format::Gguf => "GGUF",
+        Format::TorchScript => "TorchScript",
+    };
+    match sniff(path)? {
+        Some(found) if found == expected => Ok(()),
+        Some(other) => refuse(format!(
+            "it is a {other} file, not {title}; give \"format\": \"{other}\""
+        )),
+        None => match expected {
+            Format::Onnx => Ok(()),
+            Format::Gguf => refuse("not a GGUF file (it does not start with \"GGUF\")".into()),
+            Format::TorchScript => refuse(
+                "not a TorchScript archive (a .pt file saved by torch.jit.save is a zip file)"
+                    .into(),
+            ),
+        },
+    }
+}
+
 /// Why a model did not load or a request did not run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunnerError {

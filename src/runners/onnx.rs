@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::tensor::{inputs_from_json, wants_base64, DType, Tensor, TensorSpec};
 use super::{
-    check_option_keys, sniff, usize_option, EventSink, Format, ModelRunner, RunnerError,
+    check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
     RuntimePaths,
 };
 
@@ -73,12 +73,7 @@ impl OnnxRunner {
     ) -> Result<OnnxRunner, RunnerError> {
         check_option_keys(options, OPTIONS, ignored)?;
         let options = parse_options(options)?;
-        if let Some(other) = sniff(path)?.filter(|f| *f != Format::Onnx) {
-            return Err(RunnerError::Load {
-                path: path.to_owned(),
-                reason: format!("it is a {other} file, not ONNX; give \"format\": \"{other}\""),
-            });
-        }
+        expect_format(path, Format::Onnx)?;
         let session = build_session(environment(runtimes)?, path, &options)?;
         let inputs = session
             .inputs()

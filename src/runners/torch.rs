@@ -13,7 +13,9 @@ use serde_json::{json, Map, Value};
 use tch::{CModule, Device, IValue, Kind, Tensor as TchTensor};
 
 use super::tensor::{inputs_from_json, wants_base64, DType, Tensor, TensorSpec};
-use super::{check_option_keys, sniff, usize_option, EventSink, Format, ModelRunner, RunnerError};
+use super::{
+    check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
+};
 
 const OPTIONS: &[&str] = &["device", "n_threads"];
 
@@ -33,20 +35,7 @@ impl TorchRunner {
             path: path.to_owned(),
             reason,
         };
-        match sniff(path)? {
-            Some(Format::TorchScript) => {}
-            Some(other) => {
-                return Err(load_error(format!(
-                    "it is a {other} file, not TorchScript; give \"format\": \"{other}\""
-                )))
-            }
-            None => {
-                return Err(load_error(
-                    "not a TorchScript archive (a .pt file saved by torch.jit.save is a zip file)"
-                        .into(),
-                ))
-            }
-        }
+        expect_format(path, Format::TorchScript)?;
         if let Some(n) = usize_option(options, "n_threads")? {
             tch::set_num_threads(n.max(1) as i32);
         }

@@ -258,6 +258,21 @@ pub fn request(s: &Scenario, node: &NodeProcess, command: Value) -> Value {
         .unwrap_or_else(|| panic!("no response to {command}; node log:\n{}", node.stderr()))
 }
 
+/// Sends `command` as `request_id` and returns its one answer (or its
+/// `started` event), never a later event; panics with `node`'s log.
+pub fn answer(s: &Scenario, node: &NodeProcess, request_id: &str, mut command: Value) -> Value {
+    command["request_id"] = json!(request_id);
+    s.client
+        .publish_json(&s.topic(&s.uuid, "command"), &command);
+    s.client
+        .recv_json_where(ANSWER_TIMEOUT, |topic, v| {
+            topic == s.response_topic()
+                && v["request_id"] == request_id
+                && (v.get("event").is_none() || v["event"] == "started")
+        })
+        .unwrap_or_else(|| panic!("no response to {command}; node log:\n{}", node.stderr()))
+}
+
 /// The answer to a `status` command: what `node` counts as running.
 pub fn ask_status(s: &Scenario, node: &NodeProcess) -> Value {
     let id = uuid::Uuid::new_v4().to_string();
