@@ -17,7 +17,9 @@ pub const IDENTITY_FILE: &str = "instance_identity.json";
 pub struct Identity {
     pub uuid: String,
     pub slug: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written as `null` when unknown: the file always has its four keys
+    /// (PROTOCOL.md), so tools reading it need no special case.
+    #[serde(default)]
     pub workspace_slug: Option<String>,
     #[serde(default)]
     pub registered_at: String,
@@ -101,6 +103,34 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Some(identity));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn unknown_workspace_slug_is_written_as_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = identity_path(dir.path());
+        let identity = Identity {
+            uuid: "u1".into(),
+            slug: "gpu1".into(),
+            workspace_slug: None,
+            registered_at: "2026-11-22T10:00:00Z".into(),
+            standalone: false,
+        };
+        save(&path, &identity).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let keys: Vec<&str> = written
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["registered_at", "slug", "uuid", "workspace_slug"],
+            "{written}"
+        );
+        assert!(written["workspace_slug"].is_null(), "{written}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::scenario::{read_identity, Scenario, READY, TOKEN};
 use common::{standard_env, Broker, FakeBackend, Node};
 use nix::sys::signal::Signal;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const KNOWN_UUID: &str = "5b8a1c9e-3f2d-4e6a-9b7c-0d1e2f3a4b5c";
 
@@ -46,6 +46,15 @@ fn first_start_creates_then_restart_registers_the_saved_identity() {
         .as_str()
         .unwrap()
         .starts_with("20"));
+    // The contract's four keys, always: no workspace slug is known here.
+    let mut keys: Vec<&String> = identity.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["registered_at", "slug", "uuid", "workspace_slug"],
+        "{identity}"
+    );
+    assert_eq!(identity["workspace_slug"], Value::Null);
 
     // Restart with the same HOME: same instance, no second create.
     s.node.signal(Signal::SIGTERM);
@@ -262,7 +271,7 @@ fn reaped_instance_reregisters_and_moves_subscriptions() {
 }
 
 #[test]
-fn install_script_runs_before_registration() {
+fn install_script_runs_after_registration_and_before_the_broker() {
     let s = Scenario::start(|n| {
         n.cwd_file(
             "install.sh",
@@ -279,16 +288,17 @@ fn install_script_runs_before_registration() {
         log.contains("preparing") && log.contains("step two"),
         "{log}"
     );
-    let install_at = log.find("install script finished").unwrap();
     let registered_at = log.find("registered with").unwrap();
+    let install_at = log.find("install script finished").unwrap();
+    let ready_at = log.find("ready: listening").unwrap();
     assert!(
-        install_at < registered_at,
-        "install must finish before registration"
+        registered_at < install_at && install_at < ready_at,
+        "registration, then the install script, then the broker: {log}"
     );
 }
 
 #[test]
-fn failing_install_script_exits_1_and_reports_when_identity_is_known() {
+fn failing_install_script_exits_1_and_reports_with_the_known_identity() {
     let backend = FakeBackend::start();
     backend.add_instance(KNOWN_UUID, "known");
     let script = "for i in 1 2 3 4 5; do echo line-$i; done; echo fatal-oops >&2; exit 7";
@@ -312,24 +322,43 @@ fn failing_install_script_exits_1_and_reports_when_identity_is_known() {
         .as_str()
         .unwrap()
         .contains("exit code 7"));
-    assert!(
-        backend.requests_matching("POST", "/register").is_empty(),
-        "no registration after a failed install"
-    );
+    assert_eq!(backend.created_count(), 0, "the known instance is reused");
 }
 
+/// The seed promises "notifying you if it fails": on a first start there is
+/// no uuid yet, so the node registers first and reports under the new one.
 #[test]
-fn failing_install_script_without_identity_does_not_call_failed() {
+fn failing_install_script_on_a_first_start_is_reported_under_the_new_uuid() {
     let backend = FakeBackend::start();
-    let (status, _out, err) = Node::new()
+    let node = Node::new()
         .arg("start")
         .envs(standard_env(1, &backend.url(), TOKEN))
         .env_var("CYBERWAVE_INSTALL_SCRIPT", "exit 3")
-        .run_to_exit(Duration::from_secs(10));
+        .spawn();
+    let status = node
+        .wait_exit(Duration::from_secs(10))
+        .expect("the node exits");
+    let err = node.stderr();
     assert_eq!(status.code(), Some(1));
     assert!(
         err.contains("exit code 3") && err.contains("(no output)"),
         "{err}"
     );
-    assert!(backend.requests_matching("POST", "/failed").is_empty());
+    assert_eq!(backend.created_count(), 1, "{err}");
+    let failed = backend
+        .wait_for_request("POST", "/api/v1/cloud-node/failed", Duration::from_secs(1))
+        .expect("the failed install is reported");
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(node.config_dir().join("instance_identity.json")).expect("identity saved"),
+    )
+    .unwrap();
+    assert_eq!(failed.body["instance_uuid"], saved["uuid"], "{saved}");
+    assert!(
+        failed.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3"),
+        "{}",
+        failed.body
+    );
 }

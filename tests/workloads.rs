@@ -272,6 +272,23 @@ fn oversized_body_is_refused_pointing_to_params_file() {
     assert_eq!(s.status()["output"]["active_workloads"], json!([]));
 }
 
+/// Placeholders are expanded once, in the template: a value that contains
+/// `{params_file}` or `{body}` reaches the workload exactly as sent.
+#[test]
+fn placeholder_text_inside_params_reaches_the_workload_unchanged() {
+    let s = training(
+        r#"printf '%s' {body} > "$CYBERWAVE_RESULT_FILE.body"; cp {params_file} "$CYBERWAVE_RESULT_FILE""#,
+    );
+    let params = json!({"note": "see {params_file} and {body}", "path": "/tmp/{body}"});
+    let started = s.request(json!({"command": "training", "request_id": "ph-1", "params": params}));
+    assert_eq!(started["status"], "ok", "{started}");
+    let completed = event(&s, "ph-1", "completed", Duration::from_secs(5));
+    assert_eq!(completed["output"]["result"], params, "{completed}");
+    let body = std::fs::read_to_string(logs_dir(&s).join("training_ph-1.result.json.body"))
+        .expect("the workload wrote its body");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), params);
+}
+
 #[test]
 fn workload_token_replaces_the_node_token_and_is_never_written() {
     let s = Scenario::start(|n| {

@@ -1,7 +1,7 @@
 //! The node: start-up, the event loop that owns all state, and the stop.
 //!
-//! Start-up is a straight line (PROTOCOL.md): validate the token, run the
-//! install script, register, save the identity, connect to the broker. Then
+//! Start-up is a straight line (PROTOCOL.md): validate the token, register,
+//! save the identity, run the install script, connect to the broker. Then
 //! one task owns everything and reacts to messages: MQTT events, heartbeat
 //! deadlines, results of background REST calls, and the shutdown token. Slow
 //! work (every REST call) runs in spawned tasks that report back, so a hung
@@ -97,16 +97,24 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), NodeError
         settings.workspace_slug.as_ref().map(|w| w.value.clone()),
     )?;
     validate_token(&backend).await?;
-    match run_install_script(&settings, &shutdown).await {
-        Err(InstallError::Interrupted) => return Ok(()),
-        Err(error) => return Err(fail_before_ready(&backend, &settings, error.into()).await),
-        Ok(()) => {}
-    }
+    // Register before installing, so a failed install script can be
+    // reported on the very first start too: the backend knows the instance
+    // (and can tell the user why it never came online) only once it has a
+    // uuid for it.
     let identity = match register(&backend, &settings, &shutdown).await {
         Ok(Some(identity)) => identity,
         Ok(None) => return Ok(()),
         Err(error) => return Err(fail_before_ready(&backend, &settings, error).await),
     };
+    match run_install_script(&settings, &shutdown).await {
+        Err(InstallError::Interrupted) => return Ok(()),
+        Err(error) => {
+            let error = NodeError::from(error);
+            report_failed(&backend, &error.to_string(), &identity.uuid, &identity.slug).await;
+            return Err(error);
+        }
+        Ok(()) => {}
+    }
     match RunningNode::start(settings, Some(backend.clone()), identity.clone(), shutdown) {
         Ok(node) => node.serve().await,
         Err(error) => {
@@ -186,8 +194,9 @@ fn save_identity(settings: &Settings, registration: &Registration) -> Result<Ide
     Ok(identity)
 }
 
-/// Reports a fatal error to the backend when the node knows who it is, then
-/// hands the error back for the exit message.
+/// Reports a failed registration to the backend when the node knows who it
+/// is (a uuid from the identity file or the environment), then hands the
+/// error back for the exit message.
 async fn fail_before_ready(backend: &Backend, settings: &Settings, error: NodeError) -> NodeError {
     if matches!(error, NodeError::TokenRejected(_)) {
         return error;

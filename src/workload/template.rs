@@ -21,9 +21,7 @@ pub fn shell_quote(text: &str) -> String {
 
 /// Renders `template`; errors say how far over the limit it went.
 pub fn render(template: &str, params_json: &str, params_file: &str) -> Result<String, String> {
-    let rendered = template
-        .replace("{body}", &shell_quote(params_json))
-        .replace("{params_file}", &shell_quote(params_file));
+    let rendered = expand_placeholders(template, params_json, params_file);
     if rendered.len() > MAX_COMMAND_BYTES {
         return Err(format!(
             "the rendered command is {} bytes, over the {} bytes Linux allows for one argument; \
@@ -33,6 +31,33 @@ pub fn render(template: &str, params_json: &str, params_file: &str) -> Result<St
         ));
     }
     Ok(rendered)
+}
+
+/// Expands `{body}` and `{params_file}` in one pass over the template, so a
+/// value that itself contains a placeholder's text reaches the workload as
+/// written: substituting one placeholder and then searching the result for
+/// the next would rewrite the params.
+fn expand_placeholders(template: &str, params_json: &str, params_file: &str) -> String {
+    const BODY: &str = "{body}";
+    const PARAMS_FILE: &str = "{params_file}";
+    let mut rendered = String::with_capacity(template.len() + params_json.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        rendered.push_str(&rest[..open]);
+        let tail = &rest[open..];
+        if let Some(after) = tail.strip_prefix(BODY) {
+            rendered.push_str(&shell_quote(params_json));
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix(PARAMS_FILE) {
+            rendered.push_str(&shell_quote(params_file));
+            rest = after;
+        } else {
+            rendered.push('{');
+            rest = &tail[1..];
+        }
+    }
+    rendered.push_str(rest);
+    rendered
 }
 
 /// Takes the per-workload token out of the params, so it is never written
@@ -70,6 +95,22 @@ mod tests {
     fn params_file_is_quoted_and_other_braces_stay() {
         let rendered = render("x {params_file} {other} ${HOME}", "{}", "/a b/p.json").unwrap();
         assert_eq!(rendered, "x '/a b/p.json' {other} ${HOME}");
+    }
+
+    #[test]
+    fn placeholders_inside_values_are_left_alone() {
+        let rendered = render(
+            "run {body} --file {params_file}",
+            r#"{"a":"{params_file} and {body}"}"#,
+            "/p.json",
+        )
+        .unwrap();
+        assert_eq!(
+            rendered,
+            r#"run '{"a":"{params_file} and {body}"}' --file '/p.json'"#
+        );
+        let in_path = render("run {params_file} {body}", "{}", "/x/{body}.json").unwrap();
+        assert_eq!(in_path, "run '/x/{body}.json' '{}'");
     }
 
     #[test]
