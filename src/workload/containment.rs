@@ -1,0 +1,203 @@
+//! Which processes belong to a workload, and stopping all of them: with a
+//! grace period, then SIGKILL. The one implementation of that stop, for a
+//! cancel and for a cancel a restarted node resumes.
+//!
+//! Two kinds of containment (DESIGN.md, "Containment"):
+//! - `cgroup`: the workload runs in a cgroup v2 of its own ([`super::cgroup`]);
+//!   its processes are exactly the cgroup's, `setsid` or not, and
+//!   `cgroup.kill` ends them all.
+//! - `process-tree`, where the node cannot create cgroups: the processes
+//!   are found through `/proc`: the descendants of the supervisor (a child
+//!   subreaper, so orphans of the workload become its children) and of the
+//!   workload, every process seen before (pid and start time), and every
+//!   member of a process group or session they started. An id is trusted
+//!   only while some process still holds it, so a recycled pid that names
+//!   a stranger's new group is never signalled.
+//!
+//! Zombies never count: a process that has exited is gone, whoever is late
+//! to collect its status.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::cgroup;
+use super::procfs::{self, Stat};
+use super::record::{now_unix_ms, WorkloadRecord};
+
+/// How a workload's processes are held together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Cgroup,
+    ProcessTree,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cgroup => "cgroup",
+            Kind::ProcessTree => "process-tree",
+        }
+    }
+}
+
+/// The longest pause between two looks at a stopping workload.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// The processes of one workload.
+#[derive(Debug)]
+pub struct Unit {
+    cgroup: Option<PathBuf>,
+    /// The supervisor (pid, start time): its descendants are the workload's,
+    /// it is not.
+    supervisor: Option<(i32, u64)>,
+    /// The workload's first process, leader of its process group.
+    leader: (i32, u64),
+    /// Every process seen in the tree, by pid and start time.
+    known: HashSet<(i32, u64)>,
+    /// Process groups and sessions the tree's processes are in.
+    ids: HashSet<i32>,
+}
+
+impl Unit {
+    /// The unit of a recorded workload; `None` before its pid is known.
+    pub fn of(record: &WorkloadRecord) -> Option<Unit> {
+        let leader = record.pid.zip(record.start_time)?;
+        Some(Unit {
+            cgroup: record.cgroup.clone(),
+            supervisor: record.supervisor_pid.zip(record.supervisor_start_time),
+            leader,
+            known: HashSet::new(),
+            ids: HashSet::from([leader.0]),
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        if self.cgroup.is_some() {
+            Kind::Cgroup
+        } else {
+            Kind::ProcessTree
+        }
+    }
+
+    /// Sends `signal` to every live process of the workload; returns how
+    /// many there were (0: it has ended, nothing was signalled).
+    pub fn signal(&mut self, signal: Signal) -> usize {
+        if let Some(dir) = &self.cgroup {
+            let listed = cgroup::procs(dir);
+            if let Ok(pids) = listed {
+                if signal == Signal::SIGKILL && !pids.is_empty() {
+                    let _ = cgroup::kill_all(dir);
+                    return pids.len();
+                }
+                for pid in &pids {
+                    let _ = kill(Pid::from_raw(*pid), signal);
+                }
+                return pids.len();
+            }
+        }
+        let members = self.members();
+        let supervisor_group = self.supervisor.map(|(pid, _)| pid);
+        for member in &members {
+            let _ = kill(Pid::from_raw(member.pid), signal);
+        }
+        // Whole groups too: that reaches a fork made since the scan.
+        let groups: HashSet<i32> = members.iter().map(|m| m.pgrp).collect();
+        for group in groups.into_iter().filter(|g| Some(*g) != supervisor_group) {
+            let _ = kill(Pid::from_raw(-group), signal);
+        }
+        members.len()
+    }
+
+    /// True while any process of the workload is alive.
+    pub fn alive(&mut self) -> bool {
+        if let Some(dir) = &self.cgroup {
+            match cgroup::populated(dir) {
+                Ok(populated) => return populated,
+                // Removed: only an empty cgroup can be.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+                Err(_) => {}
+            }
+        }
+        !self.members().is_empty()
+    }
+
+    /// Waits until every process has ended, SIGKILLing whatever is left
+    /// from `kill_at_ms` (Unix ms) on; gives up early once `keep_going`
+    /// says no. Blocking: run it off the event loop.
+    pub fn settle(mut self, kill_at_ms: u64, request_id: &str, keep_going: impl Fn() -> bool) {
+        let mut pause = Duration::from_millis(1);
+        let mut killing = false;
+        while self.alive() && keep_going() {
+            let now = now_unix_ms();
+            if now >= kill_at_ms {
+                if !killing {
+                    tracing::warn!(
+                        pid = self.leader.0,
+                        request_id,
+                        "the workload outlived its cancel grace period: sending SIGKILL"
+                    );
+                    killing = true;
+                }
+                self.signal(Signal::SIGKILL);
+            } else {
+                pause = pause.min(Duration::from_millis(kill_at_ms - now));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    /// The live processes of the tree (process-tree containment), learning
+    /// the ids of the groups and sessions they are in.
+    fn members(&mut self) -> Vec<Stat> {
+        let table = procfs::all();
+        let mut children: HashMap<i32, Vec<&Stat>> = HashMap::new();
+        for process in &table {
+            children.entry(process.ppid).or_default().push(process);
+        }
+        let is_supervisor = |p: &Stat| self.supervisor == Some((p.pid, p.start_time));
+        let mut queue: Vec<&Stat> = table
+            .iter()
+            .filter(|p| {
+                is_supervisor(p)
+                    || (p.pid, p.start_time) == self.leader
+                    || self.known.contains(&(p.pid, p.start_time))
+                    || self.ids.contains(&p.pgrp)
+                    || self.ids.contains(&p.session)
+            })
+            .collect();
+        let mut seen: HashSet<i32> = HashSet::new();
+        let mut members = Vec::new();
+        while let Some(process) = queue.pop() {
+            if !seen.insert(process.pid) {
+                continue;
+            }
+            queue.extend(children.get(&process.pid).into_iter().flatten());
+            if !is_supervisor(process) {
+                members.push(*process);
+            }
+        }
+        // An id is only trusted while a process holds it (zombies do): once
+        // free, the kernel may hand it to a stranger. The node's own group
+        // and session are never the workload's, whatever a failed setsid
+        // left behind.
+        self.ids
+            .retain(|id| table.iter().any(|p| p.pgrp == *id || p.session == *id));
+        let me = std::process::id() as i32;
+        let own = [
+            nix::unistd::getpgrp().as_raw(),
+            nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(me),
+        ];
+        members.retain(|m| m.pid != me && !own.contains(&m.pgrp) && !own.contains(&m.session));
+        for member in &members {
+            self.ids.extend([member.pgrp, member.session]);
+        }
+        self.known = members.iter().map(|m| (m.pid, m.start_time)).collect();
+        members.retain(Stat::is_live);
+        members
+    }
+}
