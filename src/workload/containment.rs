@@ -71,7 +71,7 @@ impl Unit {
             supervisor: record.supervisor_pid.zip(record.supervisor_start_time),
             leader,
             known: HashSet::new(),
-            ids: HashSet::from([leader.0]),
+            ids: HashSet::new(),
         })
     }
 
@@ -160,12 +160,18 @@ impl Unit {
             children.entry(process.ppid).or_default().push(process);
         }
         let is_supervisor = |p: &Stat| self.supervisor == Some((p.pid, p.start_time));
+        // The leader's group outlives the leader, and Linux hands out no pid
+        // still in use as a group id: with no process of that pid, whoever
+        // is in the group was in the workload's. (A process that has the pid
+        // but another start time is a stranger, and so is its group.)
+        let leader_gone = !table.iter().any(|p| p.pid == self.leader.0);
         let mut queue: Vec<&Stat> = table
             .iter()
             .filter(|p| {
                 is_supervisor(p)
                     || (p.pid, p.start_time) == self.leader
                     || self.known.contains(&(p.pid, p.start_time))
+                    || (leader_gone && p.pgrp == self.leader.0)
                     || self.ids.contains(&p.pgrp)
                     || self.ids.contains(&p.session)
             })
@@ -199,5 +205,87 @@ impl Unit {
         self.known = members.iter().map(|m| (m.pid, m.start_time)).collect();
         members.retain(Stat::is_live);
         members
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    fn in_own_session(command: &mut Command) -> &mut Command {
+        // SAFETY: only setsid(2) between fork and exec.
+        unsafe { command.pre_exec(|| Ok(nix::unistd::setsid().map(drop)?)) }
+    }
+
+    fn tree_of(leader: (i32, u64)) -> Unit {
+        Unit {
+            cgroup: None,
+            supervisor: None,
+            leader,
+            known: HashSet::new(),
+            ids: HashSet::new(),
+        }
+    }
+
+    #[test]
+    fn the_process_tree_reaches_a_setsid_grandchild() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("escaped");
+        let script = format!(
+            "setsid sh -c 'echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 30' & sleep 30",
+            pid_file.display()
+        );
+        // In a session of its own, as the supervisor's workloads are: the
+        // node's own session is never the workload's.
+        let mut shell = in_own_session(Command::new("sh").args(["-c", &script]))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for(|| pid_file.exists()));
+        let escaped: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let leader = shell.id() as i32;
+        let mut unit = tree_of((leader, procfs::start_time(leader).unwrap()));
+        // The shell, its sleep, and the sleep in a session of its own.
+        assert_eq!(unit.signal(Signal::SIGKILL), 3);
+        let _ = shell.wait();
+        assert!(wait_for(|| !unit.alive()));
+        assert!(!procfs::stat(escaped).is_some_and(|s| s.is_live()));
+    }
+
+    #[test]
+    fn a_stranger_with_the_workloads_pid_is_left_alone() {
+        let mut stranger = in_own_session(Command::new("sleep").arg("30"))
+            .spawn()
+            .unwrap();
+        let pid = stranger.id() as i32;
+        let start = procfs::start_time(pid).unwrap();
+        // The record names this pid, but with another start time: the
+        // workload it named has ended, and pid and group are a stranger's.
+        let mut unit = tree_of((pid, start + 1));
+        assert!(!unit.alive());
+        assert_eq!(unit.signal(Signal::SIGKILL), 0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            matches!(stranger.try_wait(), Ok(None)),
+            "the stranger was killed"
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
     }
 }

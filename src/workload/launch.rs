@@ -56,17 +56,26 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
         cgroup,
     } = spec;
     let (p, r) = (paths.clone(), record.clone());
-    tokio::task::spawn_blocking(move || write_initial_files(&p, &r, &params_json))
+    let written = tokio::task::spawn_blocking(move || write_initial_files(&p, &r, &params_json))
         .await
-        .map_err(|e| e.to_string())??;
-    let launched = spawn_supervised(&exe, &paths, &cwd, &command, env, cgroup.as_deref()).await;
-    if let Some(dir) = cgroup.filter(|_| !matches!(&launched, Ok((s, _)) if s.cgroup.is_some())) {
-        tracing::warn!(
-            request_id = %record.request_id,
-            "the workload could not be moved into its cgroup {}; tracking its processes through /proc instead",
-            dir.display()
-        );
-        let _ = super::cgroup::remove(&dir);
+        .map_err(|e| e.to_string())
+        .and_then(|written| written);
+    let launched = match written {
+        Ok(()) => spawn_supervised(&exe, &paths, &cwd, &command, env, cgroup.as_deref()).await,
+        Err(e) => Err(e),
+    };
+    // An unused cgroup goes at once (a failed launch runs nothing).
+    if let Some(dir) = cgroup {
+        if !matches!(&launched, Ok((started, _)) if started.cgroup.is_some()) {
+            if launched.is_ok() {
+                tracing::warn!(
+                    request_id = %record.request_id,
+                    "the workload could not be moved into its cgroup {}; tracking its processes through /proc instead",
+                    dir.display()
+                );
+            }
+            let _ = super::cgroup::remove(&dir);
+        }
     }
     let (started, child) = launched?;
     apply_started(&mut record, &started);
