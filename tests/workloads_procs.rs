@@ -238,6 +238,40 @@ fn cancel_is_reported_at_once_when_nobody_reaps_orphans() {
     assert_eq!(live_members(pid), Vec::<i32>::new(), "left running");
 }
 
+/// A node stopped while a cancel waits out its grace period stops at once;
+/// the next node goes on with the cancel (SIGKILL when the grace period is
+/// over) and reports it once.
+#[test]
+fn a_cancel_outlives_a_node_restart() {
+    // SIGTERM is ignored by the shell and, inherited, by every child.
+    let template = "trap '' TERM; while :; do sleep 0.1; done";
+    let s = Scenario::start(|n| n.env_var("CYBERWAVE_TRAINING_CMD", template));
+    let reaper = Reaper::new(&s);
+    let pid = start_workload(&s, &reaper, "stubborn")["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = Instant::now();
+    let answer = s.request(json!({"command": "cancel", "params": {
+        "workload_request_id": "stubborn", "grace_seconds": 3}}));
+    assert_eq!(answer["status"], "ok", "{answer}");
+    common::restart::stop_gracefully(&s);
+    assert!(
+        !live_members(pid).is_empty(),
+        "SIGKILLed before the grace period"
+    );
+    let node = restart(&s, template);
+    let cancelled = terminal(&s.client, &node, "stubborn", Duration::from_secs(10));
+    assert_eq!(cancelled["event"], "cancelled", "{cancelled}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(2900),
+        "killed before the grace period: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(live_members(pid), Vec::<i32>::new(), "left running");
+    assert!(more_terminals(&s.client, "stubborn", Duration::from_secs(1)).is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // Case 7: a grandchild that calls setsid is stopped by cancel too.
 

@@ -75,14 +75,6 @@ impl Unit {
         })
     }
 
-    pub fn kind(&self) -> Kind {
-        if self.cgroup.is_some() {
-            Kind::Cgroup
-        } else {
-            Kind::ProcessTree
-        }
-    }
-
     /// Sends `signal` to every live process of the workload; returns how
     /// many there were (0: it has ended, nothing was signalled).
     pub fn signal(&mut self, signal: Signal) -> usize {
@@ -129,11 +121,13 @@ impl Unit {
     /// from `kill_at_ms` (Unix ms) on; gives up early once `keep_going`
     /// says no. Blocking: run it off the event loop.
     pub fn settle(mut self, kill_at_ms: u64, request_id: &str, keep_going: impl Fn() -> bool) {
+        // Most workloads are gone within milliseconds: look early, then
+        // less and less often.
         let mut pause = Duration::from_millis(1);
         let mut killing = false;
         while self.alive() && keep_going() {
             let now = now_unix_ms();
-            if now >= kill_at_ms {
+            let nap = if now >= kill_at_ms {
                 if !killing {
                     tracing::warn!(
                         pid = self.leader.0,
@@ -143,10 +137,11 @@ impl Unit {
                     killing = true;
                 }
                 self.signal(Signal::SIGKILL);
+                pause
             } else {
-                pause = pause.min(Duration::from_millis(kill_at_ms - now));
-            }
-            std::thread::sleep(pause);
+                pause.min(Duration::from_millis(kill_at_ms - now))
+            };
+            std::thread::sleep(nap);
             pause = (pause * 2).min(MAX_PAUSE);
         }
     }
