@@ -120,6 +120,13 @@ fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
     let relative = Path::new(path)
         .strip_prefix(&root)
         .map_err(|_| CgroupError::OwnCgroupUnknown)?;
+    // Outside the cgroup namespace's root (`/../..`): not ours to write.
+    if relative
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(CgroupError::OwnCgroupUnknown);
+    }
     Ok(PathBuf::from(mount).join(relative))
 }
 
