@@ -240,4 +240,8 @@ fn idle_with_sleepers(s: &Scenario) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // Let the node see them end, so that it removes their cgroups too.
+    for i in 0..50 {
+        terminal(s, &format!("sleeper-{i}"));
+    }
 }

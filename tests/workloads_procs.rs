@@ -126,14 +126,16 @@ fn a_full_config_dir_keeps_the_true_exit_code() {
     needs_root!("a full config dir (tmpfs)");
     let config = tempfile::tempdir().unwrap();
     let _tmpfs = Mounted::tmpfs(config.path(), "2m");
-    // Waits until the node has recorded it, fills the disk, exits 3.
-    let template = r#"sleep 0.5; cat /dev/zero > "$(dirname "$CYBERWAVE_PARAMS_FILE")/filler" 2>/dev/null; exit 3"#;
+    // Waits until it is told (the node has recorded it), fills the disk,
+    // exits 3.
+    let template = r#"while [ ! -e go ]; do sleep 0.02; done; cat /dev/zero > "$(dirname "$CYBERWAVE_PARAMS_FILE")/filler" 2>/dev/null; exit 3"#;
     let s = Scenario::start(|n| {
         n.env_var("CYBERWAVE_CONFIG_DIR", config.path().to_str().unwrap())
             .env_var("CYBERWAVE_TRAINING_CMD", template)
     });
     let reaper = Reaper::new(&s);
     start_workload(&s, &reaper, "full");
+    std::fs::write(s.node.workdir().join("go"), "").unwrap();
     let ended = only_terminal(&s, "full", Duration::from_secs(10));
     assert!(
         !logs_dir(&s).join("training_full.exit.json").exists(),
