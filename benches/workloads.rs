@@ -241,7 +241,16 @@ fn idle_with_sleepers(s: &Scenario) {
         );
     }
     // Let the node see them end, so that it removes their cgroups too.
-    for i in 0..50 {
-        terminal(s, &format!("sleeper-{i}"));
+    let mut ended = std::collections::HashSet::new();
+    while ended.len() < 50 {
+        let Some(event) = s.client.recv_json_where(Duration::from_secs(10), |_, v| {
+            v["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("sleeper-"))
+                && v["event"] == "failed"
+        }) else {
+            break;
+        };
+        ended.insert(event["request_id"].to_string());
     }
 }

@@ -46,6 +46,8 @@ impl Kind {
 
 /// The longest pause between two looks at a stopping workload.
 const MAX_PAUSE: Duration = Duration::from_millis(50);
+/// How many looks, a millisecond apart, before the pauses grow.
+const EAGER_LOOKS: u32 = 20;
 
 /// The processes of one workload.
 #[derive(Debug)]
@@ -121,9 +123,10 @@ impl Unit {
     /// from `kill_at_ms` (Unix ms) on; gives up early once `keep_going`
     /// says no. Blocking: run it off the event loop.
     pub fn settle(mut self, kill_at_ms: u64, request_id: &str, keep_going: impl Fn() -> bool) {
-        // Most workloads are gone within milliseconds: look early, then
-        // less and less often.
+        // Most workloads are gone within milliseconds: look every
+        // millisecond at first, then less and less often.
         let mut pause = Duration::from_millis(1);
+        let mut looks = 0;
         let mut killing = false;
         while self.alive() && keep_going() {
             let now = now_unix_ms();
@@ -142,7 +145,10 @@ impl Unit {
                 pause.min(Duration::from_millis(kill_at_ms - now))
             };
             std::thread::sleep(nap);
-            pause = (pause * 2).min(MAX_PAUSE);
+            looks += 1;
+            if looks >= EAGER_LOOKS {
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
         }
     }
 
