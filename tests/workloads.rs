@@ -51,8 +51,14 @@ fn exit_codes_and_tails_are_reported() {
     assert!(failed["error"].as_str().unwrap().contains("code 3"));
 }
 
+/// The process runs: it exists and is not a zombie (one that has exited
+/// but whose status nobody has collected yet, e.g. an orphan whose init is
+/// slow to reap).
 fn pid_alive(pid: i64) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
+        !matches!(state, Some('Z' | 'X'))
+    })
 }
 
 fn logs_dir(s: &Scenario) -> std::path::PathBuf {

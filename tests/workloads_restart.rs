@@ -283,8 +283,9 @@ fn reused_pid_of_an_ended_workload_is_never_adopted_or_signalled() {
 /// stranger that leads a process group of its own. To get there
 /// deterministically the record of a running workload is edited while the
 /// node is down (its supervisor stays alive, so the next node adopts the
-/// entry as running). A cancel must then signal nothing: P is not the
-/// process the node started.
+/// entry as running). A cancel must then leave P alone: P is not the
+/// process the node started. (It may still reach the workload's real
+/// processes, through its cgroup or its supervisor's tree.)
 #[test]
 fn cancel_never_signals_a_stranger_that_took_the_workloads_pid() {
     const TEMPLATE: &str = "sleep 30";
@@ -314,5 +315,4 @@ fn cancel_never_signals_a_stranger_that_took_the_workloads_pid() {
         stranger.alive(),
         "the node killed a process it did not start; cancel answered {cancel}"
     );
-    assert_eq!(cancel["status"], "error", "{cancel}");
 }

@@ -195,7 +195,7 @@ impl Deployments {
             spec.deployment_id.clone(),
         );
         tokio::spawn(async move {
-            let outcome = spawn_supervised(&exe, &supervised, &cwd, &command, env).await;
+            let outcome = spawn_supervised(&exe, &supervised, &cwd, &command, env, None).await;
             let child = match outcome {
                 Ok((started, child)) => {
                     let _ = events.send(DeployEvent::Launched {

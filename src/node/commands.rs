@@ -36,6 +36,7 @@ pub fn status_output(ctx: &CommandContext<'_>) -> Value {
         "has_training": settings.training_cmd.is_some(),
         "has_simulate": settings.simulate_cmd.is_some(),
         "active_workloads": ctx.workloads.active_summaries(),
+        "containment": ctx.workloads.containment(),
         "deployments": ctx.deployments.summary(),
         "metrics": ctx.metrics,
     })

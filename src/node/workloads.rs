@@ -121,12 +121,10 @@ impl RunningNode {
                 }
                 None
             }
-            WorkloadEvent::Exited { request_id } => self.workloads.on_exited(&request_id),
-            WorkloadEvent::Settled { request_id } => self.workloads.on_settled(&request_id),
-            WorkloadEvent::CancelDeadline { request_id } => {
-                self.workloads.on_cancel_deadline(&request_id);
-                None
+            WorkloadEvent::Exited { request_id, status } => {
+                self.workloads.on_exited(&request_id, status)
             }
+            WorkloadEvent::Settled { request_id } => self.workloads.on_settled(&request_id),
         };
         if let Some(terminal) = terminal {
             self.report(terminal).await;

@@ -5,7 +5,7 @@
 //! that dies at any point leaves enough behind for the next one to find the
 //! workload and never start it twice.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     pub params_json: String,
     pub record: WorkloadRecord,
+    /// An empty cgroup for the workload, when the node could make one.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Fills in what the supervisor reported.
@@ -38,6 +40,7 @@ pub fn apply_started(record: &mut WorkloadRecord, started: &StartedFile) {
     record.started_unix_ms = Some(started.started_unix_ms);
     record.supervisor_pid = Some(started.supervisor_pid);
     record.supervisor_start_time = Some(started.supervisor_start_time);
+    record.cgroup = started.cgroup.clone();
 }
 
 /// Runs the launch; `Ok` carries the running record and the supervisor.
@@ -50,12 +53,31 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
         env,
         params_json,
         mut record,
+        cgroup,
     } = spec;
     let (p, r) = (paths.clone(), record.clone());
-    tokio::task::spawn_blocking(move || write_initial_files(&p, &r, &params_json))
+    let written = tokio::task::spawn_blocking(move || write_initial_files(&p, &r, &params_json))
         .await
-        .map_err(|e| e.to_string())??;
-    let (started, child) = spawn_supervised(&exe, &paths, &cwd, &command, env).await?;
+        .map_err(|e| e.to_string())
+        .and_then(|written| written);
+    let launched = match written {
+        Ok(()) => spawn_supervised(&exe, &paths, &cwd, &command, env, cgroup.as_deref()).await,
+        Err(e) => Err(e),
+    };
+    // An unused cgroup goes at once (a failed launch runs nothing).
+    if let Some(dir) = cgroup {
+        if !matches!(&launched, Ok((started, _)) if started.cgroup.is_some()) {
+            if launched.is_ok() {
+                tracing::warn!(
+                    request_id = %record.request_id,
+                    "the workload could not be moved into its cgroup {}; tracking its processes through /proc instead",
+                    dir.display()
+                );
+            }
+            let _ = super::cgroup::remove(&dir);
+        }
+    }
+    let (started, child) = launched?;
     apply_started(&mut record, &started);
     let (p, r) = (paths.clone(), record.clone());
     tokio::task::spawn_blocking(move || r.save(&p))
@@ -70,20 +92,27 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
     Ok((record, child))
 }
 
-/// Starts `command` under a supervisor (files named after `paths`) and
-/// waits for it to report the pid; the model server is started this way too.
+/// Starts `command` under a supervisor (files named after `paths`, in
+/// `cgroup` when given) and waits for it to report the pid; the model
+/// server is started this way too.
 pub async fn spawn_supervised(
-    exe: &std::path::Path,
+    exe: &Path,
     paths: &WorkloadPaths,
-    cwd: &std::path::Path,
+    cwd: &Path,
     command: &str,
     env: Vec<(String, String)>,
+    cgroup: Option<&Path>,
 ) -> Result<(StartedFile, Child), String> {
-    let mut child = Command::new(exe)
+    let mut supervisor = Command::new(exe);
+    supervisor
         .arg(supervisor::MODE)
         .arg(paths.base())
         .arg(cwd)
-        .arg(command)
+        .arg(command);
+    if let Some(dir) = cgroup {
+        supervisor.arg(dir);
+    }
+    let mut child = supervisor
         .env_clear()
         .envs(env)
         .stdin(Stdio::null())

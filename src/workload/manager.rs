@@ -1,18 +1,21 @@
-//! The node's workloads: starting them, learning of their ends, cancelling,
-//! and what `status` shows. Owned by the node task; everything slow (disk
-//! writes, spawning, waiting) runs in spawned tasks that report back as
+//! The node's workloads: starting them (each in a cgroup of its own where
+//! the node can make one), learning of their ends, cancelling, and what
+//! `status` shows. Owned by the node task; everything slow (disk writes,
+//! spawning, waiting) runs in spawned tasks that report back as
 //! [`WorkloadEvent`]s.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::cancel::{CancelParams, CancelTarget};
+use super::cgroup::CgroupRoot;
+use super::containment::{Kind, Unit};
 use super::launch::{launch, LaunchSpec};
 use super::output::{classify, terminal_output, Ending};
 use super::paths::WorkloadPaths;
@@ -45,12 +48,14 @@ pub enum WorkloadEvent {
         request_id: String,
         outcome: Result<Box<WorkloadRecord>, String>,
     },
-    /// The supervisor (or, without one, the workload) is gone.
-    Exited { request_id: String },
-    /// A cancelled workload's process group is gone.
+    /// The supervisor (or, without one, the workload) is gone; `status` is
+    /// the supervisor's own exit status when the node is its parent.
+    Exited {
+        request_id: String,
+        status: Option<ExitStatus>,
+    },
+    /// Every process of a cancelled workload is gone.
     Settled { request_id: String },
-    /// The grace period of a SIGTERM/SIGINT cancel is over.
-    CancelDeadline { request_id: String },
 }
 
 /// A refused workload command.
@@ -80,10 +85,30 @@ struct Entry {
     orphaned: bool,
     /// Peak GPU memory NVML reported for the workload's processes.
     gpu_memory_max: Option<u64>,
+    /// What the node saw of the supervisor's end, once it has ended.
+    supervisor_end: Option<ending::SupervisorEnd>,
+    /// A cancel is waiting for every process of the workload to end.
+    settling: bool,
+}
+
+impl Entry {
+    fn new(record: WorkloadRecord, paths: WorkloadPaths, tail: Option<OutputTail>) -> Entry {
+        Entry {
+            record,
+            paths,
+            tail,
+            orphaned: false,
+            gpu_memory_max: None,
+            supervisor_end: None,
+            settling: false,
+        }
+    }
 }
 
 pub struct Workloads {
     config: WorkloadConfig,
+    /// Where workload cgroups are made; `None`: process-tree containment.
+    cgroups: Option<CgroupRoot>,
     entries: HashMap<String, Entry>,
     events: mpsc::UnboundedSender<WorkloadEvent>,
     /// Counts since this node process started, for the metrics.
@@ -104,8 +129,26 @@ pub struct WorkloadStats {
 impl Workloads {
     /// Loads the records left by earlier runs and adopts what still runs.
     pub fn open(config: WorkloadConfig, events: mpsc::UnboundedSender<WorkloadEvent>) -> Workloads {
+        // The hash part of the sanitized name: short, and stable per node.
+        let rid = super::paths::rid(&config.logs_dir.to_string_lossy());
+        let node = rid.rsplit('-').next().unwrap_or(&rid);
+        let cgroups = match CgroupRoot::detect(node) {
+            Ok(root) => {
+                tracing::info!(
+                    "workload containment: cgroup (one per workload, in {})",
+                    root.dir().display()
+                );
+                root.sweep();
+                Some(root)
+            }
+            Err(e) => {
+                tracing::info!("workload containment: process-tree (no cgroups: {e})");
+                None
+            }
+        };
         let mut workloads = Workloads {
             config,
+            cgroups,
             entries: HashMap::new(),
             events,
             stats: WorkloadStats::default(),
@@ -138,16 +181,19 @@ impl Workloads {
             self.watch_supervisor(&record);
         }
         let tail = active.then(|| OutputTail::load(&paths));
-        self.entries.insert(
-            request_id,
-            Entry {
-                record,
-                paths,
-                tail,
-                orphaned: false,
-                gpu_memory_max: None,
-            },
-        );
+        let mut entry = Entry::new(record, paths, tail);
+        // A cancel the earlier run did not see through: go on with it,
+        // SIGKILL included once its grace period is over.
+        if let (true, Some(cancel), Some(unit)) = (
+            active,
+            entry.record.cancel.as_ref(),
+            Unit::of(&entry.record),
+        ) {
+            let kill_at = cancel.requested_unix_ms + (cancel.grace_seconds * 1000.0) as u64;
+            entry.settling = true;
+            self.settle(&request_id, unit, kill_at);
+        }
+        self.entries.insert(request_id, entry);
     }
 
     /// Reports `Exited` when the supervisor is gone (at once if it already is).
@@ -162,8 +208,19 @@ impl Workloads {
                 // supervisor that is about to report a moment to do so.
                 None => tokio::time::sleep(Duration::from_secs(2)).await,
             }
-            let _ = events.send(WorkloadEvent::Exited { request_id });
+            let _ = events.send(WorkloadEvent::Exited {
+                request_id,
+                status: None,
+            });
         });
+    }
+
+    /// Which containment new workloads get: `cgroup` or `process-tree`.
+    pub fn containment(&self) -> &'static str {
+        match self.cgroups {
+            Some(_) => Kind::Cgroup.name(),
+            None => Kind::ProcessTree.name(),
+        }
     }
 
     pub fn active_count(&self) -> usize {
@@ -194,6 +251,10 @@ impl Workloads {
                     "type": e.record.workload_type,
                     "request_id": e.record.request_id,
                     "running_for_seconds": e.record.age_seconds(now).round(),
+                    "containment": match e.record.cgroup {
+                        Some(_) => Kind::Cgroup.name(),
+                        None => Kind::ProcessTree.name(),
+                    },
                     "stdout_log": e.record.stdout_log,
                     "stderr_log": e.record.stderr_log,
                 })
@@ -275,6 +336,7 @@ impl Workloads {
         let command =
             render(&template, &params_json, &paths.params().to_string_lossy()).map_err(refuse)?;
         let record = WorkloadRecord::starting(request_id, kind, &paths);
+        let cgroup = self.new_cgroup(&paths, &record);
         let spec = LaunchSpec {
             exe: self.config.supervisor_exe.clone(),
             paths: paths.clone(),
@@ -283,19 +345,27 @@ impl Workloads {
             env: self.workload_env(kind, request_id, &paths, token),
             params_json,
             record: record.clone(),
+            cgroup,
         };
         self.spawn_launch(request_id, spec);
-        self.entries.insert(
-            request_id.to_owned(),
-            Entry {
-                record,
-                paths,
-                tail: None,
-                orphaned: false,
-                gpu_memory_max: None,
-            },
-        );
+        self.entries
+            .insert(request_id.to_owned(), Entry::new(record, paths, None));
         Ok(())
+    }
+
+    /// An empty cgroup for a new workload: named after its files and the
+    /// moment its record was made, so a rerun of a request_id whose old
+    /// cgroup still holds leftovers gets a fresh one.
+    fn new_cgroup(&self, paths: &WorkloadPaths, record: &WorkloadRecord) -> Option<PathBuf> {
+        let root = self.cgroups.as_ref()?;
+        let stem = paths.base().file_name()?.to_string_lossy();
+        match root.create(&format!("{stem}.{}", record.created_unix_ms)) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!(request_id = %record.request_id, "{e}; tracking the workload's processes through /proc instead");
+                None
+            }
+        }
     }
 
     /// Launches in the background: `Started` when the pid is known, then
@@ -310,8 +380,13 @@ impl Workloads {
                         request_id: id.clone(),
                         outcome: Ok(Box::new(record)),
                     });
-                    let _ = child.wait().await;
-                    let _ = events.send(WorkloadEvent::Exited { request_id: id });
+                    // The supervisor's status is the workload's: the one
+                    // copy of it when the exit file could not be written.
+                    let status = child.wait().await.ok();
+                    let _ = events.send(WorkloadEvent::Exited {
+                        request_id: id,
+                        status,
+                    });
                 }
                 Err(error) => {
                     let _ = events.send(WorkloadEvent::Started {

@@ -68,6 +68,9 @@ pub struct WorkloadRecord {
     pub cancel: Option<CancelRequest>,
     #[serde(default)]
     pub finished_unix_ms: Option<u64>,
+    /// The workload's own cgroup v2, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl WorkloadRecord {
@@ -91,6 +94,7 @@ impl WorkloadRecord {
             stderr_log: paths.stderr(),
             cancel: None,
             finished_unix_ms: None,
+            cgroup: None,
         }
     }
 
@@ -113,6 +117,10 @@ pub struct StartedFile {
     pub pid: i32,
     pub start_time: u64,
     pub started_unix_ms: u64,
+    /// The cgroup the workload runs in (`None`: the node asked for none,
+    /// or moving the workload into it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Written by the supervisor when the workload has ended.

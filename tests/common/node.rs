@@ -43,7 +43,11 @@ pub struct Node {
     workdir: TempDir,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    pre_exec: Vec<PreExec>,
 }
+
+/// Runs in the forked child just before the node's binary is executed.
+type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
 
 impl Default for Node {
     fn default() -> Self {
@@ -59,7 +63,18 @@ impl Node {
             workdir: temp_dir("cw-work-"),
             env: Vec::new(),
             args: Vec::new(),
+            pre_exec: Vec::new(),
         }
+    }
+
+    /// Runs `hook` in the child between fork and exec (a prctl, a mount
+    /// namespace of its own): only async-signal-safe calls, no allocation.
+    pub fn pre_exec(
+        mut self,
+        hook: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Node {
+        self.pre_exec.push(Box::new(hook));
+        self
     }
 
     /// Sets an env var for the child (later calls win).
@@ -114,7 +129,7 @@ impl Node {
     }
 
     /// Starts the node in the background.
-    pub fn spawn(self) -> NodeProcess {
+    pub fn spawn(mut self) -> NodeProcess {
         let logs = temp_dir("cw-logs-");
         let stdout_path = logs.path().join("stdout.log");
         let stderr_path = logs.path().join("stderr.log");
@@ -132,6 +147,12 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        for hook in self.pre_exec.drain(..) {
+            // SAFETY: the hooks promise to stay async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, hook);
+            }
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {NODE_BIN}: {e}"));

@@ -1,19 +1,40 @@
 //! The second half of a workload's life: cancel, exit, the terminal event,
 //! live output, retention.
+//!
+//! A workload has ended when its supervisor has, and, after a cancel, when
+//! every process of the workload has too ([`Unit::settle`]). Its exit
+//! status comes from the supervisor's exit file or, where the disk could
+//! not take that file, from the supervisor's own exit status; where neither
+//! is known the terminal event says the outcome is unknown, and why.
 
+use std::os::unix::process::ExitStatusExt;
+
+use super::super::cgroup;
 use super::*;
 
-/// How often a cancelled workload's process group is checked for leftovers.
-const SETTLE_POLL: Duration = Duration::from_millis(50);
+/// What the node saw of a supervisor's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SupervisorEnd {
+    /// It exited with the workload's status (code, or 128 + signal).
+    Exited(i32),
+    /// It was killed by this signal.
+    Killed(i32),
+    /// It was not this node's child (adopted after a restart): its status
+    /// went to someone else.
+    NotSeen,
+}
 
-/// True when process group `pid` is still the workload's: its leader is the
-/// process that started at `start`, or the leader is gone and its group
-/// lives on.
-fn is_ours(pid: i32, start: u64) -> bool {
-    if procfs::is_same_process(pid, start) {
-        return true;
+impl SupervisorEnd {
+    fn from(status: Option<ExitStatus>) -> SupervisorEnd {
+        match status {
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => SupervisorEnd::Exited(code),
+                (None, Some(signal)) => SupervisorEnd::Killed(signal),
+                _ => SupervisorEnd::NotSeen,
+            },
+            None => SupervisorEnd::NotSeen,
+        }
     }
-    procfs::start_time(pid).is_none() && procfs::group_alive(pid)
 }
 
 impl Workloads {
@@ -27,17 +48,26 @@ impl Workloads {
         }
     }
 
-    /// The supervisor is gone. Returns the terminal event, or `None` while
-    /// there is still something to wait for.
-    pub fn on_exited(&mut self, request_id: &str) -> Option<Terminal> {
+    /// The supervisor is gone (`status`: its exit status, when the node is
+    /// its parent). Returns the terminal event, or `None` while there is
+    /// still something to wait for.
+    pub fn on_exited(&mut self, request_id: &str, status: Option<ExitStatus>) -> Option<Terminal> {
         let entry = self
             .entries
             .get_mut(request_id)
             .filter(|e| e.record.state.is_active())?;
+        let end = SupervisorEnd::from(status);
+        // The watch on an orphaned workload knows nothing new: keep what
+        // the supervisor's own end said.
+        if entry.supervisor_end.is_none() || end != SupervisorEnd::NotSeen {
+            entry.supervisor_end = Some(end);
+        }
         let exit = read_json::<ExitFile>(&entry.paths.exit()).ok().flatten();
         let record = &entry.record;
         let workload = record.pid.zip(record.start_time);
-        if exit.is_none() && !entry.orphaned {
+        // A supervisor that exited on its own has waited for the workload.
+        let may_run_on = !matches!(end, SupervisorEnd::Exited(_));
+        if exit.is_none() && may_run_on && !entry.orphaned {
             if let Some((pid, start)) = workload.filter(|(p, s)| procfs::is_running(*p, *s)) {
                 // The supervisor was killed but the workload runs on: watch it
                 // directly (its exit code is lost with the supervisor).
@@ -51,47 +81,43 @@ impl Workloads {
                 let id = request_id.to_owned();
                 tokio::spawn(async move {
                     watch::process_exit(pid, start).await;
-                    let _ = events.send(WorkloadEvent::Exited { request_id: id });
+                    let _ = events.send(WorkloadEvent::Exited {
+                        request_id: id,
+                        status: None,
+                    });
                 });
                 return None;
             }
         }
-        let cancelled = record
-            .cancel
-            .as_ref()
-            .map(|c| (c.requested_unix_ms, c.grace_seconds));
-        if let (Some((requested_ms, grace)), Some(pid)) = (cancelled, record.pid) {
-            if procfs::group_alive(pid) {
-                self.settle(request_id, pid, requested_ms, grace);
-                return None;
-            }
+        if entry.settling {
+            return None;
         }
         Some(self.finish(request_id, exit))
     }
 
-    /// A cancelled workload's group is gone (or was killed).
+    /// Every process of a cancelled workload is gone.
     pub fn on_settled(&mut self, request_id: &str) -> Option<Terminal> {
         let entry = self
             .entries
-            .get(request_id)
+            .get_mut(request_id)
             .filter(|e| e.record.state.is_active())?;
+        entry.settling = false;
+        // The supervisor reaps the last process, writes the exit file and
+        // exits: `Exited` follows in a moment and finishes.
+        entry.supervisor_end?;
         let exit = read_json::<ExitFile>(&entry.paths.exit()).ok().flatten();
         Some(self.finish(request_id, exit))
     }
 
-    /// Waits for every process of the group to end, SIGKILLing whatever is
-    /// left when the grace period is over; then reports `Settled`.
-    fn settle(&self, request_id: &str, pgid: i32, requested_ms: u64, grace_seconds: f64) {
-        let deadline_ms = requested_ms + (grace_seconds * 1000.0) as u64;
+    /// Waits, off the event loop, for every process of the workload to end,
+    /// SIGKILLing whatever is left from `kill_at_ms` on; then reports
+    /// `Settled`.
+    pub(super) fn settle(&self, request_id: &str, unit: Unit, kill_at_ms: u64) {
         let events = self.events.clone();
         let id = request_id.to_owned();
-        tokio::spawn(async move {
-            while procfs::group_alive(pgid) {
-                if now_unix_ms() >= deadline_ms {
-                    let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
-                }
-                tokio::time::sleep(SETTLE_POLL).await;
-            }
+        tokio::task::spawn_blocking(move || {
+            // A node that stops leaves the rest to the next one.
+            unit.settle(kill_at_ms, &id, || !events.is_closed());
             let _ = events.send(WorkloadEvent::Settled { request_id: id });
         });
     }
@@ -101,15 +127,44 @@ impl Workloads {
             .entries
             .get_mut(request_id)
             .expect("checked by the caller");
-        let ending = classify(&entry.record, exit.as_ref());
+        let from_status = exit.is_none();
+        let (exit, unknown) = match (exit, entry.supervisor_end) {
+            (Some(exit), _) => (Some(exit), None),
+            (None, Some(SupervisorEnd::Exited(code))) => {
+                tracing::warn!(
+                    request_id,
+                    "no exit file {}: the exit code {code} comes from the supervisor's own exit status",
+                    entry.paths.exit().display()
+                );
+                (Some(from_supervisor(code)), None)
+            }
+            (None, end) => (None, Some(unknown_reason(&entry.record, &entry.paths, end))),
+        };
+        let ending = match unknown {
+            Some(reason) if entry.record.cancel.is_none() => Ending {
+                state: WorkloadState::Failed,
+                error: Some(format!("the workload's outcome is unknown: {reason}")),
+            },
+            _ => classify(&entry.record, exit.as_ref()),
+        };
         let messages = match entry.tail.as_mut() {
             Some(tail) => tail.poll(&entry.record, &entry.paths, true),
             None => OutputTail::load(&entry.paths).poll(&entry.record, &entry.paths, true),
         };
         let mut output = terminal_output(&entry.record, &entry.paths, exit.as_ref());
-        if let (Some(bytes), Some(resources)) = (entry.gpu_memory_max, output.get_mut("resources"))
+        if from_status {
+            // Only the code survived: no resource figures to report.
+            if let Some(fields) = output.as_object_mut() {
+                fields.remove("resources");
+            }
+        } else if let (Some(bytes), Some(resources)) =
+            (entry.gpu_memory_max, output.get_mut("resources"))
         {
             resources["gpu_memory_bytes"] = json!(bytes);
+        }
+        if let Some(dir) = &entry.record.cgroup {
+            // Empty unless the workload left processes behind.
+            let _ = cgroup::remove(dir);
         }
         let outbox_name = format!(
             "{}.{}",
@@ -162,33 +217,27 @@ impl Workloads {
         );
     }
 
-    /// Signals the workload's process group; `Ok` is the `cancel` output.
+    /// Signals every process of the workload (its cgroup, or its process
+    /// tree); `Ok` is the `cancel` output.
     pub fn cancel(&mut self, params: &Map<String, Value>) -> Result<Value, String> {
         let cancel = CancelParams::parse(params)?;
         let entry = self.find(&cancel.target)?;
         let record = &entry.record;
-        let (pid, start) = record.pid.zip(record.start_time).ok_or_else(|| {
+        let mut unit = Unit::of(record).ok_or_else(|| {
             format!(
                 "workload {} is still starting; retry the cancel in a moment",
                 record.request_id
             )
         })?;
-        // Only the group of a process this node started: the leader is still
-        // the same process, or it is gone and only its group lives on (Linux
-        // never hands out a pid still used as a group id). A pid that now
-        // names another process belongs to a stranger.
-        if !is_ours(pid, start) {
+        let pid = record.pid.unwrap_or_default();
+        // Only processes this node started: the workload's cgroup, or the
+        // supervisor's descendants identified by pid and start time.
+        if unit.signal(cancel.signal) == 0 {
             return Err(format!(
                 "workload {} (pid {pid}) has already ended; nothing was signalled",
                 record.request_id
             ));
         }
-        kill(Pid::from_raw(-pid), cancel.signal).map_err(|e| {
-            format!(
-                "cannot signal workload {} (pid {pid}): {e}",
-                record.request_id
-            )
-        })?;
         let signal = cancel.signal.as_str();
         tracing::info!(pid, request_id = %record.request_id, "cancelled with {signal}");
         let output = json!({
@@ -199,21 +248,21 @@ impl Workloads {
             "signal": signal,
         });
         let request_id = record.request_id.clone();
+        let now = now_unix_ms();
         entry.record.cancel = Some(super::super::record::CancelRequest {
             signal: signal.to_owned(),
-            requested_unix_ms: now_unix_ms(),
+            requested_unix_ms: now,
             grace_seconds: cancel.grace.as_secs_f64(),
         });
         if let Err(e) = entry.record.save(&entry.paths) {
             tracing::warn!("cannot save the cancel of {request_id}: {e}");
         }
-        if cancel.signal != Signal::SIGKILL {
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(cancel.grace).await;
-                let _ = events.send(WorkloadEvent::CancelDeadline { request_id });
-            });
-        }
+        entry.settling = true;
+        let kill_at = match cancel.signal {
+            Signal::SIGKILL => now,
+            _ => now + cancel.grace.as_millis() as u64,
+        };
+        self.settle(&request_id, unit, kill_at);
         Ok(output)
     }
 
@@ -232,26 +281,6 @@ impl Workloads {
             None => Err(format!(
                 "no running workload with {target} was started by this node; nothing was signalled"
             )),
-        }
-    }
-
-    /// SIGKILL for a cancelled workload that outlived its grace period.
-    pub fn on_cancel_deadline(&mut self, request_id: &str) {
-        let Some(entry) = self
-            .entries
-            .get(request_id)
-            .filter(|e| e.record.state.is_active())
-        else {
-            return;
-        };
-        let leader = entry.record.pid.zip(entry.record.start_time);
-        if let Some((pid, _)) = leader.filter(|(pid, start)| is_ours(*pid, *start)) {
-            tracing::warn!(
-                pid,
-                request_id,
-                "the workload outlived its cancel grace period: sending SIGKILL"
-            );
-            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
         }
     }
 
@@ -284,6 +313,12 @@ impl Workloads {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        for entry in self.entries.values() {
+            if let (false, Some(dir)) = (entry.record.state.is_active(), &entry.record.cgroup) {
+                // Left behind by processes that outlived their workload.
+                let _ = cgroup::remove(dir);
+            }
+        }
         for id in expired {
             if let Some(entry) = self.entries.remove(&id) {
                 tracing::info!(request_id = %id, "removing the files of a workload past the retention period");
@@ -292,5 +327,41 @@ impl Workloads {
                 }
             }
         }
+    }
+}
+
+/// An exit file made from the supervisor's exit status, where the disk
+/// could not take the real one: the code is all that is known.
+fn from_supervisor(code: i32) -> ExitFile {
+    ExitFile {
+        exit_code: Some(code),
+        signal: None,
+        ended_unix_ms: now_unix_ms(),
+        cpu_seconds: 0.0,
+        max_rss_bytes: 0,
+        error: None,
+    }
+}
+
+/// Why a workload's exit status is not known, in words for the event.
+fn unknown_reason(
+    record: &WorkloadRecord,
+    paths: &WorkloadPaths,
+    end: Option<SupervisorEnd>,
+) -> String {
+    let Some(pid) = record.supervisor_pid else {
+        return "the node stopped while starting it, before its supervisor reported".into();
+    };
+    let supervisor = format!("its supervisor (pid {pid})");
+    let exit_file = paths.exit();
+    match end {
+        Some(SupervisorEnd::Killed(signal)) => format!(
+            "{supervisor} was killed by {} before it could record the exit status",
+            crate::install::signal_name(signal)
+        ),
+        _ => format!(
+            "{supervisor} ended without writing {} (check free space and permissions there), and its own exit status went to the process that reaped it, not to this node (restarted since the workload started)",
+            exit_file.display()
+        ),
     }
 }
