@@ -106,7 +106,8 @@ impl Workloads {
             Some(tail) => tail.poll(&entry.record, &entry.paths, true),
             None => OutputTail::load(&entry.paths).poll(&entry.record, &entry.paths, true),
         };
-        let mut output = terminal_output(&entry.record, &entry.paths, exit.as_ref());
+        let limit = self.config.max_result_bytes;
+        let mut output = terminal_output(&entry.record, &entry.paths, exit.as_ref(), limit);
         if let (Some(bytes), Some(resources)) = (entry.gpu_memory_max, output.get_mut("resources"))
         {
             resources["gpu_memory_bytes"] = json!(bytes);
