@@ -35,6 +35,8 @@ pub const DEFAULT_API_URL: &str = "https://api.cyberwave.com";
 pub const DEFAULT_MQTT_HOST: &str = "mqtt.cyberwave.com";
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const TLS_PORT: u16 = 8883;
+/// The most of a workload's result file a terminal event carries.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 1024 * 1024;
 
 /// Where a value came from, as a person would want to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +226,9 @@ pub struct Settings {
     pub terminal_idle_timeout: Sourced<Duration>,
     /// How long finished workloads' files (and their request_ids) are kept.
     pub log_retention: Sourced<Duration>,
+    /// The most of a result file the terminal event carries; a bigger one
+    /// is reported as truncated and left on disk.
+    pub max_result_bytes: Sourced<u64>,
     /// Where models may be loaded from; `None` means the working directory
     /// and `<config dir>/models` (see [`Settings::model_roots`]).
     pub model_roots: Option<Sourced<Vec<PathBuf>>>,

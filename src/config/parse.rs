@@ -49,6 +49,22 @@ pub fn days(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The most one MQTT message can carry (the protocol's 256 MiB - 1): no
+/// result bigger than that could ever be delivered.
+pub const MAX_MQTT_PAYLOAD: u64 = 268_435_455;
+
+/// A number of bytes, at least 1, at most [`MAX_MQTT_PAYLOAD`].
+pub fn result_bytes(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 byte".into()),
+        Ok(n) if n > MAX_MQTT_PAYLOAD => Err(format!(
+            "must be at most {MAX_MQTT_PAYLOAD} bytes, the most one MQTT message can carry"
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err("not a whole number of bytes".into()),
+    }
+}
+
 pub fn positive_count(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
         Ok(0) => Err("must be at least 1".into()),

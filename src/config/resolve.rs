@@ -108,6 +108,11 @@ const RETENTION: Spec = spec(
     &["CYBERWAVE_LOG_RETENTION_DAYS"],
     Some("log_retention_days"),
 );
+const MAX_RESULT: Spec = spec(
+    "max result bytes",
+    &["CYBERWAVE_MAX_RESULT_BYTES"],
+    Some("max_result_bytes"),
+);
 const MODEL_ROOTS: Spec = spec(
     "model roots",
     &["CYBERWAVE_MODEL_ROOTS"],
@@ -353,6 +358,12 @@ impl Layers<'_> {
                 None,
                 parse::days,
                 Duration::from_secs(7 * 86_400),
+            )?,
+            max_result_bytes: self.get_or(
+                &MAX_RESULT,
+                None,
+                parse::result_bytes,
+                DEFAULT_MAX_RESULT_BYTES,
             )?,
             model_roots: self.get(&MODEL_ROOTS, None, parse::path_list)?,
             onnxruntime_path: self

@@ -103,6 +103,7 @@ fn rows(s: &Settings) -> Vec<Row> {
         row("log_retention_days", &s.log_retention, |d| {
             (d.as_secs() / 86_400).to_string()
         }),
+        row("max_result_bytes", &s.max_result_bytes, u64::to_string),
         match &s.model_roots {
             Some(roots) => row("model_roots", roots, |r| {
                 r.iter()

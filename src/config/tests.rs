@@ -225,6 +225,25 @@ fn zero_heartbeat_is_an_error() {
 }
 
 #[test]
+fn max_result_bytes_from_yaml_env_and_default() {
+    let s = Fixture::new().load().unwrap();
+    assert_eq!(
+        s.max_result_bytes,
+        Sourced::new(DEFAULT_MAX_RESULT_BYTES, Origin::Default)
+    );
+    let f = Fixture::new().cwd_file("cyberwave.yml", "cyberwave:\n  max_result_bytes: 4096\n");
+    assert_eq!(f.load().unwrap().max_result_bytes.value, 4096);
+    let f = f.var("CYBERWAVE_MAX_RESULT_BYTES", "0");
+    let err = f.load().unwrap_err().to_string();
+    assert!(
+        err.contains("max result bytes") && err.contains("at least 1"),
+        "{err}"
+    );
+    let f = Fixture::new().var("CYBERWAVE_MAX_RESULT_BYTES", "268435456");
+    assert!(f.load().unwrap_err().to_string().contains("MQTT"));
+}
+
+#[test]
 fn config_flag_moves_the_working_directory() {
     let f = Fixture::new();
     let sub = f.env.cwd.join("sub");

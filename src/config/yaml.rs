@@ -32,6 +32,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mqtt_password",
     "max_concurrent_workloads",
     "log_retention_days",
+    "max_result_bytes",
     "metrics_interval",
     "model_roots",
     "onnxruntime_path",

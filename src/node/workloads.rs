@@ -42,6 +42,7 @@ pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, Nod
             .map(|t| t.value.expose().to_owned()),
         supervisor_exe: std::env::current_exe().map_err(NodeError::OwnExecutable)?,
         retention: settings.log_retention.value,
+        max_result_bytes: settings.max_result_bytes.value,
     })
 }
 

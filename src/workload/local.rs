@@ -1,6 +1,7 @@
 //! `cyberwave-cloud-node status` and `logs`: what an operator on the
 //! machine can see without a broker or a running node, straight from the
-//! records in the config dir.
+//! records in the config dir. Logs are streamed (never read whole) and only
+//! from regular files; damaged records are listed with what they hide.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde_json::{json, Value};
 use super::paths::WorkloadPaths;
 use super::procfs;
 use super::record::{now_unix_ms, scan, WorkloadRecord, WorkloadState};
+use crate::fsutil::{self, Links, ReadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -21,6 +23,8 @@ pub enum LocalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Unreadable(#[from] ReadError),
 }
 
 /// A record as the operator sees it: "running" only if the process is.
@@ -51,16 +55,18 @@ fn summary(record: &WorkloadRecord, now_ms: u64) -> Value {
 /// The `status` text (or JSON lines with `json`).
 pub fn status(logs_dir: &Path, json: bool) -> String {
     let now = now_unix_ms();
-    let records: Vec<WorkloadRecord> = scan(logs_dir)
-        .into_iter()
-        .filter_map(|(_, r)| r.ok())
-        .collect();
+    let (found, damaged) = scan(logs_dir);
+    let records: Vec<WorkloadRecord> = found.into_iter().map(|(_, r)| r).collect();
     if json {
         let all: Vec<Value> = records.iter().map(|r| summary(r, now)).collect();
         return format!("{}\n", Value::Array(all));
     }
+    let damaged: String = damaged
+        .iter()
+        .map(|d| format!("damaged record: {}; {}\n", d.problem, d.story()))
+        .collect();
     if records.is_empty() {
-        return format!("no workloads recorded in {}\n", logs_dir.display());
+        return format!("no workloads recorded in {}\n{damaged}", logs_dir.display());
     }
     let mut out = format!(
         "{:<10} {:<26} {:>8} {:>9}  {:<24} LOGS\n",
@@ -77,6 +83,7 @@ pub fn status(logs_dir: &Path, json: bool) -> String {
             r.stdout_log.display()
         ));
     }
+    out.push_str(&damaged);
     out
 }
 
@@ -100,12 +107,9 @@ pub fn logs(
     out: &mut dyn Write,
 ) -> Result<(), LocalError> {
     let (paths, record) = scan(logs_dir)
+        .0
         .into_iter()
-        .find_map(|(paths, r)| {
-            r.ok()
-                .filter(|r| r.request_id == request_id)
-                .map(|r| (paths, r))
-        })
+        .find(|(_, r)| r.request_id == request_id)
         .ok_or_else(|| LocalError::UnknownRequest {
             request_id: request_id.to_owned(),
             dir: logs_dir.to_owned(),
@@ -139,15 +143,26 @@ fn copy_from(path: &Path, offset: u64, out: &mut dyn Write) -> Result<u64, Local
         path: path.to_owned(),
         source,
     };
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
-        Err(e) => return Err(read_error(e)),
+    let Some((mut file, _)) = fsutil::open_regular(path, Links::Follow)? else {
+        return Ok(offset);
     };
     file.seek(SeekFrom::Start(offset)).map_err(read_error)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(read_error)?;
-    let _ = out.write_all(&bytes);
+    // Streamed through a small buffer: a log of any size costs no memory. A
+    // reader that went away (`logs | head`) ends the copy quietly.
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut copied = 0u64;
+    loop {
+        let n = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e)),
+        };
+        if out.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+        copied += n as u64;
+    }
     let _ = out.flush();
-    Ok(offset + bytes.len() as u64)
+    Ok(offset + copied)
 }

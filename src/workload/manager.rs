@@ -3,6 +3,11 @@
 //! `status` shows. Owned by the node task; everything slow (disk writes,
 //! spawning, waiting) runs in spawned tasks that report back as
 //! [`WorkloadEvent`]s.
+//!
+//! A record that cannot be read keeps its request_id: a workload that still
+//! runs is adopted from a record rebuilt out of its started file, and every
+//! other damaged one refuses its request_id by file name (the name a
+//! redelivered command computes again), so nothing is ever started twice.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,8 +23,10 @@ use super::cgroup::CgroupRoot;
 use super::containment::{Kind, Unit};
 use super::launch::{launch, LaunchSpec};
 use super::output::{classify, terminal_output, Ending};
-use super::paths::WorkloadPaths;
-use super::record::{now_unix_ms, read_json, scan, ExitFile, WorkloadRecord, WorkloadState};
+use super::paths::{rid, WorkloadPaths};
+use super::record::{
+    now_unix_ms, read_json, scan, Damaged, ExitFile, WorkloadRecord, WorkloadState,
+};
 use super::tail::{OutputTail, TailMessage};
 use super::template::{render, take_workload_token};
 use super::{procfs, watch};
@@ -39,6 +46,8 @@ pub struct WorkloadConfig {
     /// The binary that runs `__supervise` (the node's own).
     pub supervisor_exe: PathBuf,
     pub retention: Duration,
+    /// The most of a result file the terminal event may carry.
+    pub max_result_bytes: u64,
 }
 
 /// Progress reported back to the node task.
@@ -89,6 +98,8 @@ struct Entry {
     supervisor_end: Option<ending::SupervisorEnd>,
     /// A cancel is waiting for every process of the workload to end.
     settling: bool,
+    /// The damaged record file this entry was rebuilt around.
+    rebuilt: Option<PathBuf>,
 }
 
 impl Entry {
@@ -101,6 +112,7 @@ impl Entry {
             gpu_memory_max: None,
             supervisor_end: None,
             settling: false,
+            rebuilt: None,
         }
     }
 }
@@ -110,6 +122,10 @@ pub struct Workloads {
     /// Where workload cgroups are made; `None`: process-tree containment.
     cgroups: Option<CgroupRoot>,
     entries: HashMap<String, Entry>,
+    /// Unreadable records not adopted, by the file-name form of their
+    /// request_id ([`rid`]); never pruned, so the request_id stays taken
+    /// until the operator removes the file.
+    damaged: HashMap<String, Damaged>,
     events: mpsc::UnboundedSender<WorkloadEvent>,
     /// Counts since this node process started, for the metrics.
     pub stats: WorkloadStats,
@@ -150,17 +166,44 @@ impl Workloads {
             config,
             cgroups,
             entries: HashMap::new(),
+            damaged: HashMap::new(),
             events,
             stats: WorkloadStats::default(),
         };
-        for (paths, record) in scan(&workloads.config.logs_dir) {
-            match record {
-                Ok(record) => workloads.adopt(paths, record),
-                Err(problem) => tracing::warn!("skipping a workload record: {problem}"),
-            }
+        let (records, damaged) = scan(&workloads.config.logs_dir);
+        for (paths, record) in records {
+            workloads.adopt(paths, record);
+        }
+        for damaged in damaged {
+            workloads.keep_damaged(damaged);
         }
         workloads.prune();
         workloads
+    }
+
+    /// Adopts the workload of a damaged record if it still runs; else keeps
+    /// its request_id taken. The damaged file is left as it is.
+    fn keep_damaged(&mut self, damaged: Damaged) {
+        let file = damaged.paths.record();
+        if let Some(record) = damaged.running_record() {
+            tracing::warn!(
+                "{}; the workload still runs: adopted from {}",
+                damaged.problem,
+                damaged.paths.started().display()
+            );
+            self.adopt(damaged.paths, record);
+            if let Some(entry) = self.entries.values_mut().find(|e| e.paths.record() == file) {
+                entry.rebuilt = Some(file);
+            }
+            return;
+        }
+        tracing::warn!(
+            "{}; {}. Its request_id is not run again; remove {} to allow it",
+            damaged.problem,
+            damaged.story(),
+            file.display()
+        );
+        self.damaged.insert(damaged.rid.clone(), damaged);
     }
 
     fn adopt(&mut self, paths: WorkloadPaths, mut record: WorkloadRecord) {
@@ -321,7 +364,10 @@ impl Workloads {
             )));
         };
         if let Some(existing) = self.entries.get(request_id) {
-            return Err(duplicate(&existing.record));
+            return Err(duplicate(existing));
+        }
+        if let Some(damaged) = self.damaged.get(&rid(request_id)) {
+            return Err(refuse_damaged(request_id, damaged));
         }
         if self.is_busy() {
             return Err(refuse(format!(
@@ -467,10 +513,21 @@ impl Workloads {
     }
 }
 
-fn duplicate(record: &WorkloadRecord) -> Refusal {
+fn duplicate(entry: &Entry) -> Refusal {
+    let record = &entry.record;
+    let rebuilt = entry
+        .rebuilt
+        .as_ref()
+        .map(|file| {
+            format!(
+                " (its record {} was damaged and has been rebuilt from the files beside it)",
+                file.display()
+            )
+        })
+        .unwrap_or_default();
     Refusal {
         error: format!(
-            "request_id {:?} already started a {} workload (pid {}, {}); it is not started again",
+            "request_id {:?} already started a {} workload (pid {}, {}){rebuilt}; it is not started again",
             record.request_id,
             record.workload_type,
             record
@@ -484,6 +541,29 @@ fn duplicate(record: &WorkloadRecord) -> Refusal {
             "workload_type": record.workload_type,
             "pid": record.pid,
             "state": record.state.name(),
+        })),
+    }
+}
+
+/// A request_id whose record is damaged: refused, naming the file.
+fn refuse_damaged(request_id: &str, damaged: &Damaged) -> Refusal {
+    let file = damaged.paths.record();
+    Refusal {
+        error: format!(
+            "request_id {request_id:?} already has a {} workload whose record cannot be read ({}); \
+             {}. It is not started again: the files are kept for the operator, remove {} to allow \
+             this request_id again",
+            damaged.workload_type,
+            damaged.problem,
+            damaged.story(),
+            file.display()
+        ),
+        output: Some(json!({
+            "workload_request_id": request_id,
+            "workload_type": damaged.workload_type,
+            "pid": damaged.started.as_ref().map(|s| s.pid),
+            "state": "unknown",
+            "record_file": file,
         })),
     }
 }

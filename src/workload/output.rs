@@ -1,5 +1,12 @@
 //! The terminal event of a workload: which one, and its output (PROTOCOL.md,
 //! "Terminal output").
+//!
+//! Everything here is read from files the workload controls, so every read
+//! is bounded and refuses devices and FIFOs (`fsutil`): the log tails read
+//! their last [`TAIL_BYTES`], the result file at most `max_result_bytes`.
+//! A bigger result is not read at all (a JSON document cut anywhere is not
+//! JSON): `result` is null, `result_truncated` true, `result_size_bytes`
+//! its size, and `result_error` says so; the file stays on disk.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -8,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::paths::WorkloadPaths;
 use super::record::{ExitFile, WorkloadRecord, WorkloadState};
+use crate::fsutil::{self, Contents, Links};
 
 /// The most of each log a terminal event carries.
 pub const TAIL_BYTES: u64 = 4096;
@@ -77,11 +85,13 @@ pub fn classify(record: &WorkloadRecord, exit: Option<&ExitFile>) -> Ending {
     }
 }
 
-/// Every field of the terminal output, plus `resources` (an addition).
+/// Every field of the terminal output, plus `resources` (an addition);
+/// the result file is read up to `max_result_bytes`.
 pub fn terminal_output(
     record: &WorkloadRecord,
     paths: &WorkloadPaths,
     exit: Option<&ExitFile>,
+    max_result_bytes: u64,
 ) -> Value {
     let started = record.started_unix_ms.unwrap_or(record.created_unix_ms);
     let ended = exit
@@ -100,9 +110,24 @@ pub fn terminal_output(
         "stderr_tail": tail(&paths.stderr(), TAIL_BYTES),
         "result": Value::Null,
     });
-    match read_result(&paths.result()) {
-        Ok(result) => output["result"] = result,
-        Err(problem) => output["result_error"] = json!(problem),
+    let path = paths.result();
+    match read_result(&path, max_result_bytes) {
+        ResultFile::Absent => {}
+        ResultFile::Json(result) => output["result"] = result,
+        ResultFile::Unusable(problem) => output["result_error"] = json!(problem),
+        ResultFile::OverLimit { len } => {
+            tracing::warn!(
+                "the result file {} is {len} bytes, over max_result_bytes ({max_result_bytes}); not read",
+                path.display()
+            );
+            output["result_truncated"] = json!(true);
+            output["result_size_bytes"] = json!(len);
+            output["result_error"] = json!(format!(
+                "the result file {} is {len} bytes, over max_result_bytes ({max_result_bytes}); \
+                 not read, and kept on disk",
+                path.display()
+            ));
+        }
     }
     if let Some(exit) = exit {
         output["resources"] = json!({
@@ -113,12 +138,12 @@ pub fn terminal_output(
     output
 }
 
-/// The last `max` bytes of a file as text, starting at a character boundary.
+/// The last `max` bytes of a file as text, starting at a character
+/// boundary; empty when it is missing or not a regular file.
 pub fn tail(path: &Path, max: u64) -> String {
-    let Ok(mut file) = std::fs::File::open(path) else {
+    let Ok(Some((mut file, len))) = fsutil::open_regular(path, Links::Follow) else {
         return String::new();
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(max);
     if file.seek(SeekFrom::Start(start)).is_err() {
         return String::new();
@@ -138,14 +163,35 @@ pub fn tail(path: &Path, max: u64) -> String {
     String::from_utf8_lossy(&bytes[skip..]).into_owned()
 }
 
-/// The result file's JSON; `Ok(Null)` when the workload wrote none.
-fn read_result(path: &Path) -> Result<Value, String> {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Value::Null),
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the result file is not valid JSON: {e}")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Value::Null),
-        Err(e) => Err(format!("cannot read the result file: {e}")),
+/// What became of the result file.
+#[derive(Debug, PartialEq)]
+enum ResultFile {
+    /// None written (or only whitespace): `result` is null.
+    Absent,
+    Json(Value),
+    /// Not read or not JSON; the text says why, naming the file.
+    Unusable(String),
+    /// `len` bytes, over the limit: not read.
+    OverLimit {
+        len: u64,
+    },
+}
+
+fn read_result(path: &Path, limit: u64) -> ResultFile {
+    match fsutil::read_whole(path, Links::Follow, limit) {
+        Ok(None) => ResultFile::Absent,
+        Ok(Some(Contents::OverLimit { len })) => ResultFile::OverLimit { len },
+        Ok(Some(Contents::Read(bytes))) if bytes.iter().all(u8::is_ascii_whitespace) => {
+            ResultFile::Absent
+        }
+        Ok(Some(Contents::Read(bytes))) => match serde_json::from_slice(&bytes) {
+            Ok(value) => ResultFile::Json(value),
+            Err(e) => ResultFile::Unusable(format!(
+                "the result file {} is not valid JSON: {e}",
+                path.display()
+            )),
+        },
+        Err(e) => ResultFile::Unusable(format!("the result file was not used: {e}")),
     }
 }
 
@@ -162,5 +208,22 @@ mod tests {
         assert!(t == "aé" || t == "éaé" || t.ends_with('é'), "{t:?}");
         assert!(!t.contains('\u{FFFD}'));
         assert_eq!(tail(&dir.path().join("missing"), 10), "");
+    }
+
+    #[test]
+    fn results_are_bounded_and_never_read_from_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        assert_eq!(read_result(&path, 10), ResultFile::Absent);
+        std::fs::write(&path, r#"{"a": 1}"#).unwrap();
+        assert_eq!(read_result(&path, 8), ResultFile::Json(json!({"a": 1})));
+        assert_eq!(read_result(&path, 7), ResultFile::OverLimit { len: 8 });
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let ResultFile::Unusable(problem) = read_result(&path, 10) else {
+            panic!("/dev/zero was read");
+        };
+        assert!(problem.contains("not a regular file (a character device)"));
+        assert_eq!(tail(&path, 10), "");
     }
 }

@@ -2,7 +2,14 @@
 //! the two files the supervisor writes (started, exit).
 //!
 //! The records double as the request_id index: a redelivered command finds
-//! its request_id here and is never started twice.
+//! its request_id here and is never started twice. A record that cannot be
+//! read (empty, torn, corrupt) still holds its request_id: [`scan`] reports
+//! it with what the files beside it tell ([`Damaged`]), and the manager
+//! refuses that request_id, naming the file, rather than run it again.
+//!
+//! These files are always written by `fsutil::write_atomic`, so they are
+//! read as regular files only, never through a link, and never past
+//! [`STATE_FILE_LIMIT`].
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,8 +17,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::paths::WorkloadPaths;
-use crate::fsutil;
+use super::paths::{self, WorkloadPaths};
+use super::procfs;
+use crate::fsutil::{self, Contents, Links, ReadError};
+
+/// The most the node reads of one of its own state files (records, started
+/// and exit files, offsets, deployment state): far more than any of them
+/// holds, small enough that a wrong file cannot exhaust memory.
+pub const STATE_FILE_LIMIT: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,31 +164,187 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     fsutil::write_atomic(path, &bytes, 0o600)
 }
 
-/// Reads JSON; `Ok(None)` when the file does not exist.
+/// Why a state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{path} is {len} bytes, over the {limit} bytes a state file may have; not read")]
+    TooBig { path: PathBuf, len: u64, limit: u64 },
+    #[error("{path} is empty")]
+    Empty { path: PathBuf },
+    #[error("{path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Reads one of the node's JSON state files; `Ok(None)` when it does not
+/// exist.
+pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateFileError> {
+    let bytes = match fsutil::read_whole(path, Links::NoFollow, STATE_FILE_LIMIT)? {
+        None => return Ok(None),
+        Some(Contents::Read(bytes)) => bytes,
+        Some(Contents::OverLimit { len }) => {
+            return Err(StateFileError::TooBig {
+                path: path.to_owned(),
+                len,
+                limit: STATE_FILE_LIMIT,
+            })
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(StateFileError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StateFileError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// [`load_json`] with the error as text, for callers that report it as is.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{} is corrupt: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    load_json(path).map_err(|e| e.to_string())
+}
+
+/// A record file that exists but cannot be read, with what the files
+/// beside it still tell. Its request_id stays taken.
+#[derive(Debug)]
+pub struct Damaged {
+    pub paths: WorkloadPaths,
+    pub problem: StateFileError,
+    /// From the file name, `<type>_<rid>`.
+    pub workload_type: String,
+    /// The request_id's file-name form ([`paths::rid`]), which a
+    /// redelivered command computes again from its request_id.
+    pub rid: String,
+    /// The request_id itself, when it can be known for sure (see
+    /// [`Damaged::rebuild`]).
+    pub request_id: Option<String>,
+    pub started: Option<StartedFile>,
+    pub exit: Option<ExitFile>,
+}
+
+impl Damaged {
+    /// Gathers what the started and exit files say. The request_id is
+    /// known when the supervisor (or the workload) still runs and its
+    /// environment's `CYBERWAVE_REQUEST_ID` maps to this file name; a
+    /// finished workload's is not needed (a rerun is refused by file name).
+    pub fn rebuild(paths: WorkloadPaths, problem: StateFileError) -> Option<Damaged> {
+        let name = paths.base().file_name()?.to_str()?.to_owned();
+        let (workload_type, rid) = name.split_once('_')?;
+        let started = load_json::<StartedFile>(&paths.started()).ok().flatten();
+        let exit = load_json::<ExitFile>(&paths.exit()).ok().flatten();
+        let request_id = started.as_ref().and_then(|s| {
+            [
+                (s.supervisor_pid, s.supervisor_start_time),
+                (s.pid, s.start_time),
+            ]
+            .into_iter()
+            .filter(|(pid, start)| procfs::is_same_process(*pid, *start))
+            .find_map(|(pid, _)| environ_var(pid, "CYBERWAVE_REQUEST_ID"))
+            .filter(|id| paths::rid(id) == rid)
+        });
+        Some(Damaged {
+            workload_type: workload_type.to_owned(),
+            rid: rid.to_owned(),
+            request_id,
+            started,
+            exit,
+            paths,
+            problem,
+        })
+    }
+
+    /// The record of a workload that still runs and can be adopted: it
+    /// started, has no exit file, and its request_id is known. No terminal
+    /// event can have gone out for it yet.
+    pub fn running_record(&self) -> Option<WorkloadRecord> {
+        let started = self.started.as_ref()?;
+        let running = procfs::is_running(started.supervisor_pid, started.supervisor_start_time)
+            || procfs::is_running(started.pid, started.start_time);
+        if self.exit.is_some() || !running {
+            return None;
+        }
+        let mut record = WorkloadRecord::starting(
+            self.request_id.as_deref()?,
+            &self.workload_type,
+            &self.paths,
+        );
+        record.created_unix_ms = started.started_unix_ms;
+        super::launch::apply_started(&mut record, started);
+        Some(record)
+    }
+
+    /// What the files beside the record say happened, for the operator.
+    pub fn story(&self) -> String {
+        let pid = self
+            .started
+            .as_ref()
+            .map(|s| format!(" (pid {})", s.pid))
+            .unwrap_or_default();
+        match (&self.started, &self.exit) {
+            (_, Some(ExitFile { error: Some(e), .. })) => format!("it could not start: {e}"),
+            (
+                _,
+                Some(ExitFile {
+                    exit_code: Some(code),
+                    ..
+                }),
+            ) => {
+                format!("it ran{pid} and exited with code {code}")
+            }
+            (
+                _,
+                Some(ExitFile {
+                    signal: Some(signal),
+                    ..
+                }),
+            ) => {
+                format!("it ran{pid} and was killed by {signal}")
+            }
+            (_, Some(_)) => format!("it ran{pid} and ended"),
+            (Some(_), None) => format!("it started{pid}; its end is unknown"),
+            (None, None) => "no started or exit file beside it: it may or may not have run".into(),
+        }
     }
 }
 
-/// Every record in `logs_dir`, with the problems of the unreadable ones.
-pub fn scan(logs_dir: &Path) -> Vec<(WorkloadPaths, Result<WorkloadRecord, String>)> {
-    let Ok(entries) = std::fs::read_dir(logs_dir) else {
-        return Vec::new();
+/// One variable of a process's initial environment (same user only).
+fn environ_var(pid: i32, name: &str) -> Option<String> {
+    let path = PathBuf::from(format!("/proc/{pid}/environ"));
+    let Ok(Some(Contents::Read(bytes))) = fsutil::read_whole(&path, Links::Follow, 1 << 20) else {
+        return None;
     };
-    let mut found: Vec<_> = entries
+    bytes.split(|b| *b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(value.to_vec()).ok()
+    })
+}
+
+/// Every record in `logs_dir`, in the order they were created, and the
+/// damaged ones apart.
+pub fn scan(logs_dir: &Path) -> (Vec<(WorkloadPaths, WorkloadRecord)>, Vec<Damaged>) {
+    let Ok(entries) = std::fs::read_dir(logs_dir) else {
+        return Default::default();
+    };
+    let mut found = Vec::new();
+    let mut damaged = Vec::new();
+    for paths in entries
         .flatten()
         .filter_map(|entry| WorkloadPaths::from_record_file(&entry.path()))
-        .map(|paths| {
-            let record = read_json::<WorkloadRecord>(&paths.record())
-                .and_then(|r| r.ok_or_else(|| "vanished".to_owned()));
-            (paths, record)
-        })
-        .collect();
-    found.sort_by_key(|(_, r)| r.as_ref().map(|r| r.created_unix_ms).unwrap_or(0));
-    found
+    {
+        match load_json::<WorkloadRecord>(&paths.record()) {
+            Ok(Some(record)) => found.push((paths, record)),
+            Ok(None) => {} // removed meanwhile
+            Err(problem) => damaged.extend(Damaged::rebuild(paths, problem)),
+        }
+    }
+    found.sort_by_key(|(_, r)| r.created_unix_ms);
+    (found, damaged)
 }

@@ -4,8 +4,12 @@
 //! restarted node carries on where the last one stopped: nothing is sent
 //! twice or skipped (a crash between a publish and the next save can repeat
 //! one chunk; receivers place chunks by offset, so a repeat is harmless).
+//!
+//! Files are read only when regular and a bounded window at a time
+//! (`fsutil`). A progress line longer than [`MAX_PROGRESS_LINE`] is skipped
+//! with one warning, however many polls it spans, and the lines after it
+//! are delivered.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,12 +19,15 @@ use serde_json::{json, Value};
 
 use super::paths::WorkloadPaths;
 use super::record::{read_json, write_json, WorkloadRecord};
+use crate::fsutil::{self, Links};
 
 /// Largest `data` in one logs message.
 pub const MAX_CHUNK: usize = 64 * 1024;
 /// Bound on what one poll reads per stream, so one chatty workload cannot
 /// monopolise the node.
 const MAX_PER_POLL: usize = 16 * MAX_CHUNK;
+/// The longest progress line the node reads; a longer one is skipped.
+pub const MAX_PROGRESS_LINE: usize = 64 * 1024;
 /// At most four progress events a second per workload; the latest wins.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Offsets are saved at most this often while a workload runs.
@@ -147,20 +154,11 @@ fn read_chunks(path: &Path, offset: &mut u64, last: bool) -> Vec<(u64, Vec<u8>)>
     if len <= *offset {
         return Vec::new();
     }
-    let Ok(mut file) = std::fs::File::open(path) else {
+    let Ok(Some((bytes, _))) =
+        fsutil::read_range(path, Links::Follow, *offset, MAX_PER_POLL as u64)
+    else {
         return Vec::new();
     };
-    if file.seek(SeekFrom::Start(*offset)).is_err() {
-        return Vec::new();
-    }
-    let mut bytes = Vec::with_capacity((len - *offset).min(MAX_PER_POLL as u64) as usize);
-    if file
-        .take(MAX_PER_POLL as u64)
-        .read_to_end(&mut bytes)
-        .is_err()
-    {
-        return Vec::new();
-    }
     let mut chunks = Vec::new();
     let mut rest = bytes.as_slice();
     while !rest.is_empty() {
@@ -181,23 +179,60 @@ fn read_chunks(path: &Path, offset: &mut u64, last: bool) -> Vec<(u64, Vec<u8>)>
 
 /// The last valid JSON line among the complete new lines of the progress
 /// file; the offset moves past every complete line.
+///
+/// A line over [`MAX_PROGRESS_LINE`] is skipped: the offset moves past what
+/// there is of it, even before its end is written, so it never pins the
+/// reader. The byte before the offset says whether a skip is under way (an
+/// offset inside a line, not after a newline), so a restarted node goes on
+/// skipping where the last one stopped, without warning again.
 fn read_progress(path: &Path, offset: &mut u64) -> Option<Value> {
     if std::fs::metadata(path).ok()?.len() <= *offset {
         return None;
     }
-    let mut file = std::fs::File::open(path).ok()?;
-    file.seek(SeekFrom::Start(*offset)).ok()?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PER_POLL as u64)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    let complete = bytes.iter().rposition(|b| *b == b'\n')? + 1;
-    *offset += complete as u64;
-    bytes[..complete]
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-        .rev()
-        .find_map(|line| serde_json::from_slice::<Value>(line).ok())
+    let from = offset.saturating_sub(1);
+    let (bytes, _) =
+        fsutil::read_range(path, Links::Follow, from, MAX_PER_POLL as u64 + 1).ok()??;
+    let (mut skipping, window) = match (*offset, bytes.split_first()) {
+        (0, _) => (false, bytes.as_slice()),
+        (_, Some((before, rest))) => (*before != b'\n', rest),
+        (_, None) => return None,
+    };
+    let mut latest = None;
+    let mut used = 0;
+    while used < window.len() {
+        let rest = &window[used..];
+        let Some(end) = rest.iter().position(|b| *b == b'\n') else {
+            if !skipping && rest.len() > MAX_PROGRESS_LINE {
+                warn_long_line(path, *offset + used as u64);
+                skipping = true;
+            }
+            if skipping {
+                used = window.len(); // the rest of a long line, not yet ended
+            }
+            break;
+        };
+        let line = &rest[..end];
+        if skipping {
+            skipping = false; // the end of a long line
+        } else if line.len() > MAX_PROGRESS_LINE {
+            warn_long_line(path, *offset + used as u64);
+        } else if !line.iter().all(u8::is_ascii_whitespace) {
+            if let Ok(value) = serde_json::from_slice::<Value>(line) {
+                latest = Some(value);
+            }
+        }
+        used += end + 1;
+    }
+    *offset += used as u64;
+    latest
+}
+
+fn warn_long_line(path: &Path, at: u64) {
+    tracing::warn!(
+        "skipping a progress line over {MAX_PROGRESS_LINE} bytes at offset {at} of {}: \
+         progress lines are limited to 64 KiB; the lines after it are read",
+        path.display()
+    );
 }
 
 #[cfg(test)]
@@ -239,5 +274,43 @@ mod tests {
             None,
             "the partial line waits"
         );
+    }
+
+    #[test]
+    fn a_long_progress_line_is_skipped_across_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let long = "x".repeat(MAX_PROGRESS_LINE + 1);
+        let mut text = format!("{{\"step\":1}}\n{long}");
+        std::fs::write(&path, &text).unwrap();
+        let mut offset = 0;
+        assert_eq!(read_progress(&path, &mut offset), Some(json!({"step": 1})));
+        assert_eq!(offset as usize, text.len(), "the long line does not pin");
+        text.push_str(&format!("{long}\n{{\"step\":2}}\n{{\"step\":3"));
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(read_progress(&path, &mut offset), Some(json!({"step": 2})));
+        text.push_str("}\n");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(read_progress(&path, &mut offset), Some(json!({"step": 3})));
+        // A complete long line within one window is skipped the same way.
+        text.push_str(&format!("{long}\n{{\"step\":4}}\n"));
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(read_progress(&path, &mut offset), Some(json!({"step": 4})));
+        assert_eq!(offset as usize, text.len());
+    }
+
+    #[test]
+    fn a_line_longer_than_a_poll_window_never_pins_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let text = format!("{}\n{{\"step\":9}}\n", "y".repeat(3 * MAX_PER_POLL));
+        std::fs::write(&path, &text).unwrap();
+        let mut offset = 0;
+        let mut found = None;
+        for _ in 0..5 {
+            found = found.or(read_progress(&path, &mut offset));
+        }
+        assert_eq!(found, Some(json!({"step": 9})));
+        assert_eq!(offset as usize, text.len());
     }
 }

@@ -151,7 +151,8 @@ impl Workloads {
             Some(tail) => tail.poll(&entry.record, &entry.paths, true),
             None => OutputTail::load(&entry.paths).poll(&entry.record, &entry.paths, true),
         };
-        let mut output = terminal_output(&entry.record, &entry.paths, exit.as_ref());
+        let limit = self.config.max_result_bytes;
+        let mut output = terminal_output(&entry.record, &entry.paths, exit.as_ref(), limit);
         if from_status {
             // Only the code survived: no resource figures to report.
             if let Some(fields) = output.as_object_mut() {
