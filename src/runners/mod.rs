@@ -360,7 +360,8 @@ pub fn usize_option(options: &Map<String, Value>, key: &str) -> Result<Option<us
             .map(Some)
             .ok_or_else(|| {
                 RunnerError::Options(format!(
-                    "\"{key}\" must be a non-negative integer, got {value}"
+                    "\"{key}\" must be a non-negative integer, got {}",
+                    crate::protocol::quote_json(value)
                 ))
             }),
     }
