@@ -92,6 +92,20 @@ impl Outbox {
             .collect()
     }
 
+    /// Rewrites stored event `id` (cut to fit the broker); a failed write
+    /// is only logged: the next resend cuts it again.
+    pub fn replace(&mut self, id: u64, entry: &OutboxEntry) {
+        let Some(path) = self.files.get(&id) else {
+            return;
+        };
+        let written = serde_json::to_vec(entry)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| fsutil::write_atomic(path, &bytes, 0o600));
+        if let Err(e) = written {
+            tracing::warn!("cannot rewrite outbox file {}: {e}", path.display());
+        }
+    }
+
     /// The broker has the event: forget it.
     pub fn delivered(&mut self, id: u64) {
         if let Some(path) = self.files.remove(&id) {

@@ -2,14 +2,23 @@
 //!
 //! Parsing never fails silently and never panics: a payload is a command, an
 //! echo of a response (ignored), or invalid with a message that names the
-//! problem and, where one could be read, the request_id to answer on.
+//! problem and, where one could be read, the request_id to answer on (as
+//! sent, cut past [`MAX_REQUEST_ID_LEN`]). Refused values are quoted short
+//! ([`quote`]), and what the node publishes is cut to the broker's limit
+//! ([`fit`]).
+
+pub mod fit;
+pub mod quote;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// The longest request_id the node accepts; ids end up in file names and
-/// topics, and nothing real needs more.
-pub const MAX_REQUEST_ID_LEN: usize = 256;
+pub use quote::{echoed_request_id, quote, quote_json};
+
+/// The longest request_id the node accepts, in bytes. Ids name files only
+/// in their sanitized-plus-hash form (`workload::paths::rid`), never
+/// topics; a longer one is refused and echoed cut to this length.
+pub const MAX_REQUEST_ID_LEN: usize = 1024;
 
 /// A command the node knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,34 +154,49 @@ pub fn parse_command(payload: &[u8], new_id: impl FnOnce() -> String) -> Incomin
     })
 }
 
-/// The request_id, or the error with whatever id could still be read.
+/// The request_id, or the error with the id as sent (cut past the limit;
+/// a non-string id as its JSON text).
 fn read_request_id(
     value: Option<Value>,
     new_id: impl FnOnce() -> String,
 ) -> Result<String, (Option<String>, String)> {
-    match value {
-        None | Some(Value::Null) => Ok(new_id()),
-        Some(Value::String(id)) if id.trim().is_empty() => {
-            Err((None, "field \"request_id\" must not be empty".to_owned()))
-        }
-        Some(Value::String(id)) if id.len() > MAX_REQUEST_ID_LEN => Err((
-            None,
-            format!(
-                "field \"request_id\" is {} bytes long; the limit is {MAX_REQUEST_ID_LEN}",
-                id.len()
-            ),
-        )),
-        Some(Value::String(id)) => Ok(id),
-        Some(Value::Number(n)) => Err((
-            Some(n.to_string()),
-            "field \"request_id\" must be a string, got a number".to_owned(),
-        )),
-        Some(other) => Err((
-            None,
-            format!(
+    let id = match value {
+        None | Some(Value::Null) => return Ok(new_id()),
+        Some(Value::String(id)) => id,
+        Some(other) => {
+            let error = format!(
                 "field \"request_id\" must be a string, got {}",
                 json_kind(&other)
-            ),
+            );
+            let sent = match other {
+                Value::Number(n) => n.to_string(),
+                other => echoed_request_id(&other.to_string()),
+            };
+            return Err((Some(sent), error));
+        }
+    };
+    let problem = if id.trim().is_empty() {
+        Some("must not be empty".to_owned())
+    } else if id.len() > MAX_REQUEST_ID_LEN {
+        Some(format!(
+            "is {} bytes long; the limit is {MAX_REQUEST_ID_LEN}",
+            id.len()
+        ))
+    } else {
+        id.char_indices()
+            .find(|(_, c)| c.is_control())
+            .map(|(at, c)| {
+                format!(
+                    "must not contain control characters; found {:?} at byte {at}",
+                    c
+                )
+            })
+    };
+    match problem {
+        None => Ok(id),
+        Some(problem) => Err((
+            Some(echoed_request_id(&id)),
+            format!("field \"request_id\" {problem}"),
         )),
     }
 }
@@ -185,7 +209,8 @@ fn read_kind(value: Option<Value>) -> Result<CommandKind, String> {
         Some(Value::String(name)) => CommandKind::from_name(&name).ok_or_else(|| {
             let known: Vec<&str> = CommandKind::ALL.iter().map(|k| k.name()).collect();
             format!(
-                "unknown command {name:?}; this node supports: {}",
+                "unknown command {}; this node supports: {}",
+                quote(&name),
                 known.join(", ")
             )
         }),
@@ -243,8 +268,9 @@ impl Response {
         }
     }
 
-    /// An error; `request_id` is `""` when none could be read, so the backend
-    /// still sees that something it sent was refused.
+    /// An error; `request_id` is `""` only when none was sent or the payload
+    /// could not be read as an object, so the backend still sees that
+    /// something it sent was refused.
     pub fn error(node: &NodeRef, request_id: Option<&str>, error: impl Into<String>) -> Response {
         Response {
             status: "error",
@@ -358,11 +384,32 @@ mod tests {
         assert!(error_of(parse(r#"{"command":"status","request_id":""}"#))
             .1
             .contains("must not be empty"));
+        let kib = format!(
+            r#"{{"command":"status","request_id":"{}"}}"#,
+            "x".repeat(MAX_REQUEST_ID_LEN)
+        );
+        assert!(matches!(parse(&kib), Incoming::Command(_)));
         let long = format!(
             r#"{{"command":"status","request_id":"{}"}}"#,
-            "x".repeat(300)
+            "x".repeat(1100)
         );
-        assert!(error_of(parse(&long)).1.contains("limit is 256"));
+        let (id, err) = error_of(parse(&long));
+        assert!(err.contains("limit is 1024"), "{err}");
+        assert_eq!(id.unwrap(), format!("{}…(1100 bytes)", "x".repeat(1024)));
+        let (id, err) = error_of(parse(r#"{"command":"training","request_id":"a\u0000b"}"#));
+        assert_eq!(id.as_deref(), Some("a\0b"));
+        assert!(
+            err.contains("\"request_id\" must not contain control characters"),
+            "{err}"
+        );
+        let (id, _) = error_of(parse(r#"{"command":"status","request_id":[1]}"#));
+        assert_eq!(id.as_deref(), Some("[1]"));
+        let big = format!(
+            r#"{{"command":"{}","request_id":"r"}}"#,
+            "a".repeat(100_000)
+        );
+        let (_, err) = error_of(parse(&big));
+        assert!(err.len() < 300 && err.contains("(100000 bytes)"), "{err}");
         assert!(error_of(parse_command(&[0xff, 0xfe, 0x00], String::new))
             .1
             .contains("not valid JSON"));

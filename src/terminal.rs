@@ -12,6 +12,8 @@ use portable_pty::{native_pty_system, ChildKiller, CommandBuilder, MasterPty, Pt
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::protocol::{quote, quote_json};
+
 /// PTY output is published at most this often per session…
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// …and at most this much per message.
@@ -75,15 +77,22 @@ fn dimension(params: &Map<String, Value>, name: &str) -> Result<u16, String> {
     match value.as_u64() {
         Some(n) if (1..=1000).contains(&n) => Ok(n as u16),
         _ => Err(format!(
-            "params.{name} must be a whole number from 1 to 1000, got {value}"
+            "params.{name} must be a whole number from 1 to 1000, got {}",
+            quote_json(value)
         )),
     }
 }
 
+/// A session id names a topic: 1 to 128 plain characters, checked here so
+/// that no message echoes more than a short quote of a refused one.
 fn session_id(params: &Map<String, Value>) -> Result<String, String> {
     match params.get("session_id") {
-        Some(Value::String(id)) => Ok(id.clone()),
-        Some(other) => Err(format!("params.session_id must be a string, got {other}")),
+        Some(Value::String(id)) => crate::config::parse_topic_segment(id)
+            .map_err(|e| format!("params.session_id {} {e}", quote(id))),
+        Some(other) => Err(format!(
+            "params.session_id must be a string, got {}",
+            quote_json(other)
+        )),
         None => Err("params.session_id is required".into()),
     }
 }
@@ -113,11 +122,7 @@ impl Terminals {
         };
         let id = match params.get("session_id") {
             None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
-            Some(_) => {
-                let id = session_id(params)?;
-                crate::config::parse_topic_segment(&id)
-                    .map_err(|e| format!("params.session_id {e}"))?
-            }
+            Some(_) => session_id(params)?,
         };
         if self.sessions.contains_key(&id) {
             return Err(format!("terminal session {id} is already open"));

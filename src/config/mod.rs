@@ -37,6 +37,8 @@ pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const TLS_PORT: u16 = 8883;
 /// The most of a workload's result file a terminal event carries.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 1024 * 1024;
+/// `mqtt_max_packet_bytes` unless set: what hosted brokers commonly accept.
+pub const DEFAULT_MQTT_MAX_PACKET_BYTES: usize = 256 * 1024;
 
 /// Where a value came from, as a person would want to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +211,9 @@ pub struct Settings {
     pub mqtt_username: Option<Sourced<String>>,
     /// `None` means "the API token".
     pub mqtt_password: Option<Sourced<Secret>>,
+    /// The biggest MQTT packet the broker accepts; every message the node
+    /// publishes is cut to fit (MQTT 3.1.1 has no CONNACK to learn it from).
+    pub mqtt_max_packet_bytes: Sourced<usize>,
     pub topic_prefix: Sourced<String>,
     pub install_script: Option<Sourced<String>>,
     pub inference_cmd: Option<Sourced<String>>,

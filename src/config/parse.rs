@@ -12,6 +12,24 @@ pub fn port(text: &str) -> Result<u16, String> {
     }
 }
 
+/// The smallest `mqtt_max_packet_bytes`: a cut event (request_id up to
+/// 1 KiB, the names of what was cut) must still fit.
+pub const MIN_PACKET_BYTES: usize = 16 * 1024;
+/// MQTT's own maximum (the largest "remaining length" plus its header).
+pub const MAX_PACKET_BYTES: usize = 268_435_460;
+
+/// A packet size in bytes, between [`MIN_PACKET_BYTES`] and MQTT's maximum.
+pub fn packet_bytes(text: &str) -> Result<usize, String> {
+    let range = format!(
+        "a whole number of bytes from {MIN_PACKET_BYTES} to {MAX_PACKET_BYTES} (MQTT's maximum)"
+    );
+    match text.trim().parse::<usize>() {
+        Ok(n) if (MIN_PACKET_BYTES..=MAX_PACKET_BYTES).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must be {range}")),
+        Err(_) => Err(format!("not a number; expected {range}")),
+    }
+}
+
 pub fn boolean(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),

@@ -47,6 +47,11 @@ const MQTT_PASSWORD: Spec = spec(
     &["CYBERWAVE_MQTT_PASSWORD"],
     Some("mqtt_password"),
 );
+const MQTT_MAX_PACKET: Spec = spec(
+    "MQTT maximum packet size",
+    &["CYBERWAVE_MQTT_MAX_PACKET_BYTES"],
+    Some("mqtt_max_packet_bytes"),
+);
 const TOPIC_PREFIX: Spec = spec(
     "topic prefix",
     &["CYBERWAVE_MQTT_TOPIC_PREFIX", "CYBERWAVE_ENVIRONMENT"],
@@ -310,6 +315,12 @@ impl Layers<'_> {
                 .map(relative_to_cwd),
             mqtt_username: self.get(&MQTT_USERNAME, None, parse::nonempty)?,
             mqtt_password: self.get(&MQTT_PASSWORD, None, parse::verbatim)?.map(secret),
+            mqtt_max_packet_bytes: self.get_or(
+                &MQTT_MAX_PACKET,
+                None,
+                parse::packet_bytes,
+                DEFAULT_MQTT_MAX_PACKET_BYTES,
+            )?,
             topic_prefix: self.get_or(&TOPIC_PREFIX, None, parse::topic_prefix, String::new())?,
             install_script: self.get(&INSTALL_SCRIPT, None, parse::verbatim)?,
             inference_cmd: self.get(&INFERENCE, None, parse::verbatim)?,

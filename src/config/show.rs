@@ -72,6 +72,11 @@ fn rows(s: &Settings) -> Vec<Row> {
             |p| p.masked(),
             "default: the API token",
         ),
+        row(
+            "mqtt_max_packet_bytes",
+            &s.mqtt_max_packet_bytes,
+            usize::to_string,
+        ),
         row("topic_prefix", &s.topic_prefix, |p| format!("{p:?}")),
         optional("install_script", &s.install_script, text, "none"),
         optional("inference", &s.inference_cmd, text, "none"),

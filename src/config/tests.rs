@@ -58,6 +58,10 @@ fn defaults_without_any_source() {
     assert_eq!(s.heartbeat_interval.value, Duration::from_secs(30));
     assert_eq!(s.max_concurrent_workloads.value, 1);
     assert_eq!(s.topic_prefix.value, "");
+    assert_eq!(
+        s.mqtt_max_packet_bytes,
+        Sourced::new(256 * 1024, Origin::Default)
+    );
     assert!(s
         .require_token()
         .unwrap_err()
@@ -241,6 +245,30 @@ fn max_result_bytes_from_yaml_env_and_default() {
     );
     let f = Fixture::new().var("CYBERWAVE_MAX_RESULT_BYTES", "268435456");
     assert!(f.load().unwrap_err().to_string().contains("MQTT"));
+}
+
+#[test]
+fn max_packet_bytes_from_yaml_or_env_within_mqtt_limits() {
+    let yaml = "cyberwave-cloud-node:\n  mqtt_max_packet_bytes: 1048576\n";
+    let s = Fixture::new()
+        .cwd_file("cyberwave.yml", yaml)
+        .load()
+        .unwrap();
+    assert_eq!(s.mqtt_max_packet_bytes.value, 1 << 20);
+    let s = Fixture::new()
+        .cwd_file("cyberwave.yml", yaml)
+        .var("CYBERWAVE_MQTT_MAX_PACKET_BYTES", "65536")
+        .load()
+        .unwrap();
+    assert_eq!(s.mqtt_max_packet_bytes.value, 65536);
+    for bad in ["1000", "300000000", "256KiB"] {
+        let err = Fixture::new()
+            .var("CYBERWAVE_MQTT_MAX_PACKET_BYTES", bad)
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from 16384 to 268435460"), "{bad}: {err}");
+    }
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mqtt_tls_ca_certs",
     "mqtt_username",
     "mqtt_password",
+    "mqtt_max_packet_bytes",
     "max_concurrent_workloads",
     "log_retention_days",
     "max_result_bytes",

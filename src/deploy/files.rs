@@ -5,7 +5,8 @@
 //! - `<id>.spec.json`: what the model server loads, written by the node.
 //! - `<id>.state.json`: written by the model server: `ready` with the specs,
 //!   or `failed` with the loader's error.
-//! - `<id>.sock`: the model server's Unix socket.
+//! - `<id>.sock`: the model server's Unix socket; `<hash>.sock` when the
+//!   config dir is too long for that (a socket path has at most 107 bytes).
 //!
 //! The server's output goes to `workload_logs/deploy_<id>.stdout.log` and
 //! `.stderr.log`, next to the supervisor's exit file, like a workload's.
@@ -17,6 +18,9 @@ use serde_json::{Map, Value};
 
 use crate::workload::paths::{rid, WorkloadPaths};
 use crate::workload::record::{read_json, write_json};
+
+/// The longest Unix socket path: `sun_path` holds 108 bytes with its NUL.
+const MAX_SOCKET_PATH: usize = 107;
 
 /// The directory of every deployment's files.
 pub fn deployments_dir(config_dir: &Path) -> PathBuf {
@@ -55,7 +59,12 @@ impl DeployPaths {
         self.dir.join(format!("{}.state.json", self.name))
     }
     pub fn socket(&self) -> PathBuf {
-        self.dir.join(format!("{}.sock", self.name))
+        let named = self.dir.join(format!("{}.sock", self.name));
+        if named.as_os_str().len() <= MAX_SOCKET_PATH {
+            return named;
+        }
+        let hash = crate::workload::paths::fnv1a(self.name.as_bytes());
+        self.dir.join(format!("{hash:016x}.sock"))
     }
     /// The outbox name of one event of this deployment: with the deploy's
     /// request_id, so a redeploy under the same id never overwrites an
@@ -222,5 +231,25 @@ pub fn remove_files(paths: &DeployPaths) {
         paths.supervised.exit(),
     ] {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_fit_a_unix_socket() {
+        let id = "d".repeat(64);
+        let short = DeployPaths::new(Path::new("/c"), &id);
+        assert_eq!(
+            short.socket(),
+            Path::new("/c/deployments").join(format!("{id}.sock"))
+        );
+        let deep = Path::new("/home/a-rather-long-user-name/projects/cyberwave/.cyberwave");
+        let long = DeployPaths::new(deep, &id);
+        assert!(long.socket().as_os_str().len() <= MAX_SOCKET_PATH);
+        assert_eq!(long.socket().parent(), Some(long.dir()));
+        assert_ne!(long.socket(), DeployPaths::new(deep, "other").socket());
     }
 }

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::protocol::json_kind;
+use crate::protocol::{json_kind, quote, quote_json};
 use crate::runners::{self, roots, Format};
+
+/// The longest `model` path accepted: Linux's PATH_MAX.
+const MAX_MODEL_PATH: usize = 4096;
 
 /// How long `infer` waits for the model server unless `timeout_seconds` says.
 pub const DEFAULT_INFER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -42,6 +45,12 @@ pub fn deploy(
             )
         }
     };
+    if model.len() > MAX_MODEL_PATH {
+        return Err(format!(
+            "\"model\" {} is longer than the {MAX_MODEL_PATH} bytes a path may have",
+            quote(model)
+        ));
+    }
     let format = optional_string(params, "format")?;
     if let Some(name) = &format {
         let format = Format::parse(name).map_err(|e| e.to_string())?;
@@ -83,10 +92,11 @@ pub fn deploy(
     })
 }
 
-/// The `deployment_id` of `infer` and `undeploy`.
+/// The `deployment_id` of `infer` and `undeploy`: the same alphabet as a
+/// deploy's, so a refusal never echoes more than a short quote.
 pub fn deployment_id(params: &Map<String, Value>) -> Result<String, String> {
     match optional_string(params, "deployment_id")? {
-        Some(id) => Ok(id),
+        Some(id) => checked_id(&id),
         None => Err("missing \"deployment_id\": give the id the deploy command returned".into()),
     }
 }
@@ -99,7 +109,12 @@ pub fn infer_timeout(params: &Map<String, Value>) -> Result<Duration, String> {
             .as_f64()
             .filter(|s| *s > 0.0 && *s <= 86_400.0)
             .map(Duration::from_secs_f64)
-            .ok_or_else(|| format!("\"timeout_seconds\" must be a number of seconds between 0 and 86400, got {value}")),
+            .ok_or_else(|| {
+                format!(
+                    "\"timeout_seconds\" must be a number of seconds between 0 and 86400, got {}",
+                    quote_json(value)
+                )
+            }),
     }
 }
 
@@ -126,7 +141,8 @@ fn checked_id(id: &str) -> Result<String, String> {
         Ok(id.to_owned())
     } else {
         Err(format!(
-            "\"deployment_id\" {id:?} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)"
+            "\"deployment_id\" {} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)",
+            quote(id)
         ))
     }
 }

@@ -8,6 +8,12 @@
 //! backoff. Incoming commands are acknowledged by the node only once handled
 //! (manual acks), so a crash between delivery and handling makes the broker
 //! deliver the command again.
+//!
+//! Nothing bigger than the broker's packet limit (`mqtt_max_packet_bytes`)
+//! is handed to rumqttc: such a publish is refused here with
+//! [`MqttError::TooLarge`], since a broker that drops the connection over
+//! it would be sent it again after every reconnect. Callers cut payloads to
+//! [`MqttLink::payload_budget`] first (`protocol::fit`).
 
 mod ledger;
 pub mod topics;
@@ -29,10 +35,17 @@ use crate::backoff::Backoff;
 use crate::config::Secret;
 use crate::protocol::{NodeRef, Presence};
 
-/// Largest packet accepted or sent. Generous on purpose: a command the
-/// client refuses to read would kill the connection and, redelivered by a
-/// persistent session, kill it again on every reconnect.
-const MAX_PACKET_BYTES: usize = 32 * 1024 * 1024;
+/// Largest packet read. Generous on purpose: a command the client refuses
+/// to read kills the connection, and a persistent session would deliver it
+/// again on every reconnect (see [`drive`] for how that loop is broken).
+/// What the node sends is bounded by `mqtt_max_packet_bytes` instead.
+pub const MAX_INCOMING_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bytes a QoS 1 PUBLISH needs besides its payload: the fixed header (at
+/// most 5), the topic (2 + its length) and the packet id (2).
+pub fn publish_overhead(topic: &str) -> usize {
+    9 + topic.len()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -47,6 +60,12 @@ pub enum MqttError {
     NoSystemRoots,
     #[error("the MQTT connection is closed")]
     Closed,
+    #[error("a {size}-byte message for {topic} is over the broker's {limit}-byte packet limit (mqtt_max_packet_bytes); it was not sent")]
+    TooLarge {
+        topic: String,
+        size: usize,
+        limit: usize,
+    },
 }
 
 /// How to reach and introduce ourselves to the broker.
@@ -60,6 +79,8 @@ pub struct MqttConfig {
     pub password: Secret,
     pub client_id: String,
     pub keep_alive: Duration,
+    /// The broker's packet limit: nothing bigger is sent.
+    pub max_packet_bytes: usize,
     /// Command topics, subscribed with QoS 1 on every connect.
     pub subscriptions: Vec<String>,
     pub presence_topic: String,
@@ -129,6 +150,7 @@ pub struct MqttLink {
     task: JoinHandle<()>,
     presence_topic: String,
     node: NodeRef,
+    max_packet_bytes: usize,
 }
 
 impl MqttLink {
@@ -143,7 +165,7 @@ impl MqttLink {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_inflight(256)
-            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+            .set_max_packet_size(MAX_INCOMING_BYTES, config.max_packet_bytes)
             .set_credentials(&config.username, config.password.expose())
             .set_last_will(LastWill::new(
                 &config.presence_topic,
@@ -173,9 +195,29 @@ impl MqttLink {
             publisher: publisher.clone(),
             presence_topic: config.presence_topic.clone(),
             node: config.node.clone(),
+            max_packet_bytes: config.max_packet_bytes,
             task: tokio::spawn(drive(eventloop, publisher, config, events_tx)),
         };
         Ok((link, events_rx))
+    }
+
+    /// The most payload bytes a message on `topic` may have.
+    pub fn payload_budget(&self, topic: &str) -> usize {
+        self.max_packet_bytes
+            .saturating_sub(publish_overhead(topic))
+    }
+
+    /// Refuses what the broker would not take (see the module docs).
+    fn check_size(&self, topic: &str, payload: &[u8]) -> Result<(), MqttError> {
+        let size = payload.len() + publish_overhead(topic);
+        if size > self.max_packet_bytes {
+            return Err(MqttError::TooLarge {
+                topic: topic.to_owned(),
+                size,
+                limit: self.max_packet_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Publishes with QoS 1. Waits only for room in the request queue.
@@ -185,6 +227,7 @@ impl MqttLink {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), MqttError> {
+        self.check_size(topic, &payload)?;
         self.publisher.publish(topic, payload, retain, None).await
     }
 
@@ -196,6 +239,7 @@ impl MqttLink {
         payload: Vec<u8>,
         id: u64,
     ) -> Result<(), MqttError> {
+        self.check_size(topic, &payload)?;
         self.publisher
             .publish(topic, payload, false, Some(id))
             .await
@@ -285,6 +329,9 @@ async fn drive(
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 failures = 0;
+                // A clean session was only asked to shed an unreadable
+                // message; later reconnects resume a persistent one.
+                eventloop.mqtt_options.set_clean_session(false);
                 tracing::debug!(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
@@ -322,6 +369,12 @@ async fn drive(
             Ok(_) => {}
             Err(ConnectionError::RequestsDone) => return,
             Err(error) => {
+                if read_too_much(&error) {
+                    tracing::error!(
+                        "a message over the {MAX_INCOMING_BYTES} bytes this node reads arrived on a command topic; it cannot be answered. The broker would deliver it again on every reconnect, so the next connect starts a clean session, dropping it (and any other command queued for this node while it was offline)"
+                    );
+                    eventloop.mqtt_options.set_clean_session(true);
+                }
                 let unassigned = eventloop
                     .pending
                     .iter()
@@ -336,6 +389,16 @@ async fn drive(
             }
         }
     }
+}
+
+/// Whether the connection died reading a packet over [`MAX_INCOMING_BYTES`].
+fn read_too_much(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
 }
 
 /// Subscriptions and presence go through the request queue from a separate

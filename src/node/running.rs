@@ -334,7 +334,9 @@ impl RunningNode {
 
     pub(super) async fn respond(&self, response: Response) {
         let topic = self.topics.response(&self.node.uuid);
-        if let Err(e) = self.mqtt.publish(&topic, response.to_bytes(), false).await {
+        let value = serde_json::to_value(&response).expect("responses serialize");
+        let payload = self.fit(&topic, value).bytes;
+        if let Err(e) = self.mqtt.publish(&topic, payload, false).await {
             tracing::warn!("could not publish a response: {e}");
         }
     }
@@ -533,6 +535,7 @@ fn mqtt_config(settings: &Settings, identity: &Identity, topics: &Topics) -> Mqt
             .unwrap_or(token),
         client_id: format!("cloud-node-{}", identity.uuid),
         keep_alive: MQTT_KEEP_ALIVE,
+        max_packet_bytes: settings.mqtt_max_packet_bytes.value,
         subscriptions: {
             let mut watched = vec![
                 topics.command(&identity.uuid),

@@ -1,4 +1,5 @@
-//! The node's side of workloads: commands in, events and live output out.
+//! The node's side of workloads: commands in, events and live output out,
+//! each cut to the broker's packet limit on its way ([`RunningNode::fit`]).
 
 use std::collections::HashMap;
 
@@ -7,6 +8,7 @@ use super::running::RunningNode;
 use super::NodeError;
 use crate::config::Settings;
 use crate::outbox::OutboxEntry;
+use crate::protocol::fit::{fit, Fitted};
 use crate::protocol::{Command, CommandKind, Response};
 use crate::workload::tail::TailMessage;
 use crate::workload::template::WITHHELD_VARS;
@@ -151,17 +153,39 @@ impl RunningNode {
         self.publish_event(&terminal.outbox_name, response).await;
     }
 
+    /// A message for `topic`, cut to what the broker takes (see
+    /// `protocol::fit`); a cut is logged once, here, with what was cut.
+    pub(super) fn fit(&self, topic: &str, payload: serde_json::Value) -> Fitted {
+        let budget = self.mqtt.payload_budget(topic);
+        let fitted = fit(payload, budget);
+        if !fitted.cut.is_empty() {
+            tracing::warn!(
+                request_id = fitted.value["request_id"].as_str().unwrap_or_default(),
+                event = fitted.value["event"].as_str().unwrap_or_default(),
+                "a message for {topic} was over the broker's limit (mqtt_max_packet_bytes, {budget} bytes of payload); sending it without: {}",
+                fitted.describe_cut()
+            );
+        }
+        fitted
+    }
+
     /// Publishes an event that must not be lost: into the outbox first,
-    /// removed when the broker acknowledges it.
+    /// removed when the broker acknowledges it. What is stored is already
+    /// cut to fit, so the outbox never holds a message that cannot leave.
     pub(super) async fn publish_event(&mut self, outbox_name: &str, response: Response) {
         let request_id = response.request_id.clone();
         let event = response.event.unwrap_or("event");
+        let topic = self.topics.response(&self.node.uuid);
+        let fitted = self.fit(
+            &topic,
+            serde_json::to_value(&response).expect("responses serialize"),
+        );
         let entry = OutboxEntry {
-            topic: self.topics.response(&self.node.uuid),
-            payload: serde_json::to_value(&response).expect("responses serialize"),
+            topic,
+            payload: fitted.value,
         };
         let stored = self.outbox.add(outbox_name, &entry);
-        let payload = response.to_bytes();
+        let payload = fitted.bytes;
         let sent = match stored {
             Ok(id) => {
                 if let Some(queued) = self.outbox_queued.as_mut() {
@@ -201,7 +225,7 @@ impl RunningNode {
         for message in messages {
             match message {
                 TailMessage::Log(value) => {
-                    let payload = value.to_string().into_bytes();
+                    let payload = self.fit(&logs, value).bytes;
                     if let Err(e) = self.mqtt.publish(&logs, payload, false).await {
                         tracing::warn!("could not publish live output: {e}");
                     }
@@ -218,6 +242,8 @@ impl RunningNode {
     /// Publishes stored events again: on a link's first connect every one
     /// it has not queued itself (left by an earlier run or link), later the
     /// ones a fresh broker session dropped. They are removed once acked.
+    /// An entry too big for the broker (left by a version without the cap,
+    /// or a lowered `mqtt_max_packet_bytes`) is cut and stored cut.
     pub(super) async fn resend_outbox(&mut self, dropped: &[u64]) {
         let first_connect = self.outbox_queued.take();
         if first_connect.is_none() && dropped.is_empty() {
@@ -231,7 +257,15 @@ impl RunningNode {
             if !resend {
                 continue;
             }
-            let payload = entry.payload.to_string().into_bytes();
+            let fitted = self.fit(&entry.topic, entry.payload);
+            if !fitted.cut.is_empty() {
+                let cut = OutboxEntry {
+                    topic: entry.topic.clone(),
+                    payload: fitted.value,
+                };
+                self.outbox.replace(id, &cut);
+            }
+            let payload = fitted.bytes;
             if let Err(e) = self.mqtt.publish_tracked(&entry.topic, payload, id).await {
                 tracing::warn!("could not re-send a stored event: {e}");
             }

@@ -85,7 +85,8 @@ impl GenerateRequest {
                 Some(n) => n as usize,
                 None => {
                     return Err(bad(format!(
-                        "\"max_tokens\" must be a positive integer, got {v}"
+                        "\"max_tokens\" must be a positive integer, got {}",
+                        crate::protocol::quote_json(v)
                     )))
                 }
             },
@@ -93,9 +94,12 @@ impl GenerateRequest {
         let number = |key: &str, default: f64| -> Result<f64, RunnerError> {
             match request.get(key) {
                 None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_f64()
-                    .ok_or_else(|| bad(format!("\"{key}\" must be a number, got {v}"))),
+                Some(v) => v.as_f64().ok_or_else(|| {
+                    bad(format!(
+                        "\"{key}\" must be a number, got {}",
+                        crate::protocol::quote_json(v)
+                    ))
+                }),
             }
         };
         let temperature = number("temperature", 0.8)?;
@@ -121,15 +125,19 @@ impl GenerateRequest {
                 .and_then(|s| u32::try_from(s).ok())
                 .ok_or_else(|| {
                     bad(format!(
-                        "\"seed\" must be an integer from 0 to {}, got {v}",
-                        u32::MAX
+                        "\"seed\" must be an integer from 0 to {}, got {}",
+                        u32::MAX,
+                        crate::protocol::quote_json(v)
                     ))
                 })?,
         };
         let flag = |key: &str| match request.get(key) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(bad(format!("\"{key}\" must be true or false, got {v}"))),
+            Some(v) => Err(bad(format!(
+                "\"{key}\" must be true or false, got {}",
+                crate::protocol::quote_json(v)
+            ))),
         };
         let stream = flag("stream")?;
         let ignore_eos = flag("ignore_eos")?;
@@ -166,7 +174,8 @@ fn messages_of(value: &Value) -> Result<Vec<(String, String)>, RunnerError> {
                 Ok((role.clone(), content.clone()))
             }
             _ => Err(bad(format!(
-                "message {i} must be {{\"role\": \"<text>\", \"content\": \"<text>\"}}, got {item}"
+                "message {i} must be {{\"role\": \"<text>\", \"content\": \"<text>\"}}, got {}",
+                crate::protocol::quote_json(item)
             ))),
         })
         .collect()
@@ -182,12 +191,14 @@ fn stops_of(value: Option<&Value>) -> Result<Vec<String>, RunnerError> {
             .map(|s| match s {
                 Value::String(s) if !s.is_empty() => Ok(s.clone()),
                 other => Err(bad(format!(
-                    "\"stop\" entries must be non-empty strings, got {other}"
+                    "\"stop\" entries must be non-empty strings, got {}",
+                    crate::protocol::quote_json(other)
                 ))),
             })
             .collect(),
         Some(other) => Err(bad(format!(
-            "\"stop\" must be a string or an array of at most {MAX_STOPS} strings, got {other}"
+            "\"stop\" must be a string or an array of at most {MAX_STOPS} strings, got {}",
+            crate::protocol::quote_json(other)
         ))),
     }
 }

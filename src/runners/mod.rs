@@ -69,7 +69,8 @@ impl Format {
             "gguf" => Ok(Format::Gguf),
             "torchscript" | "torch" | "pt" => Ok(Format::TorchScript),
             _ => Err(RunnerError::BadRequest(format!(
-                "unknown model format \"{name}\"; use onnx, gguf or torchscript"
+                "unknown model format {}; use onnx, gguf or torchscript",
+                crate::protocol::quote(name)
             ))),
         }
     }
@@ -340,7 +341,8 @@ pub fn check_option_keys(
             let mut all: Vec<&str> = known.iter().chain(ignored).copied().collect();
             all.sort_unstable();
             Err(RunnerError::Options(format!(
-                "unknown option \"{unknown}\"; known options: {}",
+                "unknown option {}; known options: {}",
+                crate::protocol::quote(unknown),
                 all.join(", ")
             )))
         }
@@ -358,7 +360,8 @@ pub fn usize_option(options: &Map<String, Value>, key: &str) -> Result<Option<us
             .map(Some)
             .ok_or_else(|| {
                 RunnerError::Options(format!(
-                    "\"{key}\" must be a non-negative integer, got {value}"
+                    "\"{key}\" must be a non-negative integer, got {}",
+                    crate::protocol::quote_json(value)
                 ))
             }),
     }

@@ -347,8 +347,9 @@ fn parse_options(options: &Map<String, Value>) -> Result<SessionOptions, RunnerE
         Some("all") => Some(GraphOptimizationLevel::All),
         Some(other) => {
             return Err(RunnerError::Options(format!(
-            "\"graph_optimization_level\" must be disable, basic, extended or all, got \"{other}\""
-        )))
+                "\"graph_optimization_level\" must be disable, basic, extended or all, got {}",
+                crate::protocol::quote(other)
+            )))
         }
     };
     let device = usize_option(options, "cuda_device_id")?.unwrap_or(0) as i32;
@@ -357,7 +358,8 @@ fn parse_options(options: &Map<String, Value>) -> Result<SessionOptions, RunnerE
         Some("cuda") => Some(device),
         Some(other) => {
             return Err(RunnerError::Options(format!(
-                "\"execution_provider\" must be cpu or cuda, got \"{other}\""
+                "\"execution_provider\" must be cpu or cuda, got {}",
+                crate::protocol::quote(other)
             )))
         }
     };

@@ -264,7 +264,8 @@ pub fn wants_base64(request: &Map<String, Value>) -> Result<bool, String> {
         Some(Value::String(s)) if s == "base64" => Ok(true),
         Some(Value::String(s)) if s == "json" => Ok(false),
         Some(other) => Err(format!(
-            "\"output_encoding\" must be \"json\" or \"base64\", got {other}"
+            "\"output_encoding\" must be \"json\" or \"base64\", got {}",
+            crate::protocol::quote_json(other)
         )),
     }
 }
@@ -277,7 +278,8 @@ fn read_dtype(fields: &Map<String, Value>) -> Result<DType, String> {
     match fields.get("dtype") {
         Some(Value::String(name)) => DType::parse(name).ok_or_else(|| {
             format!(
-                "unsupported dtype \"{name}\"; use one of {}",
+                "unsupported dtype {}; use one of {}",
+                crate::protocol::quote(name),
                 DType::names()
             )
         }),
@@ -294,7 +296,12 @@ fn read_shape(fields: &Map<String, Value>) -> Result<Vec<usize>, String> {
         .map(|d| {
             d.as_u64()
                 .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| format!("\"shape\" must hold non-negative integers, got {d}"))
+                .ok_or_else(|| {
+                    format!(
+                        "\"shape\" must hold non-negative integers, got {}",
+                        crate::protocol::quote_json(d)
+                    )
+                })
         })
         .collect()
 }
@@ -368,7 +375,12 @@ fn encode_element(dtype: DType, value: &Value, out: &mut Vec<u8>) -> Result<(), 
             Value::Bool(b) => u8::from(*b),
             Value::Number(n) if n.as_u64() == Some(0) => 0,
             Value::Number(n) if n.as_u64() == Some(1) => 1,
-            other => return Err(format!("expected true, false, 0 or 1, got {other}")),
+            other => {
+                return Err(format!(
+                    "expected true, false, 0 or 1, got {}",
+                    crate::protocol::quote_json(other)
+                ))
+            }
         }),
     }
     Ok(())
@@ -380,13 +392,19 @@ fn float(value: &Value) -> Result<f64, String> {
         Value::String(s) if s == "NaN" => Ok(f64::NAN),
         Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
         Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
-        other => Err(format!("expected a number, got {other}")),
+        other => Err(format!(
+            "expected a number, got {}",
+            crate::protocol::quote_json(other)
+        )),
     }
 }
 
 fn int<T: TryFrom<i64>>(value: &Value, dtype: DType) -> Result<T, String> {
     let Value::Number(n) = value else {
-        return Err(format!("expected an integer, got {value}"));
+        return Err(format!(
+            "expected an integer, got {}",
+            crate::protocol::quote_json(value)
+        ));
     };
     let whole = n
         .as_i64()

@@ -50,7 +50,8 @@ impl TorchRunner {
             }
             Some(other) => {
                 return Err(RunnerError::Options(format!(
-                    "\"device\" must be cpu or cuda, got \"{other}\""
+                    "\"device\" must be cpu or cuda, got {}",
+                    crate::protocol::quote(other)
                 )))
             }
         };
@@ -144,7 +145,8 @@ fn ordered_inputs(request: &Map<String, Value>) -> Result<Vec<(String, Tensor)>,
             })?,
         Some(other) => {
             return Err(RunnerError::BadRequest(format!(
-                "\"input_order\" must be an array of input names, got {other}"
+                "\"input_order\" must be an array of input names, got {}",
+                crate::protocol::quote_json(other)
             )))
         }
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value};
 
-use crate::protocol::json_kind;
+use crate::protocol::{json_kind, quote, quote_json};
 
 /// The signals `cancel` accepts.
 pub const CANCEL_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGKILL];
@@ -23,7 +23,7 @@ impl std::fmt::Display for CancelTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CancelTarget::Pid(pid) => write!(f, "pid {pid}"),
-            CancelTarget::RequestId(id) => write!(f, "request_id {id:?}"),
+            CancelTarget::RequestId(id) => write!(f, "request_id {}", quote(id)),
         }
     }
 }
@@ -46,8 +46,9 @@ impl CancelParams {
                 .and_then(|name| CANCEL_SIGNALS.into_iter().find(|s| s.as_str() == name))
                 .ok_or_else(|| {
                     format!(
-                        "params.signal must be one of {}, got {value}",
-                        names.join(", ")
+                        "params.signal must be one of {}, got {}",
+                        names.join(", "),
+                        quote_json(value)
                     )
                 })?,
         };
@@ -58,13 +59,18 @@ impl CancelParams {
                 .filter(|g| (0.0..=86_400.0).contains(g))
                 .map(Duration::from_secs_f64)
                 .ok_or_else(|| {
-                    format!("params.grace_seconds must be a number of seconds between 0 and 86400, got {value}")
+                    format!("params.grace_seconds must be a number of seconds between 0 and 86400, got {}", quote_json(value))
                 })?,
         };
         let target = match (params.get("pid"), params.get("workload_request_id")) {
             (Some(pid), _) if !pid.is_null() => match pid.as_u64() {
                 Some(pid) if (1..=i32::MAX as u64).contains(&pid) => CancelTarget::Pid(pid as i32),
-                _ => return Err(format!("params.pid must be a positive integer, got {pid}")),
+                _ => {
+                    return Err(format!(
+                        "params.pid must be a positive integer, got {}",
+                        quote_json(pid)
+                    ))
+                }
             },
             (_, Some(Value::String(id))) if !id.is_empty() => CancelTarget::RequestId(id.clone()),
             (_, Some(other)) if !other.is_null() => {

@@ -4,7 +4,8 @@
 //! `<rid>` rule (PROTOCOL.md) keeps any request_id, however hostile, inside
 //! `workload_logs/`: anything outside `[A-Za-z0-9._-]{1,128}` (and `.`/`..`)
 //! becomes a sanitized form plus a hash of the original, so two different ids
-//! never share files.
+//! never share files. Any accepted request_id (up to 1 KiB) thus names files
+//! of at most 81 bytes plus the type and suffix, well under NAME_MAX.
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +43,7 @@ pub fn rid(request_id: &str) -> String {
 /// FNV-1a: tiny, stable across versions and platforms, good enough to keep
 /// sanitized names apart (this is not a security boundary; the character
 /// filter is).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
         (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -166,6 +167,9 @@ mod tests {
             let paths = WorkloadPaths::new(Path::new("/c/workload_logs"), "training", id);
             assert_eq!(paths.stdout().parent(), Some(Path::new("/c/workload_logs")));
         }
+        let kib = "é/".repeat(341);
+        assert!(rid(&kib).len() <= 81, "{}", rid(&kib).len());
+        assert_ne!(rid(&kib), rid(&"é/".repeat(340)));
         assert_ne!(rid("a/b"), rid("a_b"));
         assert_ne!(rid("a/b"), rid("a\\b"));
     }

@@ -36,6 +36,12 @@ impl Broker {
         Self::start_inner(None, false)
     }
 
+    /// Starts an anonymous broker with extra `mosquitto.conf` lines, e.g.
+    /// `max_packet_size 1048576`.
+    pub fn start_with_conf(extra: &str) -> Broker {
+        Self::start_inner_conf(None, false, extra)
+    }
+
     /// Starts a broker that only accepts `user`/`pass`.
     ///
     /// Used to check that the node passes MQTT credentials through and fails
@@ -57,6 +63,10 @@ impl Broker {
     }
 
     fn start_inner(creds: Option<(&str, &str)>, tls: bool) -> Broker {
+        Self::start_inner_conf(creds, tls, "")
+    }
+
+    fn start_inner_conf(creds: Option<(&str, &str)>, tls: bool, extra: &str) -> Broker {
         // Picking a free port and then handing it to another process is racy
         // (another test may grab it in between), so retry a few times.
         let mut last_err = String::new();
@@ -70,6 +80,12 @@ impl Broker {
             let conf = dir.path().join("mosquitto.conf");
             let port = free_port();
             write_conf(&conf, port, &log, password_file.as_deref());
+            if !extra.is_empty() {
+                let mut text = fs::read_to_string(&conf).expect("read conf");
+                text.push_str(extra);
+                text.push('\n');
+                fs::write(&conf, text).expect("write conf");
+            }
             if tls {
                 make_tls_files(dir.path());
                 let mut text = fs::read_to_string(&conf).expect("read conf");

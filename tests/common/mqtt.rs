@@ -60,11 +60,26 @@ impl TestClient {
 
     /// Connects, returning the broker's refusal (or a timeout) as `Err`.
     pub fn try_connect(port: u16, creds: Option<(&str, &str)>) -> Result<TestClient, String> {
+        Self::try_connect_sized(port, creds, MAX_PACKET)
+    }
+
+    /// Connects anonymously, sending and reading packets up to `max_packet`
+    /// bytes (for tests of oversized messages).
+    pub fn connect_sized(port: u16, max_packet: usize) -> TestClient {
+        Self::try_connect_sized(port, None, max_packet)
+            .unwrap_or_else(|e| panic!("MQTT connect: {e}"))
+    }
+
+    fn try_connect_sized(
+        port: u16,
+        creds: Option<(&str, &str)>,
+        max_packet: usize,
+    ) -> Result<TestClient, String> {
         let id = format!("cw-test-{}", uuid::Uuid::new_v4().simple());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_session(true)
             .set_keep_alive(Duration::from_secs(5))
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+            .set_max_packet_size(max_packet, max_packet);
         if let Some((user, pass)) = creds {
             opts.set_credentials(user, pass);
         }
