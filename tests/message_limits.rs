@@ -87,6 +87,8 @@ fn oversized_terminal_event_is_cut_and_delivered_once() {
     let broker = Broker::start_with_conf(BROKER_MAX_PACKET);
     let s = Scenario::start_with(broker, FakeBackend::start(), |n| {
         n.env_var("CYBERWAVE_TRAINING_CMD", BIG_RESULT)
+            // Read the whole result, so the event itself is too big to send.
+            .env_var("CYBERWAVE_MAX_RESULT_BYTES", "30000000")
     });
     let started = s.request(json!({"command": "training", "request_id": "big-1"}));
     assert_eq!(started["event"], "started", "{started}");
@@ -135,6 +137,8 @@ fn broker_message_size_limit_does_not_lose_the_event() {
     let broker = Broker::start_with_conf("message_size_limit 1000000");
     let s = Scenario::start_with(broker, FakeBackend::start(), |n| {
         n.env_var("CYBERWAVE_TRAINING_CMD", BIG_RESULT)
+            // Read the whole result, so the event itself is too big to send.
+            .env_var("CYBERWAVE_MAX_RESULT_BYTES", "30000000")
     });
     s.request(json!({"command": "training", "request_id": "big-2"}));
     let events = terminal_events(&s.client, "big-2", Duration::from_secs(10));
