@@ -414,3 +414,4 @@ fn duplicate(record: &WorkloadRecord) -> Refusal {
 }
 
 mod ending;
+mod live;
