@@ -10,14 +10,19 @@
 //! takes its place in a queue when it arrives, and its ack waits until every
 //! earlier one is done.
 //!
-//! When a connection breaks, the acks it had not written yet are lost, and
-//! a broker that resumes the session delivers those commands again (at
-//! once, before anything new). They are remembered here by topic and
+//! When a connection breaks, acks it sent shortly before may be lost with
+//! it (a dead link goes unnoticed until the keep-alive says so), and a
+//! broker that resumes the session delivers those commands again (at once,
+//! before anything new). So the commands of the connection's last
+//! [`ACK_DOUBT`] and those not yet acknowledged are remembered by topic and
 //! payload until [`REDELIVERY_WINDOW`] after the reconnect: a redelivered
 //! command that was already handled is acknowledged without reaching the
 //! node a second time, and one still being handled is acknowledged together
 //! with the original. A fresh session redelivers nothing, so nothing is
 //! remembered then: a sender that repeats a command gets a new answer.
+//! A broker may also send a command twice on one connection (Mosquitto
+//! does after a session takeover: the queued copy, then the DUP one with the
+//! same packet id); the DUP copy is recognised the same way.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -26,9 +31,15 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Publish, QoS};
 
-/// How long after a reconnect a command whose ack was lost with the old
-/// connection is recognised when it comes again.
+/// How long after a reconnect a command whose ack may have been lost with
+/// the old connection is recognised when it comes again.
 pub const REDELIVERY_WINDOW: Duration = Duration::from_secs(60);
+/// Acks this recent when a connection breaks may not have reached the
+/// broker: rumqttc notices a dead link only after two keep-alives (the
+/// node's is 30 s).
+pub const ACK_DOUBT: Duration = Duration::from_secs(90);
+/// Recent acks remembered at most.
+const MAX_RECENT: usize = 4096;
 
 /// Identifies one received command for [`Acks::handled`].
 pub type Seq = u64;
@@ -52,8 +63,9 @@ pub struct Acks {
     /// This connection's commands, in arrival order.
     order: VecDeque<Waiting>,
     next_seq: Seq,
-    /// Acks handed to rumqttc and not yet written to the socket.
-    unwritten: HashMap<u16, u64>,
+    /// Acks this connection sent lately: when, for which packet id and
+    /// command.
+    recent: VecDeque<(Instant, u16, u64)>,
     /// Commands of broken connections whose ack never went out.
     lost: HashMap<u64, (Lost, Instant)>,
     /// A redelivered copy stands in for the original `Seq`.
@@ -92,6 +104,21 @@ impl Acks {
             return Some(seq); // nothing to acknowledge
         }
         let key = key(publish);
+        if publish.dup {
+            let same = |pkid: u16, k: u64| pkid == publish.pkid && k == key;
+            if self.order.iter().any(|w| same(w.pkid, w.key)) {
+                return None; // the original's ack answers both
+            }
+            if self.recent.iter().any(|(_, pkid, k)| same(*pkid, *k)) {
+                self.order.push_back(Waiting {
+                    seq,
+                    pkid: publish.pkid,
+                    key,
+                    done: true,
+                });
+                return None;
+            }
+        }
         let redelivered = self
             .lost
             .remove(&key)
@@ -139,24 +166,27 @@ impl Acks {
             if !send(front.pkid) {
                 return;
             }
-            self.unwritten.insert(front.pkid, front.key);
+            let now = Instant::now();
+            while self.recent.front().is_some_and(|(at, _, _)| {
+                now.duration_since(*at) > ACK_DOUBT || self.recent.len() >= MAX_RECENT
+            }) {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((now, front.pkid, front.key));
             self.order.pop_front();
         }
     }
 
-    /// rumqttc wrote the ack for `pkid`.
-    pub fn on_written(&mut self, pkid: u16) {
-        self.unwritten.remove(&pkid);
-    }
-
-    /// The connection broke: whatever it had not acknowledged on the wire
+    /// The connection broke: what it had not acknowledged, or only lately,
     /// is expected again if the broker resumes the session.
     pub fn on_lost(&mut self) {
         let now = Instant::now();
         self.lost
             .retain(|_, (_, since)| now.duration_since(*since) < REDELIVERY_WINDOW);
-        for (_, key) in self.unwritten.drain() {
-            self.lost.insert(key, (Lost::Handled, now));
+        for (at, _, key) in self.recent.drain(..) {
+            if now.duration_since(at) <= ACK_DOUBT {
+                self.lost.insert(key, (Lost::Handled, now));
+            }
         }
         for waiting in self.order.drain(..) {
             let lost = match waiting.done {
@@ -214,7 +244,7 @@ mod tests {
         let mut acks = Acks::default();
         let seq = acks.on_received(&command(1, "status")).unwrap();
         acks.handled(seq);
-        released(&mut acks); // handed over, never written: the link broke
+        released(&mut acks); // sent just before the link broke
         acks.on_lost();
         acks.on_connected(true);
         assert_eq!(acks.on_received(&command(7, "status")), None);
@@ -226,14 +256,15 @@ mod tests {
     }
 
     #[test]
-    fn a_written_ack_is_not_expected_again() {
+    fn a_new_connection_expects_nothing_of_its_own() {
         let mut acks = Acks::default();
         let seq = acks.on_received(&command(1, "status")).unwrap();
         acks.handled(seq);
         released(&mut acks);
-        acks.on_written(1);
-        acks.on_lost();
-        assert!(acks.on_received(&command(1, "status")).is_some());
+        assert!(
+            acks.on_received(&command(2, "status")).is_some(),
+            "without a break, a repeat is a new command"
+        );
     }
 
     #[test]
@@ -275,6 +306,22 @@ mod tests {
             acks.on_received(&command(1, "status")).is_some(),
             "a sender's repeat is answered"
         );
+    }
+
+    #[test]
+    fn a_dup_copy_on_the_same_connection_is_not_handled_again() {
+        let mut acks = Acks::default();
+        let first = acks.on_received(&command(1, "status")).unwrap();
+        let mut copy = command(1, "status");
+        copy.dup = true;
+        assert_eq!(acks.on_received(&copy), None, "while the original waits");
+        acks.handled(first);
+        assert_eq!(released(&mut acks), vec![1]);
+        assert_eq!(acks.on_received(&copy), None, "after its ack");
+        assert_eq!(released(&mut acks), vec![1], "acknowledged again");
+        let mut reused = command(1, "other");
+        reused.dup = true;
+        assert!(acks.on_received(&reused).is_some(), "another command");
     }
 
     #[test]

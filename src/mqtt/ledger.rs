@@ -226,7 +226,10 @@ mod tests {
         let mut l = Ledger::default();
         assert!(!l.bulk_room(1), "no bulk while disconnected");
         l.on_connected(false);
-        assert!(l.bulk_room(MAX_BULK_BYTES * 2), "one large message when idle");
+        assert!(
+            l.bulk_room(MAX_BULK_BYTES * 2),
+            "one large message when idle"
+        );
         l.queued(bulk(MAX_BULK_BYTES - 10));
         assert!(!l.bulk_room(11));
         assert!(l.bulk_room(10));

@@ -88,7 +88,10 @@ pub enum MqttEvent {
     Subscribed,
     /// A command; acknowledge it with [`MqttLink::ack`] and `seq` once
     /// handled.
-    Message { seq: Seq, publish: Publish },
+    Message {
+        seq: Seq,
+        publish: Publish,
+    },
     ConnectionLost {
         error: String,
         retry_in: Duration,
@@ -325,7 +328,6 @@ async fn drive(
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => queue.lock().ledger.on_sent(pkid),
-            Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => queue.lock().acks.on_written(pkid),
             Ok(Event::Incoming(Incoming::PubAck(ack))) => {
                 if let Tracked::Outbox(id) = queue.lock().ledger.on_acked(ack.pkid) {
                     let _ = events.send(MqttEvent::Delivered(id));

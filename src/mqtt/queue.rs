@@ -213,7 +213,10 @@ impl Queue {
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
         {
             Ok(()) => Ok(()),
-            Err(ClientError::TryRequest(Request::Publish(p)) | ClientError::Request(Request::Publish(p))) => {
+            Err(
+                ClientError::TryRequest(Request::Publish(p))
+                | ClientError::Request(Request::Publish(p)),
+            ) => {
                 state.ledger.unqueue_last();
                 Err(p.payload.into())
             }

@@ -166,7 +166,10 @@ impl RunningNode {
             self.workloads.end_output(&request_id);
             self.send_event(held);
         } else {
-            tracing::debug!(request_id, "the terminal event waits for the last live output");
+            tracing::debug!(
+                request_id,
+                "the terminal event waits for the last live output"
+            );
             self.held_events.insert(request_id, held);
         }
     }

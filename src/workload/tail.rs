@@ -282,7 +282,10 @@ mod tests {
         };
         assert_eq!(value["data"], "two\n");
         tail.rewind("stdout", 9);
-        assert!(tail.poll(&record, &paths, false).is_empty(), "never forward");
+        assert!(
+            tail.poll(&record, &paths, false).is_empty(),
+            "never forward"
+        );
     }
 
     #[test]
