@@ -58,12 +58,26 @@ impl TestClient {
             .unwrap_or_else(|e| panic!("MQTT connect as {user}: {e}"))
     }
 
+    /// Connects with a keep-alive that outlasts a broker stalled for less
+    /// than `keep_alive` (the default 5 s reconnects after ~5 s of silence).
+    pub fn connect_with_keep_alive(port: u16, keep_alive: Duration) -> TestClient {
+        Self::connect_inner(port, None, keep_alive).unwrap_or_else(|e| panic!("MQTT connect: {e}"))
+    }
+
     /// Connects, returning the broker's refusal (or a timeout) as `Err`.
     pub fn try_connect(port: u16, creds: Option<(&str, &str)>) -> Result<TestClient, String> {
+        Self::connect_inner(port, creds, Duration::from_secs(5))
+    }
+
+    fn connect_inner(
+        port: u16,
+        creds: Option<(&str, &str)>,
+        keep_alive: Duration,
+    ) -> Result<TestClient, String> {
         let id = format!("cw-test-{}", uuid::Uuid::new_v4().simple());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_session(true)
-            .set_keep_alive(Duration::from_secs(5))
+            .set_keep_alive(keep_alive)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let Some((user, pass)) = creds {
             opts.set_credentials(user, pass);
