@@ -14,9 +14,9 @@ use super::terminal::terminal_config;
 use super::workloads::{workload_config, HeldEvent, Reply};
 use super::*;
 use crate::deploy::{DeployEvent, Deployments};
-use crate::mqtt::{Seq, Tracked};
+use crate::mqtt::Seq;
 use crate::outbox::Outbox;
-use crate::telemetry::{NodeFigures, Sampler};
+use crate::telemetry::Sampler;
 use crate::terminal::{TerminalEvent, Terminals};
 use crate::workload::{WorkloadEvent, Workloads};
 
@@ -60,7 +60,7 @@ pub(super) struct RunningNode {
     background_tx: mpsc::UnboundedSender<Background>,
     background_rx: mpsc::UnboundedReceiver<Background>,
     shutdown: Shutdown,
-    started: Instant,
+    pub(super) started: Instant,
     pub(super) accepting: bool,
     ready: bool,
     heartbeat: Heartbeat,
@@ -76,14 +76,14 @@ pub(super) struct RunningNode {
     /// they wait no more PTY output is read.
     pub(super) held_terminal: Option<(String, Vec<u8>)>,
     /// The latest metrics sample did not go out: it goes on `Room`.
-    metrics_unsent: bool,
+    pub(super) metrics_unsent: bool,
     /// Outbox ids this MQTT link has queued: the first connect re-sends the
     /// others (left by an earlier run), never these a second time.
     pub(super) outbox_queued: Option<HashSet<u64>>,
     /// `None` when metrics are off (`metrics_interval: 0`).
-    sampler: Option<Sampler>,
+    pub(super) sampler: Option<Sampler>,
     /// The latest metrics sample, for `status` and the heartbeat.
-    metrics: Option<serde_json::Value>,
+    pub(super) metrics: Option<serde_json::Value>,
     pub(super) terminals: Terminals,
     terminal_events: mpsc::Receiver<TerminalEvent>,
     pub(super) deployments: Deployments,
@@ -158,53 +158,6 @@ impl RunningNode {
             self.sampler = Sampler::new();
         }
         self
-    }
-
-    /// Samples the machine and publishes it on the metrics topic.
-    fn publish_metrics(&mut self) {
-        let Some(sampler) = self.sampler.as_mut() else {
-            return;
-        };
-        let stats = self.workloads.stats;
-        let figures = NodeFigures {
-            uptime_seconds: self.started.elapsed().as_secs(),
-            workloads_started: stats.started,
-            workloads_completed: stats.completed,
-            workloads_failed: stats.failed,
-            workloads_cancelled: stats.cancelled,
-            workload_seconds: stats.seconds,
-        };
-        let sample = sampler.sample(&figures);
-        let gpu_memory = sampler.gpu_memory_by_pid();
-        if !gpu_memory.is_empty() {
-            self.workloads.note_gpu_memory(&gpu_memory);
-        }
-        self.metrics = Some(sample);
-        self.send_metrics();
-    }
-
-    /// Metrics are bulk: without room the sample waits for `Room`, and a
-    /// newer one replaces it.
-    fn send_metrics(&mut self) {
-        let Some(sample) = &self.metrics else {
-            return;
-        };
-        let topic = self.topics.metrics(&self.node.uuid);
-        let payload = sample.to_string().into_bytes();
-        self.metrics_unsent = self
-            .mqtt
-            .try_publish_bulk(&topic, payload, Tracked::Untracked)
-            .is_err();
-    }
-
-    /// The MQTT link has room again: what waited for it goes now.
-    fn on_room(&mut self) {
-        if let Some((session_id, bytes)) = self.held_terminal.take() {
-            self.publish_terminal(session_id, bytes);
-        }
-        if self.metrics_unsent {
-            self.send_metrics();
-        }
     }
 
     /// The event loop, then the stop.
