@@ -177,6 +177,12 @@ impl Acks {
         }
     }
 
+    /// Acks not yet handed over.
+    #[cfg(test)]
+    pub fn waiting(&self) -> usize {
+        self.order.len()
+    }
+
     /// The connection broke: what it had not acknowledged, or only lately,
     /// is expected again if the broker resumes the session.
     pub fn on_lost(&mut self) {

@@ -201,10 +201,9 @@ impl MqttLink {
         let queue = self.queue;
         let mut task = self.task;
         let finished = tokio::time::timeout(timeout, async {
-            // The disconnect goes after everything queued, offline included.
+            // The disconnect goes after everything waiting, offline included.
             while !queue.try_disconnect() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                queue.flush();
             }
             let _ = (&mut task).await;
         })

@@ -152,8 +152,12 @@ impl Queue {
         std::mem::take(&mut state.want_room)
     }
 
+    /// Queues the disconnect once nothing waits in the backlog; `false`:
+    /// try again later.
     pub(super) fn try_disconnect(&self) -> bool {
-        self.client.try_disconnect().is_ok()
+        let mut state = self.lock();
+        self.flush_backlog(&mut state);
+        state.backlog.is_empty() && self.client.try_disconnect().is_ok()
     }
 
     pub(super) fn client(&self) -> &AsyncClient {
@@ -225,5 +229,65 @@ impl Queue {
                 Err(Vec::new())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::MqttOptions;
+
+    /// A queue whose rumqttc request queue holds `cap` requests and is never
+    /// drained (no event loop runs).
+    fn queue(cap: usize) -> (Queue, rumqttc::EventLoop) {
+        let (client, eventloop) = AsyncClient::new(MqttOptions::new("t", "localhost", 1), cap);
+        (Queue::new(client), eventloop)
+    }
+
+    #[test]
+    fn bulk_waits_for_a_connection_and_room() {
+        let (queue, _eventloop) = queue(8);
+        assert_eq!(
+            queue.try_bulk("t/logs", b"x".to_vec(), Tracked::Untracked),
+            Err(b"x".to_vec()),
+            "disconnected: the payload comes back"
+        );
+        assert!(queue.flush(), "the refusal asks for room");
+        queue.lock().ledger.on_connected(false);
+        assert!(queue.bulk_ready());
+        assert!(queue
+            .try_bulk("t/logs", b"x".to_vec(), Tracked::Untracked)
+            .is_ok());
+    }
+
+    #[test]
+    fn essentials_wait_in_order_and_hold_bulk_back() {
+        let (queue, _eventloop) = queue(2);
+        queue.lock().ledger.on_connected(false);
+        for n in 0..3 {
+            queue.essential("t/response", vec![n], false, Tracked::Untracked);
+        }
+        assert_eq!(queue.lock().backlog.len(), 1, "the third waits");
+        assert!(
+            !queue.bulk_ready(),
+            "bulk never overtakes a waiting response"
+        );
+        assert!(queue
+            .try_bulk("t/logs", b"x".to_vec(), Tracked::Untracked)
+            .is_err());
+        assert!(!queue.try_disconnect(), "the disconnect waits too");
+    }
+
+    #[test]
+    fn acks_wait_for_a_connection() {
+        let (queue, _eventloop) = queue(8);
+        let mut publish = Publish::new("t/command", QoS::AtLeastOnce, b"status".to_vec());
+        publish.pkid = 1;
+        let seq = queue.lock().acks.on_received(&publish).unwrap();
+        queue.ack(seq);
+        assert_eq!(queue.lock().acks.waiting(), 1, "no connection, no ack");
+        queue.lock().ledger.on_connected(false);
+        queue.flush();
+        assert_eq!(queue.lock().acks.waiting(), 0);
     }
 }
