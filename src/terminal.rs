@@ -3,6 +3,13 @@
 //! batched onto `.../terminal/{id}/out`. Off unless cyberwave.yml says
 //! `terminal: {enabled: true}`. Sessions are interactive: unlike workloads
 //! they end with the node, and after `idle_timeout_seconds` without traffic.
+//!
+//! Output pushes back instead of piling up: the PTY reader hands its reads
+//! over a small bounded channel (blocking when it is full), and the batches
+//! go to the node over a bounded channel the node only reads while the MQTT
+//! link takes terminal bytes. A shell that prints faster than the broker
+//! takes it blocks in `write` like on a slow serial line, and the node's
+//! memory stays flat whatever it prints.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -18,6 +25,9 @@ use crate::protocol::{quote, quote_json};
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// …and at most this much per message.
 pub const MAX_MESSAGE: usize = 32 * 1024;
+/// PTY reads (at most [`MAX_MESSAGE`] each) waiting to be batched, per
+/// session; past that the reader thread blocks.
+const READS_IN_FLIGHT: usize = 4;
 pub const DISABLED: &str = "terminal access is disabled on this node";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +77,7 @@ struct Session {
 pub struct Terminals {
     config: TerminalConfig,
     sessions: HashMap<String, Session>,
-    events: mpsc::UnboundedSender<TerminalEvent>,
+    events: mpsc::Sender<TerminalEvent>,
 }
 
 fn dimension(params: &Map<String, Value>, name: &str) -> Result<u16, String> {
@@ -98,7 +108,7 @@ fn session_id(params: &Map<String, Value>) -> Result<String, String> {
 }
 
 impl Terminals {
-    pub fn new(config: TerminalConfig, events: mpsc::UnboundedSender<TerminalEvent>) -> Terminals {
+    pub fn new(config: TerminalConfig, events: mpsc::Sender<TerminalEvent>) -> Terminals {
         Terminals {
             config,
             sessions: HashMap::new(),
@@ -278,19 +288,20 @@ impl Terminals {
 
 /// Reads the PTY in a thread and batches what it reads: at most one message
 /// per [`BATCH_INTERVAL`], at most [`MAX_MESSAGE`] bytes. After the last
-/// output, reports the shell's exit.
+/// output, reports the shell's exit. Both hand-overs are bounded and wait
+/// when full, so a flood stops at the PTY (see the module doc).
 fn spawn_output(
     id: String,
     request_id: String,
     mut reader: Box<dyn Read + Send>,
     exit: oneshot::Receiver<Option<portable_pty::ExitStatus>>,
-    events: mpsc::UnboundedSender<TerminalEvent>,
+    events: mpsc::Sender<TerminalEvent>,
 ) {
-    let (chunks_tx, mut chunks) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (chunks_tx, mut chunks) = mpsc::channel::<Vec<u8>>(READS_IN_FLIGHT);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; MAX_MESSAGE];
         while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || chunks_tx.send(buf[..n].to_vec()).is_err() {
+            if n == 0 || chunks_tx.blocking_send(buf[..n].to_vec()).is_err() {
                 break;
             }
         }
@@ -319,13 +330,16 @@ fn spawn_output(
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            last_sent = tokio::time::Instant::now();
             for part in batch.chunks(MAX_MESSAGE) {
-                let _ = events.send(TerminalEvent::Output {
+                let output = TerminalEvent::Output {
                     session_id: id.clone(),
                     bytes: part.to_vec(),
-                });
+                };
+                if events.send(output).await.is_err() {
+                    return; // the node is gone
+                }
             }
+            last_sent = tokio::time::Instant::now();
         }
         let status = exit.await.ok().flatten();
         let (exit_code, signal) = match &status {
@@ -333,11 +347,12 @@ fn spawn_output(
             Some(s) => (Some(s.exit_code() as i32), None),
             None => (None, None),
         };
-        let _ = events.send(TerminalEvent::Closed {
+        let closed = TerminalEvent::Closed {
             session_id: id,
             request_id,
             exit_code,
             signal,
-        });
+        };
+        let _ = events.send(closed).await;
     });
 }

@@ -7,19 +7,23 @@
 //! broker without persistence has forgotten both), and reconnects with capped
 //! backoff. Incoming commands are acknowledged by the node only once handled
 //! (manual acks), so a crash between delivery and handling makes the broker
-//! deliver the command again.
+//! deliver the command again; the acks leave in arrival order ([`acks`]).
+//! Nothing here waits for room in rumqttc's request queue ([`queue`]): the
+//! node's loop must run on through a broker outage.
 //!
 //! Nothing bigger than the broker's packet limit (`mqtt_max_packet_bytes`)
-//! is handed to rumqttc: such a publish is refused here with
-//! [`MqttError::TooLarge`], since a broker that drops the connection over
-//! it would be sent it again after every reconnect. Callers cut payloads to
-//! [`MqttLink::payload_budget`] first (`protocol::fit`).
+//! is handed to rumqttc: a broker that drops the connection over it would be
+//! sent it again after every reconnect. Callers cut payloads to
+//! [`MqttLink::payload_budget`] first (`protocol::fit`); what still does not
+//! fit is dropped here with an error in the log, never retried.
 
+mod acks;
 mod ledger;
+mod queue;
 pub mod topics;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
@@ -29,7 +33,11 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use acks::Seq;
+pub use ledger::Tracked;
 pub use topics::Topics;
+
+use queue::Queue;
 
 use crate::backoff::Backoff;
 use crate::config::Secret;
@@ -94,59 +102,30 @@ pub struct MqttConfig {
 pub enum MqttEvent {
     Connected {
         session_present: bool,
-        /// Outbox ids whose publishes the new session dropped.
-        dropped: Vec<u64>,
+        /// Outbox events and live output the new session dropped: publish
+        /// them again.
+        dropped: Vec<Tracked>,
     },
     Subscribed,
-    Message(Publish),
+    /// A command; acknowledge it with [`MqttLink::ack`] and `seq` once
+    /// handled.
+    Message {
+        seq: Seq,
+        publish: Publish,
+    },
     ConnectionLost {
         error: String,
         retry_in: Duration,
     },
     /// The broker acknowledged the publish tracked under this outbox id.
     Delivered(u64),
+    /// Something was refused for lack of room, and there is room now.
+    Room,
 }
 
-/// Every publish goes through here, so the ledger sees them all, in the
-/// order the request queue does.
-struct Publisher {
-    client: AsyncClient,
-    order: tokio::sync::Mutex<()>,
-    ledger: Arc<Mutex<ledger::Ledger>>,
-}
-
-impl Publisher {
-    async fn publish(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        retain: bool,
-        token: ledger::Token,
-    ) -> Result<(), MqttError> {
-        let _turn = self.order.lock().await;
-        lock(&self.ledger).queued(token);
-        let sent = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await;
-        if sent.is_err() {
-            lock(&self.ledger).unqueue_last();
-            return Err(MqttError::Closed);
-        }
-        Ok(())
-    }
-}
-
-fn lock(ledger: &Mutex<ledger::Ledger>) -> std::sync::MutexGuard<'_, ledger::Ledger> {
-    ledger
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The handle the node publishes through.
+/// The handle the node publishes through. Every method returns at once.
 pub struct MqttLink {
-    client: AsyncClient,
-    publisher: Arc<Publisher>,
+    queue: Arc<Queue>,
     task: JoinHandle<()>,
     presence_topic: String,
     node: NodeRef,
@@ -185,18 +164,13 @@ impl MqttLink {
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let publisher = Arc::new(Publisher {
-            client: client.clone(),
-            order: tokio::sync::Mutex::new(()),
-            ledger: Arc::default(),
-        });
+        let queue = Arc::new(Queue::new(client));
         let link = MqttLink {
-            client,
-            publisher: publisher.clone(),
+            queue: queue.clone(),
             presence_topic: config.presence_topic.clone(),
             node: config.node.clone(),
             max_packet_bytes: config.max_packet_bytes,
-            task: tokio::spawn(drive(eventloop, publisher, config, events_tx)),
+            task: tokio::spawn(drive(eventloop, queue, config, events_tx)),
         };
         Ok((link, events_rx))
     }
@@ -207,59 +181,87 @@ impl MqttLink {
             .saturating_sub(publish_overhead(topic))
     }
 
-    /// Refuses what the broker would not take (see the module docs).
-    fn check_size(&self, topic: &str, payload: &[u8]) -> Result<(), MqttError> {
+    /// Whether the broker would take this message; logs the refusal.
+    fn fits(&self, topic: &str, payload: &[u8]) -> bool {
         let size = payload.len() + publish_overhead(topic);
         if size > self.max_packet_bytes {
-            return Err(MqttError::TooLarge {
+            let error = MqttError::TooLarge {
                 topic: topic.to_owned(),
                 size,
                 limit: self.max_packet_bytes,
-            });
+            };
+            tracing::error!("{error}");
+            return false;
         }
-        Ok(())
+        true
     }
 
-    /// Publishes with QoS 1. Waits only for room in the request queue.
-    pub async fn publish(
+    /// Publishes with QoS 1 now, or as soon as the request queue has room:
+    /// for what must not be lost (responses, presence).
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) {
+        if self.fits(topic, &payload) {
+            self.queue
+                .essential(topic, payload, retain, Tracked::Untracked);
+        }
+    }
+
+    /// Like [`MqttLink::publish`], and reports [`MqttEvent::Delivered`] with
+    /// `id` once the broker has acknowledged it.
+    pub fn publish_tracked(&self, topic: &str, payload: Vec<u8>, id: u64) {
+        if self.fits(topic, &payload) {
+            self.queue
+                .essential(topic, payload, false, Tracked::Outbox(id));
+        }
+    }
+
+    /// Publishes bulk (live output, metrics, terminal bytes) with QoS 1 if
+    /// the link takes it now; otherwise the payload comes back, and the
+    /// caller keeps it and tries again on [`MqttEvent::Room`]. `tracked`
+    /// comes back in [`MqttEvent::Connected`] if a fresh session drops the
+    /// publish. A payload that can never fit is dropped (`Ok`), not handed
+    /// back to be retried for ever.
+    pub fn try_publish_bulk(
         &self,
         topic: &str,
         payload: Vec<u8>,
-        retain: bool,
-    ) -> Result<(), MqttError> {
-        self.check_size(topic, &payload)?;
-        self.publisher.publish(topic, payload, retain, None).await
-    }
-
-    /// Publishes with QoS 1 and reports [`MqttEvent::Delivered`] with `id`
-    /// once the broker has acknowledged it.
-    pub async fn publish_tracked(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        id: u64,
-    ) -> Result<(), MqttError> {
-        self.check_size(topic, &payload)?;
-        self.publisher
-            .publish(topic, payload, false, Some(id))
-            .await
-    }
-
-    /// Acknowledges a command once it has been handled.
-    pub async fn ack(&self, publish: &Publish) {
-        if self.client.ack(publish).await.is_err() {
-            tracing::debug!("ack after the connection closed");
+        tracked: Tracked,
+    ) -> Result<(), Vec<u8>> {
+        if !self.fits(topic, &payload) {
+            return Ok(());
         }
+        self.queue.try_bulk(topic, payload, tracked)
+    }
+
+    /// Whether bulk would be taken now (connected, within the allowance).
+    pub fn bulk_ready(&self) -> bool {
+        self.queue.bulk_ready()
+    }
+
+    /// Acknowledges command `seq` once handled; the ack leaves when every
+    /// earlier command's has.
+    pub fn ack(&self, seq: Seq) {
+        self.queue.ack(seq);
     }
 
     /// Publishes presence `offline`, disconnects cleanly (so the broker does
     /// not fire the last will as well) and waits up to `timeout` for the
-    /// connection task to finish.
+    /// connection task to finish. Without a connection it gives up after
+    /// `timeout`: the broker fires the last will instead.
     pub async fn close(self, timeout: Duration) {
         let offline = presence(&self.node, "offline");
-        let _ = self.publish(&self.presence_topic, offline, true).await;
-        let _ = self.client.disconnect().await;
-        if tokio::time::timeout(timeout, self.task).await.is_err() {
+        self.publish(&self.presence_topic, offline, true);
+        let queue = self.queue;
+        let mut task = self.task;
+        let finished = tokio::time::timeout(timeout, async {
+            // The disconnect goes after everything waiting, offline included.
+            while !queue.try_disconnect() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = (&mut task).await;
+        })
+        .await;
+        if finished.is_err() {
+            task.abort();
             tracing::warn!(
                 "the broker did not take the disconnect within {timeout:?}; closing anyway"
             );
@@ -320,13 +322,20 @@ pub(crate) fn tls_config(ca_file: Option<&PathBuf>) -> Result<TlsConfiguration, 
 /// The connection task: drive the event loop until a clean disconnect.
 async fn drive(
     mut eventloop: EventLoop,
-    publisher: Arc<Publisher>,
+    queue: Arc<Queue>,
     config: MqttConfig,
     events: mpsc::UnboundedSender<MqttEvent>,
 ) {
     let mut failures: u32 = 0;
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        // The request queue drained a little or a PUBACK freed bulk room:
+        // hand over what waits, and wake the node if it asked for room.
+        let progress = matches!(
+            event,
+            Ok(Event::Outgoing(Outgoing::Publish(_)) | Event::Incoming(Incoming::PubAck(_)))
+        );
+        match event {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 failures = 0;
                 // A clean session was only asked to shed an unreadable
@@ -336,8 +345,12 @@ async fn drive(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
                 );
-                let dropped = lock(&publisher.ledger).on_connected(ack.session_present);
-                on_connect(&publisher, &config);
+                let dropped = {
+                    let mut state = queue.lock();
+                    state.acks.on_connected(ack.session_present);
+                    state.ledger.on_connected(ack.session_present)
+                };
+                on_connect(&queue, &config);
                 let _ = events.send(MqttEvent::Connected {
                     session_present: ack.session_present,
                     dropped,
@@ -357,11 +370,20 @@ async fn drive(
                 let _ = events.send(MqttEvent::Subscribed);
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                let _ = events.send(MqttEvent::Message(publish));
+                let seq = queue.lock().acks.on_received(&publish);
+                match seq {
+                    Some(seq) => {
+                        let _ = events.send(MqttEvent::Message { seq, publish });
+                    }
+                    None => {
+                        tracing::debug!(topic = %publish.topic, "a command delivered again after a reconnect was handled already");
+                        queue.flush();
+                    }
+                }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => lock(&publisher.ledger).on_sent(pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => queue.lock().ledger.on_sent(pkid),
             Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                if let Some(id) = lock(&publisher.ledger).on_acked(ack.pkid) {
+                if let Tracked::Outbox(id) = queue.lock().ledger.on_acked(ack.pkid) {
                     let _ = events.send(MqttEvent::Delivered(id));
                 }
             }
@@ -380,13 +402,20 @@ async fn drive(
                     .iter()
                     .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
                     .count();
-                lock(&publisher.ledger).on_lost(unassigned);
+                {
+                    let mut state = queue.lock();
+                    state.ledger.on_lost(unassigned);
+                    state.acks.on_lost();
+                }
                 failures += 1;
                 let retry_in = config.backoff.delay(failures);
                 let error = describe(&error, &config);
                 let _ = events.send(MqttEvent::ConnectionLost { error, retry_in });
                 tokio::time::sleep(retry_in).await;
             }
+        }
+        if progress && queue.flush() {
+            let _ = events.send(MqttEvent::Room);
         }
     }
 }
@@ -401,22 +430,21 @@ fn read_too_much(error: &ConnectionError) -> bool {
     )
 }
 
-/// Subscriptions and presence go through the request queue from a separate
-/// task: awaiting queue space here, inside the only task that drains the
-/// queue, could deadlock.
-fn on_connect(publisher: &Arc<Publisher>, config: &MqttConfig) {
-    let publisher = publisher.clone();
+/// Subscriptions go through the request queue from a separate task:
+/// awaiting queue space here, inside the only task that drains the queue,
+/// could deadlock. Presence waits its turn in the queue's backlog.
+fn on_connect(queue: &Arc<Queue>, config: &MqttConfig) {
     let filters: Vec<rumqttc::SubscribeFilter> = config
         .subscriptions
         .iter()
         .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
         .collect();
-    let presence_topic = config.presence_topic.clone();
-    let online = presence(&config.node, "online");
+    let client = queue.client().clone();
     tokio::spawn(async move {
-        let _ = publisher.client.subscribe_many(filters).await;
-        let _ = publisher.publish(&presence_topic, online, true, None).await;
+        let _ = client.subscribe_many(filters).await;
     });
+    let online = presence(&config.node, "online");
+    queue.essential(&config.presence_topic, online, true, Tracked::Untracked);
 }
 
 fn describe(error: &ConnectionError, config: &MqttConfig) -> String {

@@ -71,8 +71,8 @@ impl RunningNode {
                     Err(error) => Response::error(&self.node, Some(&request_id), error),
                 };
                 self.respond(response).await;
-                if let Some(publish) = self.unacked_starts.remove(&request_id) {
-                    self.mqtt.ack(&publish).await;
+                if let Some(seq) = self.unacked_starts.remove(&request_id) {
+                    self.mqtt.ack(seq);
                 }
                 None
             }

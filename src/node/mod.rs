@@ -220,6 +220,7 @@ async fn report_failed(backend: &Backend, error: &str, uuid: &str, slug: &str) {
     }
 }
 
+mod bulk;
 mod running;
 mod standalone;
 mod terminal;

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::Publish;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
@@ -12,11 +11,12 @@ use super::commands::{self, CommandContext};
 use super::deployments::deploy_config;
 use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
 use super::terminal::terminal_config;
-use super::workloads::{workload_config, Reply};
+use super::workloads::{workload_config, HeldEvent, Reply};
 use super::*;
 use crate::deploy::{DeployEvent, Deployments};
+use crate::mqtt::Seq;
 use crate::outbox::Outbox;
-use crate::telemetry::{NodeFigures, Sampler};
+use crate::telemetry::Sampler;
 use crate::terminal::{TerminalEvent, Terminals};
 use crate::workload::{WorkloadEvent, Workloads};
 
@@ -24,6 +24,9 @@ use crate::workload::{WorkloadEvent, Workloads};
 const OUTPUT_POLL: Duration = Duration::from_millis(250);
 /// How often old workload files are swept (PROTOCOL.md retention: daily).
 const RETENTION_SWEEP: Duration = Duration::from_secs(24 * 3600);
+/// Terminal output batches waiting for the node; a full channel stops the
+/// PTY readers (src/terminal.rs), so a flood costs no memory.
+const TERMINAL_EVENTS: usize = 8;
 
 /// Results of work the node spawned.
 enum Background {
@@ -57,7 +60,7 @@ pub(super) struct RunningNode {
     background_tx: mpsc::UnboundedSender<Background>,
     background_rx: mpsc::UnboundedReceiver<Background>,
     shutdown: Shutdown,
-    started: Instant,
+    pub(super) started: Instant,
     pub(super) accepting: bool,
     ready: bool,
     heartbeat: Heartbeat,
@@ -65,16 +68,24 @@ pub(super) struct RunningNode {
     workload_events: mpsc::UnboundedReceiver<WorkloadEvent>,
     pub(super) outbox: Outbox,
     /// Commands whose MQTT ack waits for their workload's launch.
-    pub(super) unacked_starts: HashMap<String, Publish>,
+    pub(super) unacked_starts: HashMap<String, Seq>,
+    /// Terminal events of ended workloads whose last output is not all out
+    /// yet (the MQTT link refused some): they follow it.
+    pub(super) held_events: HashMap<String, HeldEvent>,
+    /// Terminal bytes the MQTT link refused, sent again on `Room`; while
+    /// they wait no more PTY output is read.
+    pub(super) held_terminal: Option<(String, Vec<u8>)>,
+    /// The latest metrics sample did not go out: it goes on `Room`.
+    pub(super) metrics_unsent: bool,
     /// Outbox ids this MQTT link has queued: the first connect re-sends the
     /// others (left by an earlier run), never these a second time.
     pub(super) outbox_queued: Option<HashSet<u64>>,
     /// `None` when metrics are off (`metrics_interval: 0`).
-    sampler: Option<Sampler>,
+    pub(super) sampler: Option<Sampler>,
     /// The latest metrics sample, for `status` and the heartbeat.
-    metrics: Option<serde_json::Value>,
+    pub(super) metrics: Option<serde_json::Value>,
     pub(super) terminals: Terminals,
-    terminal_events: mpsc::UnboundedReceiver<TerminalEvent>,
+    terminal_events: mpsc::Receiver<TerminalEvent>,
     pub(super) deployments: Deployments,
     deploy_events: mpsc::UnboundedReceiver<DeployEvent>,
 }
@@ -101,7 +112,7 @@ impl RunningNode {
         })?;
         let (workload_tx, workload_events) = mpsc::unbounded_channel();
         let workloads = Workloads::open(workload_config(&settings)?, workload_tx);
-        let (terminal_tx, terminal_events) = mpsc::unbounded_channel();
+        let (terminal_tx, terminal_events) = mpsc::channel(TERMINAL_EVENTS);
         let terminals = Terminals::new(terminal_config(&settings), terminal_tx);
         let (deploy_tx, deploy_events) = mpsc::unbounded_channel();
         let deployments = Deployments::open(deploy_config(&settings)?, deploy_tx);
@@ -128,6 +139,9 @@ impl RunningNode {
             workload_events,
             outbox,
             unacked_starts: HashMap::new(),
+            held_events: HashMap::new(),
+            held_terminal: None,
+            metrics_unsent: false,
             outbox_queued: Some(HashSet::new()),
             sampler: None,
             metrics: None,
@@ -144,36 +158,6 @@ impl RunningNode {
             self.sampler = Sampler::new();
         }
         self
-    }
-
-    /// Samples the machine and publishes it on the metrics topic.
-    async fn publish_metrics(&mut self) {
-        let Some(sampler) = self.sampler.as_mut() else {
-            return;
-        };
-        let stats = self.workloads.stats;
-        let figures = NodeFigures {
-            uptime_seconds: self.started.elapsed().as_secs(),
-            workloads_started: stats.started,
-            workloads_completed: stats.completed,
-            workloads_failed: stats.failed,
-            workloads_cancelled: stats.cancelled,
-            workload_seconds: stats.seconds,
-        };
-        let sample = sampler.sample(&figures);
-        let gpu_memory = sampler.gpu_memory_by_pid();
-        if !gpu_memory.is_empty() {
-            self.workloads.note_gpu_memory(&gpu_memory);
-        }
-        let topic = self.topics.metrics(&self.node.uuid);
-        if let Err(e) = self
-            .mqtt
-            .publish(&topic, sample.to_string().into_bytes(), false)
-            .await
-        {
-            tracing::debug!("could not publish metrics: {e}");
-        }
-        self.metrics = Some(sample);
     }
 
     /// The event loop, then the stop.
@@ -209,12 +193,14 @@ impl RunningNode {
                     self.send_heartbeat();
                 }
                 Some(event) = self.workload_events.recv() => self.on_workload(event).await,
-                _ = output_timer.tick(), if self.workloads.active_count() > 0 => {
+                _ = output_timer.tick(), if self.workloads.active_count() > 0 || !self.held_events.is_empty() => {
                     quiet_polls = self.publish_output(quiet_polls).await;
                 }
                 _ = retention_timer.tick() => self.workloads.prune(),
-                _ = metrics_timer.tick(), if self.sampler.is_some() => self.publish_metrics().await,
-                Some(event) = self.terminal_events.recv() => self.on_terminal(event).await,
+                _ = metrics_timer.tick(), if self.sampler.is_some() => self.publish_metrics(),
+                Some(event) = self.terminal_events.recv(), if self.held_terminal.is_none() => {
+                    self.on_terminal(event).await;
+                }
                 Some(event) = self.deploy_events.recv() => self.on_deploy_event(event).await,
                 _ = idle_timer.tick(), if !self.terminals.is_empty() => self.terminals.reap_idle(),
                 Some(done) = self.background_rx.recv() => {
@@ -269,8 +255,10 @@ impl RunningNode {
                     self.settings.mqtt_host.value,
                     self.settings.mqtt_port.value
                 );
-                self.resend_outbox(&dropped).await;
+                self.on_dropped(dropped).await;
+                self.on_room();
             }
+            MqttEvent::Room => self.on_room(),
             MqttEvent::Delivered(id) => self.outbox.delivered(id),
             MqttEvent::Subscribed if !self.ready => {
                 self.ready = true;
@@ -286,7 +274,7 @@ impl RunningNode {
                 }
             }
             MqttEvent::Subscribed => tracing::debug!("subscriptions renewed"),
-            MqttEvent::Message(publish) => self.on_message(publish).await,
+            MqttEvent::Message { seq, publish } => self.on_message(seq, publish).await,
             MqttEvent::ConnectionLost { error, retry_in } => tracing::warn!(
                 "MQTT: {error}; reconnecting in {:.1}s",
                 retry_in.as_secs_f64()
@@ -296,14 +284,14 @@ impl RunningNode {
 
     /// Answers one command, then acknowledges it to the broker; a workload
     /// command is acknowledged once its launch has been answered.
-    async fn on_message(&mut self, publish: Publish) {
+    async fn on_message(&mut self, seq: Seq, publish: rumqttc::Publish) {
         if let Some(session) = self
             .topics
             .terminal_session(&self.node.uuid, &publish.topic)
         {
             let session = session.to_owned();
             self.terminals.input(&session, &publish.payload);
-            self.mqtt.ack(&publish).await;
+            self.mqtt.ack(seq);
             return;
         }
         let incoming =
@@ -319,7 +307,7 @@ impl RunningNode {
                 match self.on_command(command) {
                     Reply::Now(response) => Some(response),
                     Reply::AfterLaunch(request_id) => {
-                        self.unacked_starts.insert(request_id, publish);
+                        self.unacked_starts.insert(request_id, seq);
                         return;
                     }
                     Reply::Later => None,
@@ -329,16 +317,16 @@ impl RunningNode {
         if let Some(response) = response {
             self.respond(response).await;
         }
-        self.mqtt.ack(&publish).await;
+        self.mqtt.ack(seq);
     }
 
+    /// Responses are never dropped: without room in the request queue they
+    /// wait in the link's backlog, in order (src/mqtt/queue.rs).
     pub(super) async fn respond(&self, response: Response) {
         let topic = self.topics.response(&self.node.uuid);
         let value = serde_json::to_value(&response).expect("responses serialize");
         let payload = self.fit(&topic, value).bytes;
-        if let Err(e) = self.mqtt.publish(&topic, payload, false).await {
-            tracing::warn!("could not publish a response: {e}");
-        }
+        self.mqtt.publish(&topic, payload, false);
     }
 
     fn send_heartbeat(&mut self) {

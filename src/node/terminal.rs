@@ -4,6 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::running::RunningNode;
 use crate::config::Settings;
+use crate::mqtt::Tracked;
 use crate::protocol::{CommandKind, Response};
 use crate::terminal::{TerminalConfig, TerminalEvent};
 
@@ -42,10 +43,7 @@ impl RunningNode {
         match event {
             TerminalEvent::Output { session_id, bytes } => {
                 self.terminals.touch(&session_id);
-                let topic = self.topics.terminal_out(&self.node.uuid, &session_id);
-                if let Err(e) = self.mqtt.publish(&topic, bytes, false).await {
-                    tracing::debug!("could not publish terminal output: {e}");
-                }
+                self.publish_terminal(session_id, bytes);
             }
             TerminalEvent::Closed {
                 session_id,
@@ -60,6 +58,19 @@ impl RunningNode {
                 response.event = Some("closed");
                 self.respond(response).await;
             }
+        }
+    }
+
+    /// Terminal bytes are bulk: what the MQTT link refuses waits here, and
+    /// no more PTY output is read until it is out (`Room`), which stops
+    /// the shell's writes instead of buffering them.
+    pub(super) fn publish_terminal(&mut self, session_id: String, bytes: Vec<u8>) {
+        let topic = self.topics.terminal_out(&self.node.uuid, &session_id);
+        if let Err(bytes) = self
+            .mqtt
+            .try_publish_bulk(&topic, bytes, Tracked::Untracked)
+        {
+            self.held_terminal = Some((session_id, bytes));
         }
     }
 }

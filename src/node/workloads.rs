@@ -7,6 +7,7 @@ use super::commands::status_output;
 use super::running::RunningNode;
 use super::NodeError;
 use crate::config::Settings;
+use crate::mqtt::Tracked;
 use crate::outbox::OutboxEntry;
 use crate::protocol::fit::{fit, Fitted};
 use crate::protocol::{Command, CommandKind, Response};
@@ -16,6 +17,15 @@ use crate::workload::{Terminal, WorkloadConfig, WorkloadEvent};
 
 /// Output polls without news before polling slows to once a second.
 const QUIET_AFTER: u32 = 4;
+
+/// A terminal event stored in the outbox and not yet published: it waits
+/// for its workload's last output.
+pub(super) struct HeldEvent {
+    /// `None` when the outbox could not store it.
+    id: Option<u64>,
+    topic: String,
+    payload: Vec<u8>,
+}
 
 /// When a command is answered.
 pub(super) enum Reply {
@@ -119,8 +129,8 @@ impl RunningNode {
                     ),
                 };
                 self.respond(response).await;
-                if let Some(publish) = self.unacked_starts.remove(&request_id) {
-                    self.mqtt.ack(&publish).await;
+                if let Some(seq) = self.unacked_starts.remove(&request_id) {
+                    self.mqtt.ack(seq);
                 }
                 None
             }
@@ -136,9 +146,11 @@ impl RunningNode {
 
     /// Publishes a workload's last output, then its terminal event through
     /// the outbox: on disk first, removed when the broker acknowledges it.
+    /// When the MQTT link cannot take all the output now (an outage), the
+    /// event is stored and held until the output has followed.
     async fn report(&mut self, terminal: Terminal) {
         let request_id = terminal.request_id.clone();
-        self.publish_messages(terminal.messages).await;
+        let drained = self.drain_output(&request_id, terminal.messages);
         let ending = &terminal.ending;
         let mut response = match &ending.error {
             None => Response::ok(&self.node, &request_id, terminal.output),
@@ -150,7 +162,17 @@ impl RunningNode {
         };
         response.event = Some(ending.event());
         self.workloads.reported(&request_id, ending);
-        self.publish_event(&terminal.outbox_name, response).await;
+        let held = self.store_event(&terminal.outbox_name, response);
+        if drained {
+            self.workloads.end_output(&request_id);
+            self.send_event(held);
+        } else {
+            tracing::debug!(
+                request_id,
+                "the terminal event waits for the last live output"
+            );
+            self.held_events.insert(request_id, held);
+        }
     }
 
     /// A message for `topic`, cut to what the broker takes (see
@@ -173,6 +195,11 @@ impl RunningNode {
     /// removed when the broker acknowledges it. What is stored is already
     /// cut to fit, so the outbox never holds a message that cannot leave.
     pub(super) async fn publish_event(&mut self, outbox_name: &str, response: Response) {
+        let held = self.store_event(outbox_name, response);
+        self.send_event(held);
+    }
+
+    fn store_event(&mut self, outbox_name: &str, response: Response) -> HeldEvent {
         let request_id = response.request_id.clone();
         let event = response.event.unwrap_or("event");
         let topic = self.topics.response(&self.node.uuid);
@@ -184,35 +211,66 @@ impl RunningNode {
             topic,
             payload: fitted.value,
         };
-        let stored = self.outbox.add(outbox_name, &entry);
-        let payload = fitted.bytes;
-        let sent = match stored {
+        let id = match self.outbox.add(outbox_name, &entry) {
             Ok(id) => {
                 if let Some(queued) = self.outbox_queued.as_mut() {
                     queued.insert(id);
                 }
-                self.mqtt.publish_tracked(&entry.topic, payload, id).await
+                Some(id)
             }
             Err(e) => {
                 tracing::error!(request_id, "cannot store the {event} event in the outbox ({e}); publishing it without a safety net");
-                self.mqtt.publish(&entry.topic, payload, false).await
+                None
             }
         };
-        if let Err(e) = sent {
-            tracing::warn!(request_id, "could not publish the {event} event: {e}");
+        HeldEvent {
+            id,
+            topic: entry.topic,
+            payload: fitted.bytes,
+        }
+    }
+
+    fn send_event(&mut self, held: HeldEvent) {
+        match held.id {
+            Some(id) => self.mqtt.publish_tracked(&held.topic, held.payload, id),
+            None => self.mqtt.publish(&held.topic, held.payload, false),
+        }
+    }
+
+    /// Publishes an ended workload's output, starting with `messages`, as
+    /// far as the MQTT link takes it; `true` once all of it is out.
+    fn drain_output(&mut self, request_id: &str, mut messages: Vec<TailMessage>) -> bool {
+        loop {
+            if messages.is_empty() {
+                return true;
+            }
+            let unsent = self.publish_messages(messages);
+            if !unsent.is_empty() {
+                self.workloads.commit_output(unsent);
+                return false;
+            }
+            messages = self.workloads.poll_ended(request_id);
         }
     }
 
     /// Live output of the running workloads. After a second of silence the
     /// files are checked once a second instead of four times, which keeps a
     /// node with many quiet workloads idle; `quiet_polls` counts the silence.
+    /// Nothing is read while the MQTT link takes no bulk (an outage): the
+    /// bytes wait on disk. Held terminal events go once their workload's
+    /// last output has.
     pub(super) async fn publish_output(&mut self, quiet_polls: u32) -> u32 {
+        if !self.mqtt.bulk_ready() {
+            return quiet_polls;
+        }
+        self.drain_held();
         if quiet_polls >= QUIET_AFTER && quiet_polls % QUIET_AFTER != 0 {
             return quiet_polls + 1;
         }
         let messages = self.workloads.poll_output();
         let quiet = messages.is_empty();
-        self.publish_messages(messages).await;
+        let unsent = self.publish_messages(messages);
+        self.workloads.commit_output(unsent);
         if quiet {
             quiet_polls + 1
         } else {
@@ -220,23 +278,73 @@ impl RunningNode {
         }
     }
 
-    async fn publish_messages(&self, messages: Vec<TailMessage>) {
-        let logs = self.topics.logs(&self.node.uuid);
-        for message in messages {
-            match message {
-                TailMessage::Log(value) => {
-                    let payload = self.fit(&logs, value).bytes;
-                    if let Err(e) = self.mqtt.publish(&logs, payload, false).await {
-                        tracing::warn!("could not publish live output: {e}");
-                    }
-                }
-                TailMessage::Progress { request_id, value } => {
-                    let mut response = Response::ok(&self.node, &request_id, value);
-                    response.event = Some("progress");
-                    self.respond(response).await;
+    fn drain_held(&mut self) {
+        let waiting: Vec<String> = self.held_events.keys().cloned().collect();
+        for request_id in waiting {
+            let rest = self.workloads.poll_ended(&request_id);
+            if self.drain_output(&request_id, rest) {
+                self.workloads.end_output(&request_id);
+                if let Some(held) = self.held_events.remove(&request_id) {
+                    self.send_event(held);
                 }
             }
         }
+    }
+
+    /// Publishes live output and progress while the MQTT link takes them;
+    /// returns what it did not take (from the first refusal on), for the
+    /// tails to read again later.
+    fn publish_messages(&self, messages: Vec<TailMessage>) -> Vec<TailMessage> {
+        let logs = self.topics.logs(&self.node.uuid);
+        let response_topic = self.topics.response(&self.node.uuid);
+        let mut messages = messages.into_iter();
+        while let Some(message) = messages.next() {
+            let sent = match &message {
+                TailMessage::Log(value) => {
+                    let tracked = match message.position() {
+                        Some((request_id, stream, offset)) => Tracked::Output {
+                            request_id: request_id.to_owned(),
+                            stream: stream.to_owned(),
+                            offset,
+                        },
+                        None => Tracked::Untracked,
+                    };
+                    let payload = self.fit(&logs, value.clone()).bytes;
+                    self.mqtt.try_publish_bulk(&logs, payload, tracked).is_ok()
+                }
+                TailMessage::Progress { request_id, value } => {
+                    let mut response = Response::ok(&self.node, request_id, value.clone());
+                    response.event = Some("progress");
+                    let value = serde_json::to_value(&response).expect("responses serialize");
+                    let payload = self.fit(&response_topic, value).bytes;
+                    self.mqtt
+                        .try_publish_bulk(&response_topic, payload, Tracked::Untracked)
+                        .is_ok()
+                }
+            };
+            if !sent {
+                return std::iter::once(message).chain(messages).collect();
+            }
+        }
+        Vec::new()
+    }
+
+    /// What a fresh broker session dropped: live output goes on again from
+    /// the dropped chunk, outbox events are published again.
+    pub(super) async fn on_dropped(&mut self, dropped: Vec<Tracked>) {
+        let mut events = Vec::new();
+        for tracked in dropped {
+            match tracked {
+                Tracked::Outbox(id) => events.push(id),
+                Tracked::Output {
+                    request_id,
+                    stream,
+                    offset,
+                } => self.workloads.rewind_output(&request_id, &stream, offset),
+                Tracked::Untracked => {}
+            }
+        }
+        self.resend_outbox(&events);
     }
 
     /// Publishes stored events again: on a link's first connect every one
@@ -244,7 +352,7 @@ impl RunningNode {
     /// ones a fresh broker session dropped. They are removed once acked.
     /// An entry too big for the broker (left by a version without the cap,
     /// or a lowered `mqtt_max_packet_bytes`) is cut and stored cut.
-    pub(super) async fn resend_outbox(&mut self, dropped: &[u64]) {
+    fn resend_outbox(&mut self, dropped: &[u64]) {
         let first_connect = self.outbox_queued.take();
         if first_connect.is_none() && dropped.is_empty() {
             return;
@@ -265,10 +373,7 @@ impl RunningNode {
                 };
                 self.outbox.replace(id, &cut);
             }
-            let payload = fitted.bytes;
-            if let Err(e) = self.mqtt.publish_tracked(&entry.topic, payload, id).await {
-                tracing::warn!("could not re-send a stored event: {e}");
-            }
+            self.mqtt.publish_tracked(&entry.topic, fitted.bytes, id);
         }
     }
 }

@@ -569,3 +569,4 @@ fn refuse_damaged(request_id: &str, damaged: &Damaged) -> Refusal {
 }
 
 mod ending;
+mod live;

@@ -1,9 +1,14 @@
 //! Live output: new bytes of the log files go out on the logs topic with
 //! their byte offsets, and new lines of the progress file become `progress`
-//! events. How far each stream has gone is saved next to the logs, so a
-//! restarted node carries on where the last one stopped: nothing is sent
-//! twice or skipped (a crash between a publish and the next save can repeat
-//! one chunk; receivers place chunks by offset, so a repeat is harmless).
+//! events. The offsets only move past what the MQTT link took: a chunk it
+//! refuses (a broker outage, a full allowance) or a fresh broker session
+//! drops is [`OutputTail::rewind`]-ed and read again later, and a progress
+//! value it refuses waits unless a newer one comes. The bytes are on disk, so
+//! nothing queues in memory. How far each stream has gone is saved next to
+//! the logs, so a restarted node carries on where the last one stopped:
+//! nothing is skipped (a crash between a publish and the next save can
+//! repeat a chunk; receivers place chunks by offset, so a repeat is
+//! harmless).
 //!
 //! Files are read only when regular and a bounded window at a time
 //! (`fsutil`). A progress line longer than [`MAX_PROGRESS_LINE`] is skipped
@@ -47,6 +52,20 @@ pub enum TailMessage {
     Log(Value),
     /// The output of a `progress` event for workload `request_id`.
     Progress { request_id: String, value: Value },
+}
+
+impl TailMessage {
+    /// Where a logs message starts: `(request_id, stream, offset)`.
+    pub fn position(&self) -> Option<(&str, &str, u64)> {
+        match self {
+            TailMessage::Log(value) => Some((
+                value["request_id"].as_str()?,
+                value["stream"].as_str()?,
+                value["offset"].as_u64()?,
+            )),
+            TailMessage::Progress { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -108,6 +127,23 @@ impl OutputTail {
             }
         }
         out
+    }
+
+    /// The chunk of `stream` from `offset` on was not published: the next
+    /// poll reads it again.
+    pub fn rewind(&mut self, stream: &str, offset: u64) {
+        let current = match stream {
+            "stdout" => &mut self.offsets.stdout,
+            "stderr" => &mut self.offsets.stderr,
+            _ => return,
+        };
+        *current = (*current).min(offset);
+    }
+
+    /// A progress value was not published: it goes out next, unless a newer
+    /// one comes first.
+    pub fn unsent_progress(&mut self, value: Value) {
+        self.pending_progress.get_or_insert(value);
     }
 
     /// Saves the offsets when they moved and a save is due (or `force`).
@@ -260,6 +296,46 @@ mod tests {
             read_chunks(&path, &mut offset, false).is_empty(),
             "nothing is re-sent"
         );
+    }
+
+    #[test]
+    fn a_rewound_chunk_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = WorkloadPaths::new(dir.path(), "training", "r");
+        std::fs::write(paths.stdout(), "one\ntwo\n").unwrap();
+        let record = WorkloadRecord::starting("r", "training", &paths);
+        let mut tail = OutputTail::load(&paths);
+        let first = tail.poll(&record, &paths, false);
+        assert_eq!(first[0].position(), Some(("r", "stdout", 0)));
+        assert!(tail.poll(&record, &paths, false).is_empty());
+        tail.rewind("stdout", 4);
+        let again = tail.poll(&record, &paths, false);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].position(), Some(("r", "stdout", 4)));
+        let TailMessage::Log(value) = &again[0] else {
+            panic!("a log message")
+        };
+        assert_eq!(value["data"], "two\n");
+        tail.rewind("stdout", 9);
+        assert!(
+            tail.poll(&record, &paths, false).is_empty(),
+            "never forward"
+        );
+    }
+
+    #[test]
+    fn unsent_progress_waits_unless_a_newer_one_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = WorkloadPaths::new(dir.path(), "training", "r");
+        let record = WorkloadRecord::starting("r", "training", &paths);
+        let mut tail = OutputTail::load(&paths);
+        tail.unsent_progress(json!({"step": 1}));
+        let out = tail.poll(&record, &paths, true);
+        assert!(matches!(&out[0], TailMessage::Progress { value, .. } if value["step"] == 1));
+        tail.unsent_progress(json!({"step": 1}));
+        std::fs::write(paths.progress(), "{\"step\":2}\n").unwrap();
+        let out = tail.poll(&record, &paths, true);
+        assert!(matches!(&out[0], TailMessage::Progress { value, .. } if value["step"] == 2));
     }
 
     #[test]

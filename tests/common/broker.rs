@@ -142,6 +142,21 @@ impl Broker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is
+    /// read or acknowledged, like a broker that cannot keep up.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
+        }
+    }
+
+    /// Lets a [`Broker::pause`]d broker run again.
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+    }
+
     /// Starts the broker again on the same port with the same config.
     ///
     /// Stops it first if it is still running. Waits until it is reachable, so

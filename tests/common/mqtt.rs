@@ -58,15 +58,22 @@ impl TestClient {
             .unwrap_or_else(|e| panic!("MQTT connect as {user}: {e}"))
     }
 
+    /// Connects with a keep-alive that outlasts a broker stalled for less
+    /// than `keep_alive` (the default 5 s reconnects after ~5 s of silence).
+    pub fn connect_with_keep_alive(port: u16, keep_alive: Duration) -> TestClient {
+        Self::try_connect_sized(port, None, MAX_PACKET, keep_alive)
+            .unwrap_or_else(|e| panic!("MQTT connect: {e}"))
+    }
+
     /// Connects, returning the broker's refusal (or a timeout) as `Err`.
     pub fn try_connect(port: u16, creds: Option<(&str, &str)>) -> Result<TestClient, String> {
-        Self::try_connect_sized(port, creds, MAX_PACKET)
+        Self::try_connect_sized(port, creds, MAX_PACKET, Duration::from_secs(5))
     }
 
     /// Connects anonymously, sending and reading packets up to `max_packet`
     /// bytes (for tests of oversized messages).
     pub fn connect_sized(port: u16, max_packet: usize) -> TestClient {
-        Self::try_connect_sized(port, None, max_packet)
+        Self::try_connect_sized(port, None, max_packet, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("MQTT connect: {e}"))
     }
 
@@ -74,11 +81,12 @@ impl TestClient {
         port: u16,
         creds: Option<(&str, &str)>,
         max_packet: usize,
+        keep_alive: Duration,
     ) -> Result<TestClient, String> {
         let id = format!("cw-test-{}", uuid::Uuid::new_v4().simple());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_session(true)
-            .set_keep_alive(Duration::from_secs(5))
+            .set_keep_alive(keep_alive)
             .set_max_packet_size(max_packet, max_packet);
         if let Some((user, pass)) = creds {
             opts.set_credentials(user, pass);

@@ -204,7 +204,8 @@ impl Workloads {
             WorkloadState::Cancelled => self.stats.cancelled += 1,
             _ => self.stats.failed += 1,
         }
-        if let Some(mut tail) = entry.tail.take() {
+        // The tail stays until its last output is out (`end_output`).
+        if let Some(tail) = entry.tail.as_mut() {
             tail.save(&entry.paths, true);
         }
         if let Err(e) = entry.record.save(&entry.paths) {
@@ -283,19 +284,6 @@ impl Workloads {
                 "no running workload with {target} was started by this node; nothing was signalled"
             )),
         }
-    }
-
-    /// New output of every running workload.
-    pub fn poll_output(&mut self) -> Vec<TailMessage> {
-        let mut out = Vec::new();
-        for entry in self.entries.values_mut() {
-            if let (Some(tail), WorkloadState::Running) = (entry.tail.as_mut(), entry.record.state)
-            {
-                out.extend(tail.poll(&entry.record, &entry.paths, false));
-                tail.save(&entry.paths, false);
-            }
-        }
-        out
     }
 
     /// Removes the files of workloads that ended more than the retention
