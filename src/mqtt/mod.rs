@@ -338,23 +338,13 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 failures = 0;
-                // A clean session was only asked to shed an unreadable
-                // message; later reconnects resume a persistent one.
-                eventloop.mqtt_options.set_clean_session(false);
-                tracing::debug!(
-                    session_present = ack.session_present,
-                    "connected to the MQTT broker"
+                on_connack(
+                    &mut eventloop,
+                    &queue,
+                    &config,
+                    &events,
+                    ack.session_present,
                 );
-                let dropped = {
-                    let mut state = queue.lock();
-                    state.acks.on_connected(ack.session_present);
-                    state.ledger.on_connected(ack.session_present)
-                };
-                on_connect(&queue, &config);
-                let _ = events.send(MqttEvent::Connected {
-                    session_present: ack.session_present,
-                    dropped,
-                });
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                 if ack
@@ -391,22 +381,7 @@ async fn drive(
             Ok(_) => {}
             Err(ConnectionError::RequestsDone) => return,
             Err(error) => {
-                if read_too_much(&error) {
-                    tracing::error!(
-                        "a message over the {MAX_INCOMING_BYTES} bytes this node reads arrived on a command topic; it cannot be answered. The broker would deliver it again on every reconnect, so the next connect starts a clean session, dropping it (and any other command queued for this node while it was offline)"
-                    );
-                    eventloop.mqtt_options.set_clean_session(true);
-                }
-                let unassigned = eventloop
-                    .pending
-                    .iter()
-                    .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
-                    .count();
-                {
-                    let mut state = queue.lock();
-                    state.ledger.on_lost(unassigned);
-                    state.acks.on_lost();
-                }
+                on_connection_lost(&mut eventloop, &queue, &error);
                 failures += 1;
                 let retry_in = config.backoff.delay(failures);
                 let error = describe(&error, &config);
@@ -418,6 +393,50 @@ async fn drive(
             let _ = events.send(MqttEvent::Room);
         }
     }
+}
+
+/// A (re)connect: the ledger and the acks learn whether the session
+/// survived, subscriptions and presence go out again, the node is told.
+fn on_connack(
+    eventloop: &mut EventLoop,
+    queue: &Arc<Queue>,
+    config: &MqttConfig,
+    events: &mpsc::UnboundedSender<MqttEvent>,
+    session_present: bool,
+) {
+    // A clean session was only asked to shed an unreadable message; later
+    // reconnects resume a persistent one.
+    eventloop.mqtt_options.set_clean_session(false);
+    tracing::debug!(session_present, "connected to the MQTT broker");
+    let dropped = {
+        let mut state = queue.lock();
+        state.acks.on_connected(session_present);
+        state.ledger.on_connected(session_present)
+    };
+    on_connect(queue, config);
+    let _ = events.send(MqttEvent::Connected {
+        session_present,
+        dropped,
+    });
+}
+
+/// The connection broke: what rumqttc still holds unsent is accounted for,
+/// and a message too big to read is shed by the next connect.
+fn on_connection_lost(eventloop: &mut EventLoop, queue: &Queue, error: &ConnectionError) {
+    if read_too_much(error) {
+        tracing::error!(
+            "a message over the {MAX_INCOMING_BYTES} bytes this node reads arrived on a command topic; it cannot be answered. The broker would deliver it again on every reconnect, so the next connect starts a clean session, dropping it (and any other command queued for this node while it was offline)"
+        );
+        eventloop.mqtt_options.set_clean_session(true);
+    }
+    let unassigned = eventloop
+        .pending
+        .iter()
+        .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+        .count();
+    let mut state = queue.lock();
+    state.ledger.on_lost(unassigned);
+    state.acks.on_lost();
 }
 
 /// Whether the connection died reading a packet over [`MAX_INCOMING_BYTES`].

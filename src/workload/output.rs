@@ -35,7 +35,8 @@ impl Ending {
 }
 
 /// Decides the terminal event from the record and the supervisor's exit file
-/// (`None` when the supervisor died without writing one).
+/// (`None` when no exit status is known; the manager words why, and only a
+/// cancel reaches here without one).
 pub fn classify(record: &WorkloadRecord, exit: Option<&ExitFile>) -> Ending {
     let ending = |state, error: String| Ending {
         state,
@@ -50,7 +51,7 @@ pub fn classify(record: &WorkloadRecord, exit: Option<&ExitFile>) -> Ending {
     match exit {
         None => ending(
             WorkloadState::Failed,
-            "the workload's exit status is unknown: its supervisor process was killed".into(),
+            "the workload's exit status is unknown".into(),
         ),
         Some(ExitFile {
             error: Some(error), ..
