@@ -17,22 +17,15 @@ const CONFIG: &str = "cyberwave-cloud-node:\n  terminal:\n    enabled: true\n   
 const FLOOD_BYTES: u64 = 100_000_000;
 /// The broker stalls twice for this long during the flood.
 const STALL: Duration = Duration::from_secs(8);
-const RSS_LIMIT_KIB: u64 = 64 * 1024;
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    common::node::rss_kib(pid).unwrap_or(0)
 }
 
 #[test]
 fn a_terminal_flood_keeps_the_node_small_and_responsive() {
     let s = Scenario::start(|n| n.cwd_file("cyberwave.yml", CONFIG));
+    let rss_limit_kib = common::node::flood_rss_limit_kib(rss_kib(s.node.pid()));
     let opened =
         s.request(json!({"command": "terminal_open", "params": {"cols": 200, "rows": 50}}));
     let session = opened["output"]["session_id"].as_str().unwrap().to_owned();
@@ -134,9 +127,10 @@ fn a_terminal_flood_keeps_the_node_small_and_responsive() {
         "only {got} of {FLOOD_BYTES} bytes arrived"
     );
     assert!(
-        peak < RSS_LIMIT_KIB,
-        "node RSS peaked at {} MiB",
-        peak / 1024
+        peak < rss_limit_kib,
+        "node RSS peaked at {} MiB (limit {} MiB)",
+        peak / 1024,
+        rss_limit_kib / 1024
     );
     assert_eq!(unanswered, 0, "status went unanswered {unanswered} times");
     assert!(slowest < Duration::from_secs(1), "status took {slowest:?}");

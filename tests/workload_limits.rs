@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::node::rss_kib;
 use common::restart::{
     logs_dir, record_path, restart, stop_gracefully, terminal, training, wait_until, Reaper,
 };
@@ -24,28 +25,16 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-/// What the node may use at most while it reads hostile files.
-const RSS_LIMIT_KIB: u64 = 64 * 1024;
 /// Where the watchdog stops a runaway node.
 const RSS_KILL: u64 = 1024 * 1024;
 /// How long a `status` may take.
 const STATUS_LIMIT: Duration = Duration::from_secs(1);
 
-/// The node's resident set in KiB (`VmRSS`), `None` once it is gone.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Samples the node's RSS every 20 ms, keeps the peak, and SIGKILLs the
 /// node when it passes [`RSS_KILL`].
 struct RssWatch {
+    /// The node's RSS when the watch started.
+    baseline_kib: u64,
     peak: Arc<AtomicU64>,
     killed: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -71,6 +60,7 @@ impl RssWatch {
             }
         });
         RssWatch {
+            baseline_kib: rss_kib(pid).unwrap_or(0),
             peak,
             killed,
             stop,
@@ -100,6 +90,8 @@ struct Observed {
     slowest_status: Duration,
     unanswered_status: u32,
     peak_rss_kib: u64,
+    /// [`common::node::flood_rss_limit_kib`] of the RSS before the command.
+    rss_limit_kib: u64,
     killed_for_rss: bool,
 }
 
@@ -114,7 +106,10 @@ fn observe(
     timeout: Duration,
     settle: Duration,
 ) -> Observed {
-    let mut seen = Observed::default();
+    let mut seen = Observed {
+        rss_limit_kib: common::node::flood_rss_limit_kib(watch.baseline_kib),
+        ..Observed::default()
+    };
     let deadline = Instant::now() + timeout;
     let mut ended_at: Option<Instant> = None;
     while Instant::now() < deadline && ended_at.is_none_or(|t| t.elapsed() < settle) {
@@ -176,9 +171,10 @@ fn assert_healthy(s: &Scenario, seen: &Observed) -> Value {
         RSS_KILL / 1024
     );
     assert!(
-        seen.peak_rss_kib < RSS_LIMIT_KIB,
-        "node RSS peaked at {} KiB (limit {RSS_LIMIT_KIB}); {seen:?}",
-        seen.peak_rss_kib
+        seen.peak_rss_kib < seen.rss_limit_kib,
+        "node RSS peaked at {} KiB (limit {} KiB); {seen:?}",
+        seen.peak_rss_kib,
+        seen.rss_limit_kib
     );
     assert_eq!(
         seen.unanswered_status,

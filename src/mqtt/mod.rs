@@ -45,7 +45,8 @@ use crate::protocol::{NodeRef, Presence};
 
 /// Largest packet read. Generous on purpose: a command the client refuses
 /// to read kills the connection, and a persistent session would deliver it
-/// again on every reconnect (see [`drive`] for how that loop is broken).
+/// again on every reconnect (see [`on_connection_lost`] for how that loop
+/// is broken).
 /// What the node sends is bounded by `mqtt_max_packet_bytes` instead.
 pub const MAX_INCOMING_BYTES: usize = 32 * 1024 * 1024;
 
