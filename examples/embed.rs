@@ -14,8 +14,9 @@ use cyberwave_cloud_node::node;
 use cyberwave_cloud_node::shutdown::Shutdown;
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    // Workloads run under this same executable in a hidden supervisor mode.
-    if let Some(code) = cyberwave_cloud_node::run_supervisor_if_asked() {
+    // Models are served by this same executable in a hidden mode. Ship
+    // `cyberwave-cloud-node-shim` beside it: workloads run under that.
+    if let Some(code) = cyberwave_cloud_node::run_model_server_if_asked() {
         return Ok(code);
     }
     tokio::runtime::Builder::new_current_thread()

@@ -12,13 +12,15 @@ cd "$(dirname "$0")/.."
 name=cyberwave-cloud-node
 
 echo "==> cargo build --release" >&2
-cargo build --release --locked --bin "$name"
+# Both binaries: the node, and the shim its workloads run under.
+cargo build --release --locked --bin "$name" --bin "$name-shim"
 
 # Where cargo put it (honours CARGO_TARGET_DIR and .cargo/config.toml).
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 bin="${target_dir:-target}/release/$name"
 [ -x "$bin" ] || { echo "error: no binary at $bin" >&2; exit 1; }
+[ -x "$bin-shim" ] || { echo "error: no shim at $bin-shim" >&2; exit 1; }
 
 echo "==> completions and man page into target/packaging/" >&2
 out=target/packaging

@@ -212,7 +212,7 @@ impl SettingsArgs {
 
 /// The binary's whole life.
 pub fn main() -> ExitCode {
-    if let Some(code) = crate::run_supervisor_if_asked() {
+    if let Some(code) = crate::run_model_server_if_asked() {
         return code;
     }
     let cli = Cli::parse();

@@ -95,7 +95,7 @@ pub async fn run_install_script(
     }
     let described = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!("signal {}", signal_name(sig)),
+        (None, Some(sig)) => format!("signal {}", crate::supervised::signal_name(sig)),
         _ => "an unknown status".to_owned(),
     };
     let tail: Vec<String> = tail.into_iter().map(|l| format!("  | {l}")).collect();
@@ -130,12 +130,6 @@ async fn forward_lines(
             }
         }
     }
-}
-
-pub fn signal_name(signal: i32) -> String {
-    nix::sys::signal::Signal::try_from(signal)
-        .map(|s| s.as_str().to_owned())
-        .unwrap_or_else(|_| format!("signal {signal}"))
 }
 
 #[cfg(test)]

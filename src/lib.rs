@@ -56,19 +56,18 @@ pub mod runners;
 pub mod send;
 pub mod shutdown;
 pub mod standalone;
+pub mod supervised;
 pub mod telemetry;
 pub mod terminal;
 pub mod workload;
 
-/// Workloads are supervised, and models served, by the node's own
-/// executable in hidden modes. A program that embeds the node must call this
-/// first thing in `main` and return the exit code it gives, if any.
-pub fn run_supervisor_if_asked() -> Option<std::process::ExitCode> {
+/// Models are served by the node's own executable in a hidden mode (the
+/// runners are in it). A program that embeds the node must call this first
+/// thing in `main` and return the exit code it gives, if any; it must also
+/// ship the shim (`cyberwave-cloud-node-shim`) beside its executable.
+pub fn run_model_server_if_asked() -> Option<std::process::ExitCode> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mode = args.get(1)?;
-    if mode == workload::supervisor::MODE {
-        return Some(workload::supervisor::main(&args[2..]));
-    }
     if mode == deploy::server::MODE {
         return Some(deploy::server::main(&args[2..]));
     }

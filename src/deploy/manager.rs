@@ -18,10 +18,10 @@ use super::files::{
 };
 use super::listing::{format_of, listing};
 use super::{request, wire};
-use crate::workload::launch::spawn_supervised;
+use crate::supervised::{launch, procfs, watch};
+use crate::workload::output;
 use crate::workload::record::{now_unix_ms, read_json, ExitFile, StartedFile};
 use crate::workload::template::shell_quote;
-use crate::workload::{output, procfs, watch};
 
 /// How long a stopping model server gets before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -35,8 +35,10 @@ pub struct DeployConfig {
     pub working_dir: PathBuf,
     pub model_roots: Vec<PathBuf>,
     pub onnxruntime_path: Option<PathBuf>,
-    /// The node's own binary: supervisor and model server.
+    /// The node's own binary: it serves the models.
     pub exe: PathBuf,
+    /// The shim every model server runs under.
+    pub shim: PathBuf,
     /// The environment a model server starts with (secrets withheld).
     pub base_env: Vec<(String, String)>,
 }
@@ -184,8 +186,8 @@ impl Deployments {
             super::server::MODE,
             shell_quote(&paths.spec().to_string_lossy())
         );
-        let (exe, cwd, env) = (
-            self.config.exe.clone(),
+        let (shim, cwd, env) = (
+            self.config.shim.clone(),
             self.config.working_dir.clone(),
             self.config.base_env.clone(),
         );
@@ -195,7 +197,16 @@ impl Deployments {
             spec.deployment_id.clone(),
         );
         tokio::spawn(async move {
-            let outcome = spawn_supervised(&exe, &supervised, &cwd, &command, env, None).await;
+            let outcome = launch::spawn(launch::Spec {
+                shim: &shim,
+                base: supervised.base(),
+                cwd: &cwd,
+                command: &command,
+                env,
+                cgroup: None,
+            })
+            .await
+            .map_err(|e| e.to_string());
             let child = match outcome {
                 Ok((started, child)) => {
                     let _ = events.send(DeployEvent::Launched {

@@ -18,6 +18,7 @@ pub(super) fn deploy_config(settings: &Settings) -> Result<DeployConfig, NodeErr
         model_roots: settings.model_roots(),
         onnxruntime_path: settings.onnxruntime_path.as_ref().map(|p| p.value.clone()),
         exe: std::env::current_exe().map_err(NodeError::OwnExecutable)?,
+        shim: super::workloads::shim_path()?,
         base_env: inherited_env(settings),
     })
 }

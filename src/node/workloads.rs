@@ -52,10 +52,26 @@ pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, Nod
             .api_token
             .as_ref()
             .map(|t| t.value.expose().to_owned()),
-        supervisor_exe: std::env::current_exe().map_err(NodeError::OwnExecutable)?,
+        shim: shim_path()?,
         retention: settings.log_retention.value,
         max_result_bytes: settings.max_result_bytes.value,
     })
+}
+
+/// The shim beside the node's executable. A node without one still runs
+/// (status, terminal, everything but processes): each launch then fails
+/// with the path it tried, and the start-up log says how to fix it.
+pub(super) fn shim_path() -> Result<std::path::PathBuf, NodeError> {
+    let exe = std::env::current_exe().map_err(NodeError::OwnExecutable)?;
+    Ok(crate::supervised::find_shim(&exe).unwrap_or_else(|| {
+        let beside = exe.with_file_name(crate::supervised::handoff::SHIM_NAME);
+        tracing::warn!(
+            "no {} beside {} or on PATH: workloads and model servers cannot start; install it next to the node (the Debian package and `cargo build` do)",
+            crate::supervised::handoff::SHIM_NAME,
+            exe.display()
+        );
+        beside
+    }))
 }
 
 /// What the node's children start from: its environment and the `.env`

@@ -5,23 +5,18 @@
 //! that dies at any point leaves enough behind for the next one to find the
 //! workload and never start it twice.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::PathBuf;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::paths::WorkloadPaths;
-use super::record::{read_json, ExitFile, StartedFile, WorkloadRecord, WorkloadState};
-use super::supervisor;
+use super::record::{StartedFile, WorkloadRecord, WorkloadState};
 use crate::fsutil;
-
-/// Longest wait for a supervisor to report the workload's pid.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::supervised::{cgroup, launch};
 
 pub struct LaunchSpec {
-    pub exe: PathBuf,
+    /// The shim binary.
+    pub shim: PathBuf,
     pub paths: WorkloadPaths,
     pub cwd: PathBuf,
     pub command: String,
@@ -46,7 +41,7 @@ pub fn apply_started(record: &mut WorkloadRecord, started: &StartedFile) {
 /// Runs the launch; `Ok` carries the running record and the supervisor.
 pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String> {
     let LaunchSpec {
-        exe,
+        shim,
         paths,
         cwd,
         command,
@@ -61,7 +56,16 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
         .map_err(|e| e.to_string())
         .and_then(|written| written);
     let launched = match written {
-        Ok(()) => spawn_supervised(&exe, &paths, &cwd, &command, env, cgroup.as_deref()).await,
+        Ok(()) => launch::spawn(launch::Spec {
+            shim: &shim,
+            base: paths.base(),
+            cwd: &cwd,
+            command: &command,
+            env,
+            cgroup: cgroup.as_deref(),
+        })
+        .await
+        .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     // An unused cgroup goes at once (a failed launch runs nothing).
@@ -74,7 +78,7 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
                     dir.display()
                 );
             }
-            let _ = super::cgroup::remove(&dir);
+            let _ = cgroup::remove(&dir);
         }
     }
     let (started, child) = launched?;
@@ -90,58 +94,6 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
             )
         })?;
     Ok((record, child))
-}
-
-/// Starts `command` under a supervisor (files named after `paths`, in
-/// `cgroup` when given) and waits for it to report the pid; the model
-/// server is started this way too.
-pub async fn spawn_supervised(
-    exe: &Path,
-    paths: &WorkloadPaths,
-    cwd: &Path,
-    command: &str,
-    env: Vec<(String, String)>,
-    cgroup: Option<&Path>,
-) -> Result<(StartedFile, Child), String> {
-    let mut supervisor = Command::new(exe);
-    supervisor
-        .arg(supervisor::MODE)
-        .arg(paths.base())
-        .arg(cwd)
-        .arg(command);
-    if let Some(dir) = cgroup {
-        supervisor.arg(dir);
-    }
-    let mut child = supervisor
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start the workload supervisor {}: {e}",
-                exe.display()
-            )
-        })?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    let read =
-        tokio::time::timeout(READY_TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await;
-    if !matches!(read, Ok(Ok(n)) if n > 0) {
-        let _ = child.start_kill();
-        return Err("the workload supervisor did not report in time".into());
-    }
-    match read_json::<StartedFile>(&paths.started())? {
-        Some(started) => Ok((started, child)),
-        None => {
-            let exit = read_json::<ExitFile>(&paths.exit())?;
-            Err(exit
-                .and_then(|e| e.error)
-                .unwrap_or_else(|| "the supervisor exited without starting the workload".into()))
-        }
-    }
 }
 
 fn write_initial_files(

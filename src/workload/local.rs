@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::paths::WorkloadPaths;
-use super::procfs;
 use super::record::{now_unix_ms, scan, WorkloadRecord, WorkloadState};
 use crate::fsutil::{self, Links, ReadError};
+use crate::supervised::procfs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {

@@ -19,8 +19,6 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::cancel::{CancelParams, CancelTarget};
-use super::cgroup::CgroupRoot;
-use super::containment::{Kind, Unit};
 use super::launch::{launch, LaunchSpec};
 use super::output::{classify, terminal_output, Ending};
 use super::paths::{rid, WorkloadPaths};
@@ -29,7 +27,9 @@ use super::record::{
 };
 use super::tail::{OutputTail, TailMessage};
 use super::template::{render, take_workload_token};
-use super::{procfs, watch};
+use crate::supervised::cgroup::{self, CgroupRoot};
+use crate::supervised::containment::{Kind, Unit};
+use crate::supervised::{procfs, watch};
 
 /// What the manager needs from the node's settings.
 #[derive(Debug, Clone)]
@@ -43,8 +43,8 @@ pub struct WorkloadConfig {
     pub base_env: Vec<(String, String)>,
     /// The node's API token, handed to workloads without a token of their own.
     pub api_token: Option<String>,
-    /// The binary that runs `__supervise` (the node's own).
-    pub supervisor_exe: PathBuf,
+    /// The shim every workload runs under.
+    pub shim: PathBuf,
     pub retention: Duration,
     /// The most of a result file the terminal event may carry.
     pub max_result_bytes: u64,
@@ -230,7 +230,7 @@ impl Workloads {
         if let (true, Some(cancel), Some(unit)) = (
             active,
             entry.record.cancel.as_ref(),
-            Unit::of(&entry.record),
+            entry.record.process().as_ref().map(Unit::of),
         ) {
             let kill_at = cancel.requested_unix_ms + (cancel.grace_seconds * 1000.0) as u64;
             entry.settling = true;
@@ -384,7 +384,7 @@ impl Workloads {
         let record = WorkloadRecord::starting(request_id, kind, &paths);
         let cgroup = self.new_cgroup(&paths, &record);
         let spec = LaunchSpec {
-            exe: self.config.supervisor_exe.clone(),
+            shim: self.config.shim.clone(),
             paths: paths.clone(),
             cwd: self.config.working_dir.clone(),
             command,

@@ -12,14 +12,14 @@
 //! [`STATE_FILE_LIMIT`].
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::paths::{self, WorkloadPaths};
-use super::procfs;
 use crate::fsutil::{self, Contents, Links, ReadError};
+use crate::supervised::procfs;
+pub use crate::supervised::{now_unix_ms, ExitFile, StartedFile};
 
 /// The most the node reads of one of its own state files (records, started
 /// and exit files, offsets, deployment state): far more than any of them
@@ -111,6 +111,18 @@ impl WorkloadRecord {
         }
     }
 
+    /// The supervised process, once the shim has reported it.
+    pub fn process(&self) -> Option<StartedFile> {
+        Some(StartedFile {
+            supervisor_pid: self.supervisor_pid?,
+            supervisor_start_time: self.supervisor_start_time?,
+            pid: self.pid?,
+            start_time: self.start_time?,
+            started_unix_ms: self.started_unix_ms.unwrap_or(self.created_unix_ms),
+            cgroup: self.cgroup.clone(),
+        })
+    }
+
     pub fn save(&self, paths: &WorkloadPaths) -> std::io::Result<()> {
         write_json(&paths.record(), self)
     }
@@ -120,42 +132,6 @@ impl WorkloadRecord {
         let since = self.started_unix_ms.unwrap_or(self.created_unix_ms);
         now_ms.saturating_sub(since) as f64 / 1000.0
     }
-}
-
-/// Written by the supervisor right after the workload process exists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StartedFile {
-    pub supervisor_pid: i32,
-    pub supervisor_start_time: u64,
-    pub pid: i32,
-    pub start_time: u64,
-    pub started_unix_ms: u64,
-    /// The cgroup the workload runs in (`None`: the node asked for none,
-    /// or moving the workload into it failed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<PathBuf>,
-}
-
-/// Written by the supervisor when the workload has ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExitFile {
-    pub exit_code: Option<i32>,
-    pub signal: Option<String>,
-    pub ended_unix_ms: u64,
-    /// CPU time of the workload and every descendant it waited for.
-    pub cpu_seconds: f64,
-    /// Peak resident set of the largest process in that tree.
-    pub max_rss_bytes: u64,
-    /// Set when the workload could not be started at all.
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Writes `value` as JSON, atomically, mode 0600.

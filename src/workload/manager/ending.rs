@@ -9,7 +9,6 @@
 
 use std::os::unix::process::ExitStatusExt;
 
-use super::super::cgroup;
 use super::*;
 
 /// What the node saw of a supervisor's end.
@@ -136,7 +135,7 @@ impl Workloads {
                     "no exit file {}: the exit code {code} comes from the supervisor's own exit status",
                     entry.paths.exit().display()
                 );
-                (Some(from_supervisor(code)), None)
+                (Some(ExitFile::from_shim_status(code)), None)
             }
             (None, end) => (None, Some(unknown_reason(&entry.record, &entry.paths, end))),
         };
@@ -225,7 +224,7 @@ impl Workloads {
         let cancel = CancelParams::parse(params)?;
         let entry = self.find(&cancel.target)?;
         let record = &entry.record;
-        let mut unit = Unit::of(record).ok_or_else(|| {
+        let mut unit = record.process().as_ref().map(Unit::of).ok_or_else(|| {
             format!(
                 "workload {} is still starting; retry the cancel in a moment",
                 record.request_id
@@ -319,19 +318,6 @@ impl Workloads {
     }
 }
 
-/// An exit file made from the supervisor's exit status, where the disk
-/// could not take the real one: the code is all that is known.
-fn from_supervisor(code: i32) -> ExitFile {
-    ExitFile {
-        exit_code: Some(code),
-        signal: None,
-        ended_unix_ms: now_unix_ms(),
-        cpu_seconds: 0.0,
-        max_rss_bytes: 0,
-        error: None,
-    }
-}
-
 /// Why a workload's exit status is not known, in words for the event.
 fn unknown_reason(
     record: &WorkloadRecord,
@@ -346,7 +332,7 @@ fn unknown_reason(
     match end {
         Some(SupervisorEnd::Killed(signal)) => format!(
             "{supervisor} was killed by {} before it could record the exit status",
-            crate::install::signal_name(signal)
+            crate::supervised::signal_name(signal)
         ),
         _ => format!(
             "{supervisor} ended without writing {} (check free space and permissions there), and its own exit status went to the process that reaped it, not to this node (restarted since the workload started)",

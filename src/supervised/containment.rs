@@ -25,8 +25,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::cgroup;
+use super::handoff::{now_unix_ms, StartedFile};
 use super::procfs::{self, Stat};
-use super::record::{now_unix_ms, WorkloadRecord};
 
 /// How a workload's processes are held together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,16 +65,15 @@ pub struct Unit {
 }
 
 impl Unit {
-    /// The unit of a recorded workload; `None` before its pid is known.
-    pub fn of(record: &WorkloadRecord) -> Option<Unit> {
-        let leader = record.pid.zip(record.start_time)?;
-        Some(Unit {
-            cgroup: record.cgroup.clone(),
-            supervisor: record.supervisor_pid.zip(record.supervisor_start_time),
-            leader,
+    /// The unit of a process the shim started.
+    pub fn of(started: &StartedFile) -> Unit {
+        Unit {
+            cgroup: started.cgroup.clone(),
+            supervisor: Some((started.supervisor_pid, started.supervisor_start_time)),
+            leader: (started.pid, started.start_time),
             known: HashSet::new(),
             ids: HashSet::new(),
-        })
+        }
     }
 
     /// Sends `signal` to every live process of the workload; returns how
@@ -121,8 +120,9 @@ impl Unit {
 
     /// Waits until every process has ended, SIGKILLing whatever is left
     /// from `kill_at_ms` (Unix ms) on; gives up early once `keep_going`
-    /// says no. Blocking: run it off the event loop.
-    pub fn settle(mut self, kill_at_ms: u64, request_id: &str, keep_going: impl Fn() -> bool) {
+    /// says no. `what` names the unit in the log ("workload r-1").
+    /// Blocking: run it off the event loop.
+    pub fn settle(mut self, kill_at_ms: u64, what: &str, keep_going: impl Fn() -> bool) {
         // Most workloads are gone within milliseconds: look every
         // millisecond at first, then less and less often.
         let mut pause = Duration::from_millis(1);
@@ -134,8 +134,7 @@ impl Unit {
                 if !killing {
                     tracing::warn!(
                         pid = self.leader.0,
-                        request_id,
-                        "the workload outlived its cancel grace period: sending SIGKILL"
+                        "{what} outlived its grace period: sending SIGKILL"
                     );
                     killing = true;
                 }

@@ -1,0 +1,226 @@
+//! What the shim and the node tell each other: the shim's arguments, the
+//! line it prints once the process runs, and the two files it writes
+//! (started, exit). Compiled into both the node library and the shim
+//! binary (`src/shim/main.rs`), so the format has one definition; it
+//! therefore uses only std, libc and serde.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The shim's file name: installed beside the node's executable.
+pub const SHIM_NAME: &str = "cyberwave-cloud-node-shim";
+/// The shim's exit status when the process could not be started: what a
+/// shell reports for a command it cannot run.
+pub const SPAWN_FAILED: u8 = 127;
+/// The shim's exit status when waiting for the process failed.
+pub const WAIT_FAILED: u8 = 125;
+/// The shim's exit status for a wrong command line.
+pub const USAGE: u8 = 2;
+
+/// The one line the shim prints on its stdout, as JSON: the process runs,
+/// or it could not be started. The node reads this, not the files, while
+/// it launches; the files are for a node that restarts later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Report {
+    Started(StartedFile),
+    Failed { error: String },
+}
+
+/// Written by the shim right after the process exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartedFile {
+    pub supervisor_pid: i32,
+    pub supervisor_start_time: u64,
+    pub pid: i32,
+    pub start_time: u64,
+    pub started_unix_ms: u64,
+    /// The cgroup the process runs in (`None`: the node asked for none,
+    /// or moving the process into it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Written by the shim when the process has ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitFile {
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub ended_unix_ms: u64,
+    /// CPU time of the process and every descendant it waited for.
+    pub cpu_seconds: f64,
+    /// Peak resident set of the largest process in that tree.
+    pub max_rss_bytes: u64,
+    /// Set when the process could not be started at all.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl ExitFile {
+    /// What is known when only the shim's own exit status is: the code
+    /// (the shim exits with the process's code, or 128 + its signal).
+    pub fn from_shim_status(code: i32) -> ExitFile {
+        let (exit_code, signal) = match code {
+            129..=192 => (None, Some(signal_name(code - 128))),
+            code => (Some(code), None),
+        };
+        ExitFile {
+            exit_code,
+            signal,
+            ended_unix_ms: now_unix_ms(),
+            cpu_seconds: 0.0,
+            max_rss_bytes: 0,
+            error: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How durable a write must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Readers never see a torn file (write, then rename). Enough for a
+    /// file about a running process: a power loss ends the process too.
+    Atomic,
+    /// Also on disk before this returns (fsync of the file and the
+    /// directory): the file outlives a power loss.
+    Synced,
+}
+
+/// Writes `value` as JSON to `path`: a temp file beside it, then a rename,
+/// mode 0600.
+pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_file(path, &bytes, 0o600, durability)
+}
+
+/// Writes `contents` to `path` atomically, with permission bits `mode`.
+pub fn write_file(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    // Unique without a random source: pid, and the nanoseconds of now.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{nanos:x}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have narrowed `mode`; set it so 0600 means 0600.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        if durability == Durability::Synced {
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, path)?;
+        match durability {
+            Durability::Synced => File::open(dir)?.sync_all(),
+            Durability::Atomic => Ok(()),
+        }
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The name of a signal number (`SIGTERM`), or `signal N`.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        other => return format!("signal {other}"),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_status_means_code_or_signal() {
+        let exit = ExitFile::from_shim_status(3);
+        assert_eq!((exit.exit_code, exit.signal), (Some(3), None));
+        let exit = ExitFile::from_shim_status(128 + 9);
+        assert_eq!(exit.exit_code, None);
+        assert_eq!(exit.signal.as_deref(), Some("SIGKILL"));
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(64), "signal 64");
+    }
+
+    #[test]
+    fn writes_replace_whole_files_with_mode_0600() {
+        let dir = std::env::temp_dir().join(format!("handoff-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.json");
+        for durability in [Durability::Atomic, Durability::Synced] {
+            write_json(&path, &ExitFile::from_shim_status(0), durability).unwrap();
+            let back: ExitFile = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            assert_eq!(back.exit_code, Some(0));
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp file left");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

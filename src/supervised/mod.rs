@@ -1,0 +1,45 @@
+//! The supervised-process core that workloads and model servers share
+//! (docs/design.md, "The supervised unit").
+//!
+//! - [`handoff`]: what the shim and the node tell each other (arguments,
+//!   the report line, the started and exit files); compiled into the shim.
+//! - [`launch`]: starting a command under the shim and learning its pid.
+//! - [`procfs`]: process identity (pid + start time) and liveness.
+//! - [`watch`]: the exit of a process that is not the node's child.
+//! - [`containment`], [`cgroup`]: which processes are the unit's (its cgroup
+//!   v2, or its process tree) and the one stop: grace, then SIGKILL.
+//!
+//! Workloads (`crate::workload`) and deployments (`crate::deploy`) own
+//! what their processes mean; this module owns that they run, are found
+//! again after a restart, stop when told, and report an exit status.
+
+pub mod cgroup;
+pub mod containment;
+pub mod handoff;
+pub mod launch;
+pub mod procfs;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+
+pub use handoff::{now_unix_ms, signal_name, ExitFile, StartedFile};
+
+/// Where the shim is: beside the node's executable (`/usr/bin` for the
+/// package, `target/<profile>` for cargo), beside the directory above it
+/// (cargo's `examples/` and `deps/`), or on `PATH`.
+pub fn find_shim(exe: &Path) -> Option<PathBuf> {
+    let dirs = exe
+        .parent()
+        .into_iter()
+        .chain(exe.parent().and_then(Path::parent));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    dirs.map(Path::to_path_buf)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(handoff::SHIM_NAME))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

@@ -1,0 +1,100 @@
+//! The shim binary on its own: the exit status it reports through its own
+//! exit code and its exit file, and what it does when the disk cannot take
+//! that file or the command cannot start.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_cyberwave-cloud-node-shim");
+
+fn run_shim(base: &Path, cwd: &Path, command: &str) -> Output {
+    Command::new(SHIM)
+        .arg(base)
+        .arg(cwd)
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the shim runs")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn suffixed(base: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[test]
+fn exits_with_the_workloads_code_and_writes_it_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("w");
+    let out = run_shim(&base, dir.path(), "echo out; echo err >&2; exit 7");
+    assert_eq!(out.status.code(), Some(7));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = report["started"]["pid"].as_i64().expect("a started report");
+    let started = read_json(&suffixed(&base, ".started.json"));
+    assert_eq!(started["pid"].as_i64(), Some(pid));
+    let exit = read_json(&suffixed(&base, ".exit.json"));
+    assert_eq!(exit["exit_code"], 7);
+    assert_eq!(exit["signal"], Value::Null);
+    let stdout = std::fs::read_to_string(suffixed(&base, ".stdout.log")).unwrap();
+    let stderr = std::fs::read_to_string(suffixed(&base, ".stderr.log")).unwrap();
+    assert_eq!((stdout.as_str(), stderr.as_str()), ("out\n", "err\n"));
+}
+
+#[test]
+fn a_killed_workload_is_128_plus_its_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("w");
+    let out = run_shim(&base, dir.path(), "kill -KILL $$");
+    assert_eq!(out.status.code(), Some(128 + 9));
+    let exit = read_json(&suffixed(&base, ".exit.json"));
+    assert_eq!(exit["exit_code"], Value::Null);
+    assert_eq!(exit["signal"], "SIGKILL");
+}
+
+#[test]
+fn an_exit_file_the_disk_refuses_is_logged_and_the_code_still_comes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("w");
+    // A directory where the exit file goes: the rename onto it fails, as a
+    // full or read-only disk would make it.
+    let blocker = suffixed(&base, ".exit.json");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), b"").unwrap();
+    let out = run_shim(&base, dir.path(), "exit 3");
+    assert_eq!(out.status.code(), Some(3), "the exit code is the shim's own");
+    let stderr = std::fs::read_to_string(suffixed(&base, ".stderr.log")).unwrap();
+    assert!(
+        stderr.contains("cyberwave-cloud-node-shim: cannot write")
+            && stderr.contains("w.exit.json")
+            && stderr.contains("exit status (3)"),
+        "the failed write is logged where people look: {stderr:?}"
+    );
+}
+
+#[test]
+fn a_command_that_cannot_start_is_127_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("w");
+    let out = run_shim(&base, &dir.path().join("missing"), "true");
+    assert_eq!(out.status.code(), Some(127));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = report["failed"]["error"].as_str().expect("a failed report");
+    assert!(error.contains("cannot start /bin/sh in"), "{error}");
+    let exit = read_json(&suffixed(&base, ".exit.json"));
+    assert_eq!(exit["exit_code"], 127);
+    assert_eq!(exit["error"], error);
+}
+
+#[test]
+fn a_wrong_command_line_is_a_usage_error() {
+    let out = Command::new(SHIM).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: cyberwave-cloud-node-shim"));
+}
