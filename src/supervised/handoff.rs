@@ -62,16 +62,13 @@ pub struct ExitFile {
 }
 
 impl ExitFile {
-    /// What is known when only the shim's own exit status is: the code
-    /// (the shim exits with the process's code, or 128 + its signal).
+    /// What is known when only the shim's own exit status is: the process's
+    /// code, or 128 + its signal, reported as the code a shell's `$?` gives
+    /// (a process may exit 130 on its own: the number alone cannot say).
     pub fn from_shim_status(code: i32) -> ExitFile {
-        let (exit_code, signal) = match code {
-            129..=192 => (None, Some(signal_name(code - 128))),
-            code => (Some(code), None),
-        };
         ExitFile {
-            exit_code,
-            signal,
+            exit_code: Some(code),
+            signal: None,
             ended_unix_ms: now_unix_ms(),
             cpu_seconds: 0.0,
             max_rss_bytes: 0,
@@ -200,8 +197,7 @@ mod tests {
         let exit = ExitFile::from_shim_status(3);
         assert_eq!((exit.exit_code, exit.signal), (Some(3), None));
         let exit = ExitFile::from_shim_status(128 + 9);
-        assert_eq!(exit.exit_code, None);
-        assert_eq!(exit.signal.as_deref(), Some("SIGKILL"));
+        assert_eq!((exit.exit_code, exit.signal), (Some(137), None));
         assert_eq!(signal_name(15), "SIGTERM");
         assert_eq!(signal_name(64), "signal 64");
     }
