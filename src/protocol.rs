@@ -1,4 +1,6 @@
 //! The MQTT payloads of PROTOCOL.md: commands in, responses and presence out.
+//! The command kinds and response events are enums ([`CommandKind`],
+//! [`Event`]) with the wire's names.
 //!
 //! Parsing never fails silently and never panics: a payload is a command, an
 //! echo of a response (ignored), or invalid with a message that names the
@@ -7,80 +9,22 @@
 //! ([`quote`]), and what the node publishes is cut to the broker's limit
 //! ([`fit`]).
 
+mod event;
 pub mod fit;
+mod kind;
 pub mod quote;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub use event::Event;
+pub use kind::{CommandKind, DeployCommand, TerminalCommand, WorkloadKind};
 pub use quote::{echoed_request_id, quote, quote_json};
 
 /// The longest request_id the node accepts, in bytes. Ids name files only
 /// in their sanitized-plus-hash form (`workload::paths::rid`), never
 /// topics; a longer one is refused and echoed cut to this length.
 pub const MAX_REQUEST_ID_LEN: usize = 1024;
-
-/// A command the node knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandKind {
-    Inference,
-    Training,
-    Simulate,
-    Status,
-    Cancel,
-    TerminalOpen,
-    TerminalResize,
-    TerminalClose,
-    Deploy,
-    Infer,
-    Undeploy,
-    Deployments,
-}
-
-impl CommandKind {
-    pub const ALL: [CommandKind; 12] = [
-        CommandKind::Inference,
-        CommandKind::Training,
-        CommandKind::Simulate,
-        CommandKind::Status,
-        CommandKind::Cancel,
-        CommandKind::TerminalOpen,
-        CommandKind::TerminalResize,
-        CommandKind::TerminalClose,
-        CommandKind::Deploy,
-        CommandKind::Infer,
-        CommandKind::Undeploy,
-        CommandKind::Deployments,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CommandKind::Inference => "inference",
-            CommandKind::Training => "training",
-            CommandKind::Simulate => "simulate",
-            CommandKind::Status => "status",
-            CommandKind::Cancel => "cancel",
-            CommandKind::TerminalOpen => "terminal_open",
-            CommandKind::TerminalResize => "terminal_resize",
-            CommandKind::TerminalClose => "terminal_close",
-            CommandKind::Deploy => "deploy",
-            CommandKind::Infer => "infer",
-            CommandKind::Undeploy => "undeploy",
-            CommandKind::Deployments => "deployments",
-        }
-    }
-
-    pub fn is_workload(self) -> bool {
-        matches!(
-            self,
-            CommandKind::Inference | CommandKind::Training | CommandKind::Simulate
-        )
-    }
-
-    fn from_name(name: &str) -> Option<CommandKind> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
 
 /// A valid command.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,7 +192,7 @@ pub struct Response {
     pub slug: String,
     pub instance_uuid: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub event: Option<&'static str>,
+    pub event: Option<Event>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -338,7 +282,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(cmd.kind, CommandKind::Training);
+        assert_eq!(cmd.kind, CommandKind::Workload(WorkloadKind::Training));
         assert_eq!(cmd.request_id, "r-1");
         assert_eq!(cmd.params["epochs"], 3);
     }

@@ -30,6 +30,7 @@ pub use yaml::YamlFile;
 
 use crate::backoff::RetryUnit;
 use crate::identity::{self, Identity};
+use crate::protocol::WorkloadKind;
 
 pub const DEFAULT_API_URL: &str = "https://api.cyberwave.com";
 pub const DEFAULT_MQTT_HOST: &str = "mqtt.cyberwave.com";
@@ -325,13 +326,12 @@ impl Settings {
         }
     }
 
-    /// The template configured for a workload type.
-    pub fn template(&self, workload_type: &str) -> Option<&Sourced<String>> {
-        match workload_type {
-            "inference" => self.inference_cmd.as_ref(),
-            "training" => self.training_cmd.as_ref(),
-            "simulate" => self.simulate_cmd.as_ref(),
-            _ => None,
+    /// The template configured for a workload kind.
+    pub fn template(&self, kind: WorkloadKind) -> Option<&Sourced<String>> {
+        match kind {
+            WorkloadKind::Inference => self.inference_cmd.as_ref(),
+            WorkloadKind::Training => self.training_cmd.as_ref(),
+            WorkloadKind::Simulate => self.simulate_cmd.as_ref(),
         }
     }
 }

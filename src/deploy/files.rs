@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::protocol::Event;
 use crate::workload::paths::{rid, WorkloadPaths};
 use crate::workload::record::{read_json, write_json};
 
@@ -69,7 +70,7 @@ impl DeployPaths {
     /// The outbox name of one event of this deployment: with the deploy's
     /// request_id, so a redeploy under the same id never overwrites an
     /// event of the earlier one that still waits for its ack.
-    pub fn event_name(&self, request_id: &str, event: &str) -> String {
+    pub fn event_name(&self, request_id: &str, event: Event) -> String {
         format!("deploy_{}_{}.{event}", self.name, rid(request_id))
     }
 }

@@ -18,6 +18,7 @@ use super::files::{
 };
 use super::listing::{format_of, listing};
 use super::{request, wire};
+use crate::protocol::Event;
 use crate::supervised::{launch, procfs, watch};
 use crate::workload::output;
 use crate::workload::record::{now_unix_ms, read_json, ExitFile, StartedFile};
@@ -80,7 +81,7 @@ pub struct Report {
     pub request_id: String,
     /// Unique per event, for the outbox.
     pub outbox_name: String,
-    pub event: &'static str,
+    pub event: Event,
     pub output: Value,
     pub error: Option<String>,
 }
@@ -319,14 +320,14 @@ impl Deployments {
             ServerState::Ready { model } => {
                 record.state = DeployState::Ready;
                 record.loaded = Some(model.clone());
-                report(paths, record, "ready", model, None)
+                report(paths, record, Event::Ready, model, None)
             }
             ServerState::Failed { error } => {
                 record.state = DeployState::Failed;
                 record.error = Some(error.clone());
                 record.ended_unix_ms = Some(now_unix_ms());
                 let output = json!({"deployment_id": deployment_id, "model": record.model});
-                report(paths, record, "failed", output, Some(error))
+                report(paths, record, Event::Failed, output, Some(error))
             }
         };
         let _ = record.save(paths);
@@ -356,7 +357,7 @@ impl Deployments {
         let report = match record.state {
             DeployState::Stopping => {
                 record.state = DeployState::Stopped;
-                report(paths, record, "stopped", output, None)
+                report(paths, record, Event::Stopped, output, None)
             }
             state => {
                 let loader_error = match read_json::<ServerState>(&paths.state()) {
@@ -380,7 +381,7 @@ impl Deployments {
                 tracing::warn!(deployment_id, "{error}");
                 record.state = DeployState::Failed;
                 record.error = Some(error.clone());
-                report(paths, record, "failed", output, Some(error))
+                report(paths, record, Event::Failed, output, Some(error))
             }
         };
         let _ = record.save(paths);
@@ -566,7 +567,7 @@ fn apply_started(record: &mut DeploymentRecord, started: &StartedFile) {
 fn report(
     paths: &DeployPaths,
     record: &DeploymentRecord,
-    event: &'static str,
+    event: Event,
     mut output: Value,
     error: Option<String>,
 ) -> Report {

@@ -1,55 +1,70 @@
-//! What `status` and the heartbeat report: pure functions of the node's state.
+//! Command dispatch: the one match over every command the node knows.
+//!
+//! Each family has its handler (workloads here, `terminal.rs`,
+//! `deployments.rs`), which matches its own sub-enum; none has a catch-all,
+//! so a command added to `protocol::CommandKind` does not compile until it
+//! is answered.
 
-use std::time::Instant;
+use serde_json::{Map, Value};
 
-use serde_json::{json, Value};
+use super::report::status_output;
+use super::running::RunningNode;
+use crate::protocol::{Command, CommandKind, Response, WorkloadKind};
 
-use crate::config::Settings;
-use crate::protocol::NodeRef;
-use crate::workload::Workloads;
-
-/// The state a report can see.
-pub struct CommandContext<'a> {
-    pub settings: &'a Settings,
-    pub node: &'a NodeRef,
-    pub started: Instant,
-    pub accepting: bool,
-    pub workloads: &'a Workloads,
-    pub deployments: &'a crate::deploy::Deployments,
-    /// The latest metrics sample, if metrics are on.
-    pub metrics: Option<&'a Value>,
+/// When a command is answered.
+pub(super) enum Reply {
+    Now(Response),
+    /// The `started` answer (and the MQTT ack) wait for the launch.
+    AfterLaunch(String),
+    /// Acknowledged now; the one response follows from a spawned task.
+    Later,
 }
 
-/// The `status` output of PROTOCOL.md, every field.
-pub fn status_output(ctx: &CommandContext<'_>) -> Value {
-    let settings = ctx.settings;
-    json!({
-        "slug": ctx.node.slug,
-        "instance_uuid": ctx.node.uuid,
-        "profile_slug": settings.profile_slug.value,
-        "version": env!("CARGO_PKG_VERSION"),
-        "is_busy": ctx.workloads.is_busy(),
-        "accepting_commands": ctx.accepting,
-        "max_concurrent_workloads": settings.max_concurrent_workloads.value,
-        "uptime_seconds": ctx.started.elapsed().as_secs(),
-        "has_inference": settings.inference_cmd.is_some(),
-        "has_training": settings.training_cmd.is_some(),
-        "has_simulate": settings.simulate_cmd.is_some(),
-        "active_workloads": ctx.workloads.active_summaries(),
-        "containment": ctx.workloads.containment(),
-        "deployments": ctx.deployments.summary(),
-        "metrics": ctx.metrics,
-    })
-}
+impl RunningNode {
+    pub(super) fn on_command(&mut self, command: Command) -> Reply {
+        let Command {
+            kind,
+            request_id,
+            params,
+        } = command;
+        let id = request_id.as_str();
+        if !self.accepting {
+            return Reply::Now(Response::error(
+                &self.node,
+                Some(id),
+                "the node is shutting down and takes no new commands; resend to another node or after it restarts",
+            ));
+        }
+        match kind {
+            CommandKind::Workload(kind) => self.start_workload(kind, request_id, params),
+            CommandKind::Status => {
+                Reply::Now(Response::ok(&self.node, id, status_output(&self.context())))
+            }
+            CommandKind::Cancel => Reply::Now(match self.workloads.cancel(&params) {
+                Ok(output) => Response::ok(&self.node, id, output),
+                Err(error) => Response::error(&self.node, Some(id), error),
+            }),
+            CommandKind::Terminal(command) => {
+                Reply::Now(self.on_terminal_command(command, id, &params))
+            }
+            CommandKind::Deployment(command) => self.on_deploy_command(command, id, &params),
+        }
+    }
 
-/// The heartbeat body: a short status summary (PROTOCOL.md allows one).
-pub fn heartbeat_summary(ctx: &CommandContext<'_>) -> Value {
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "is_busy": ctx.workloads.is_busy(),
-        "accepting_commands": ctx.accepting,
-        "active_workloads": ctx.workloads.active_count(),
-        "uptime_seconds": ctx.started.elapsed().as_secs(),
-        "metrics": ctx.metrics.map(crate::telemetry::metrics::summary),
-    })
+    /// `inference`, `training`, `simulate`: answered once the launch is.
+    fn start_workload(
+        &mut self,
+        kind: WorkloadKind,
+        request_id: String,
+        params: Map<String, Value>,
+    ) -> Reply {
+        match self.workloads.start(kind, &request_id, params) {
+            Ok(()) => Reply::AfterLaunch(request_id),
+            Err(refusal) => {
+                let mut response = Response::error(&self.node, Some(&request_id), refusal.error);
+                response.output = refusal.output;
+                Reply::Now(response)
+            }
+        }
+    }
 }

@@ -2,13 +2,14 @@
 
 use serde_json::{Map, Value};
 
+use super::commands::Reply;
 use super::running::RunningNode;
-use super::workloads::{inherited_env, Reply};
+use super::workloads::inherited_env;
 use super::NodeError;
 use crate::config::Settings;
 use crate::deploy::manager::Report;
 use crate::deploy::{DeployConfig, DeployEvent};
-use crate::protocol::{CommandKind, Response};
+use crate::protocol::{CommandKind, DeployCommand, Event, Response};
 
 /// The deployment settings.
 pub(super) fn deploy_config(settings: &Settings) -> Result<DeployConfig, NodeError> {
@@ -26,30 +27,34 @@ pub(super) fn deploy_config(settings: &Settings) -> Result<DeployConfig, NodeErr
 impl RunningNode {
     pub(super) fn on_deploy_command(
         &mut self,
-        kind: CommandKind,
+        command: DeployCommand,
         request_id: &str,
         params: &Map<String, Value>,
     ) -> Reply {
-        let outcome = match kind {
-            CommandKind::Deploy => self
+        let outcome = match command {
+            DeployCommand::Deploy => self
                 .deployments
                 .deploy(request_id, params)
                 .map(|()| Reply::AfterLaunch(request_id.to_owned())),
-            CommandKind::Infer => self
+            DeployCommand::Infer => self
                 .deployments
                 .infer(request_id, params)
                 .map(|()| Reply::Later),
-            CommandKind::Undeploy => self
+            DeployCommand::Undeploy => self
                 .deployments
                 .undeploy(params)
                 .map(|output| Reply::Now(Response::ok(&self.node, request_id, output))),
-            _ => {
+            DeployCommand::List => {
                 self.deployments.list(request_id);
                 Ok(Reply::Later)
             }
         };
         outcome.unwrap_or_else(|error| {
-            tracing::info!(request_id, "refused {}: {error}", kind.name());
+            tracing::info!(
+                request_id,
+                "refused {}: {error}",
+                CommandKind::Deployment(command)
+            );
             Reply::Now(Response::error(&self.node, Some(request_id), error))
         })
     }
@@ -66,7 +71,7 @@ impl RunningNode {
                 let response = match self.deployments.on_launched(&deployment_id, outcome) {
                     Ok(output) => {
                         let mut response = Response::ok(&self.node, &request_id, output);
-                        response.event = Some("started");
+                        response.event = Some(Event::Started);
                         response
                     }
                     Err(error) => Response::error(&self.node, Some(&request_id), error),
@@ -88,7 +93,7 @@ impl RunningNode {
             }
             DeployEvent::Streamed { request_id, output } => {
                 let mut response = Response::ok(&self.node, &request_id, output);
-                response.event = Some("token");
+                response.event = Some(Event::Token);
                 self.respond(response).await;
                 None
             }

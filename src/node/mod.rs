@@ -10,6 +10,7 @@
 mod commands;
 mod deployments;
 mod registration;
+mod report;
 
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ use crate::mqtt::{MqttConfig, MqttError, MqttEvent, MqttLink, Topics};
 use crate::protocol::{self, Incoming, NodeRef, Response};
 use crate::shutdown::Shutdown;
 
-pub use commands::{status_output, CommandContext};
 pub use registration::{register_with_retry, RegistrationError, RegistrationRequest};
+pub use report::{status_output, CommandContext};
 
 /// Consecutive rejected heartbeats after which the node gives up.
 pub const HEARTBEAT_AUTH_TRIES: u32 = 5;

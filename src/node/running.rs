@@ -7,15 +7,17 @@ use tokio::time::sleep_until;
 
 use std::collections::{HashMap, HashSet};
 
-use super::commands::{self, CommandContext};
+use super::commands::Reply;
 use super::deployments::deploy_config;
 use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
+use super::report::{self, CommandContext};
 use super::terminal::terminal_config;
-use super::workloads::{workload_config, HeldEvent, Reply};
+use super::workloads::{workload_config, HeldEvent};
 use super::*;
 use crate::deploy::{DeployEvent, Deployments};
 use crate::mqtt::Seq;
 use crate::outbox::Outbox;
+use crate::protocol::WorkloadKind;
 use crate::telemetry::Sampler;
 use crate::terminal::{TerminalEvent, Terminals};
 use crate::workload::{WorkloadEvent, Workloads};
@@ -223,7 +225,15 @@ impl RunningNode {
             flags.push_str(&format!(" --mqtt-host {}", self.settings.mqtt_host.value));
         }
         let exe = "cyberwave-cloud-node";
-        match ["training", "inference", "simulate"].into_iter().find(|k| self.settings.template(k).is_some()) {
+        let preferred = [
+            WorkloadKind::Training,
+            WorkloadKind::Inference,
+            WorkloadKind::Simulate,
+        ];
+        match preferred
+            .into_iter()
+            .find(|k| self.settings.template(*k).is_some())
+        {
             Some(kind) => format!(
                 "{exe} send {kind} --params '{{\"epochs\": 3}}' --wait done --follow-logs{flags}   (or: {exe} send status{flags})"
             ),
@@ -335,7 +345,7 @@ impl RunningNode {
         };
         self.heartbeat.busy = true;
         let uuid = self.node.uuid.clone();
-        let summary = commands::heartbeat_summary(&self.context());
+        let summary = report::heartbeat_summary(&self.context());
         let done = self.background_tx.clone();
         tokio::spawn(async move {
             let outcome = backend.heartbeat(&uuid, summary).await;

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 use super::running::RunningNode;
 use crate::config::Settings;
 use crate::mqtt::Tracked;
-use crate::protocol::{CommandKind, Response};
+use crate::protocol::{Event, Response, TerminalCommand};
 use crate::terminal::{TerminalConfig, TerminalEvent};
 
 pub(super) fn terminal_config(settings: &Settings) -> TerminalConfig {
@@ -24,14 +24,14 @@ pub(super) fn terminal_config(settings: &Settings) -> TerminalConfig {
 impl RunningNode {
     pub(super) fn on_terminal_command(
         &mut self,
-        kind: CommandKind,
+        command: TerminalCommand,
         id: &str,
         params: &Map<String, Value>,
     ) -> Response {
-        let outcome = match kind {
-            CommandKind::TerminalOpen => self.terminals.open(id, params),
-            CommandKind::TerminalResize => self.terminals.resize(params),
-            _ => self.terminals.close(params),
+        let outcome = match command {
+            TerminalCommand::Open => self.terminals.open(id, params),
+            TerminalCommand::Resize => self.terminals.resize(params),
+            TerminalCommand::Close => self.terminals.close(params),
         };
         match outcome {
             Ok(output) => Response::ok(&self.node, id, output),
@@ -55,7 +55,7 @@ impl RunningNode {
                 let output =
                     json!({"session_id": session_id, "exit_code": exit_code, "signal": signal});
                 let mut response = Response::ok(&self.node, &request_id, output);
-                response.event = Some("closed");
+                response.event = Some(Event::Closed);
                 self.respond(response).await;
             }
         }

@@ -3,14 +3,13 @@
 
 use std::collections::HashMap;
 
-use super::commands::status_output;
 use super::running::RunningNode;
 use super::NodeError;
 use crate::config::Settings;
 use crate::mqtt::Tracked;
 use crate::outbox::OutboxEntry;
 use crate::protocol::fit::{fit, Fitted};
-use crate::protocol::{Command, CommandKind, Response};
+use crate::protocol::{Event, Response, WorkloadKind};
 use crate::workload::tail::TailMessage;
 use crate::workload::template::WITHHELD_VARS;
 use crate::workload::{Terminal, WorkloadConfig, WorkloadEvent};
@@ -27,20 +26,11 @@ pub(super) struct HeldEvent {
     payload: Vec<u8>,
 }
 
-/// When a command is answered.
-pub(super) enum Reply {
-    Now(Response),
-    /// The `started` answer (and the MQTT ack) wait for the launch.
-    AfterLaunch(String),
-    /// Acknowledged now; the one response follows from a spawned task.
-    Later,
-}
-
 /// The workload settings, and what a workload may inherit.
 pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, NodeError> {
-    let templates: HashMap<String, String> = ["inference", "training", "simulate"]
+    let templates: HashMap<WorkloadKind, String> = WorkloadKind::ALL
         .into_iter()
-        .filter_map(|kind| Some((kind.to_owned(), settings.template(kind)?.value.clone())))
+        .filter_map(|kind| Some((kind, settings.template(kind)?.value.clone())))
         .collect();
     Ok(WorkloadConfig {
         logs_dir: crate::workload::paths::logs_dir(&settings.config_dir.value),
@@ -89,43 +79,6 @@ pub(super) fn inherited_env(settings: &Settings) -> Vec<(String, String)> {
 }
 
 impl RunningNode {
-    pub(super) fn on_command(&mut self, command: Command) -> Reply {
-        let id = command.request_id.as_str();
-        if !self.accepting {
-            return Reply::Now(Response::error(
-                &self.node,
-                Some(id),
-                "the node is shutting down and takes no new commands; resend to another node or after it restarts",
-            ));
-        }
-        match command.kind {
-            CommandKind::Status => {
-                Reply::Now(Response::ok(&self.node, id, status_output(&self.context())))
-            }
-            CommandKind::Cancel => Reply::Now(match self.workloads.cancel(&command.params) {
-                Ok(output) => Response::ok(&self.node, id, output),
-                Err(error) => Response::error(&self.node, Some(id), error),
-            }),
-            CommandKind::TerminalOpen
-            | CommandKind::TerminalResize
-            | CommandKind::TerminalClose => {
-                Reply::Now(self.on_terminal_command(command.kind, id, &command.params))
-            }
-            CommandKind::Deploy
-            | CommandKind::Infer
-            | CommandKind::Undeploy
-            | CommandKind::Deployments => self.on_deploy_command(command.kind, id, &command.params),
-            kind => match self.workloads.start(kind.name(), id, command.params) {
-                Ok(()) => Reply::AfterLaunch(command.request_id),
-                Err(refusal) => {
-                    let mut response = Response::error(&self.node, Some(id), refusal.error);
-                    response.output = refusal.output;
-                    Reply::Now(response)
-                }
-            },
-        }
-    }
-
     pub(super) async fn on_workload(&mut self, event: WorkloadEvent) {
         let terminal = match event {
             WorkloadEvent::Started {
@@ -135,7 +88,7 @@ impl RunningNode {
                 let response = match self.workloads.on_started(&request_id, outcome) {
                     Ok(output) => {
                         let mut response = Response::ok(&self.node, &request_id, output);
-                        response.event = Some("started");
+                        response.event = Some(Event::Started);
                         response
                     }
                     Err(error) => Response::error(
@@ -217,7 +170,7 @@ impl RunningNode {
 
     fn store_event(&mut self, outbox_name: &str, response: Response) -> HeldEvent {
         let request_id = response.request_id.clone();
-        let event = response.event.unwrap_or("event");
+        let event = response.event.map_or("event", Event::name);
         let topic = self.topics.response(&self.node.uuid);
         let fitted = self.fit(
             &topic,
@@ -330,7 +283,7 @@ impl RunningNode {
                 }
                 TailMessage::Progress { request_id, value } => {
                     let mut response = Response::ok(&self.node, request_id, value.clone());
-                    response.event = Some("progress");
+                    response.event = Some(Event::Progress);
                     let value = serde_json::to_value(&response).expect("responses serialize");
                     let payload = self.fit(&response_topic, value).bytes;
                     self.mqtt

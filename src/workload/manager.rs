@@ -37,7 +37,7 @@ pub struct WorkloadConfig {
     pub logs_dir: PathBuf,
     pub working_dir: PathBuf,
     /// Workload type → template.
-    pub templates: HashMap<String, String>,
+    pub templates: HashMap<crate::protocol::WorkloadKind, String>,
     pub max_concurrent: usize,
     /// The environment every workload starts from (secrets withheld).
     pub base_env: Vec<(String, String)>,
@@ -349,7 +349,7 @@ impl Workloads {
     /// Checks and begins a workload; the outcome arrives as `Started`.
     pub fn start(
         &mut self,
-        kind: &str,
+        kind: crate::protocol::WorkloadKind,
         request_id: &str,
         mut params: Map<String, Value>,
     ) -> Result<(), Refusal> {
@@ -357,10 +357,10 @@ impl Workloads {
             error,
             output: None,
         };
-        let Some(template) = self.config.templates.get(kind).cloned() else {
+        let Some(template) = self.config.templates.get(&kind).cloned() else {
             return Err(refuse(format!(
                 "no {kind} command is configured on this node: set `{kind}:` in cyberwave.yml or CYBERWAVE_{}_CMD",
-                kind.to_ascii_uppercase()
+                kind.name().to_ascii_uppercase()
             )));
         };
         if let Some(existing) = self.entries.get(request_id) {
@@ -378,7 +378,7 @@ impl Workloads {
         }
         let token = take_workload_token(&mut params);
         let params_json = Value::Object(params).to_string();
-        let paths = WorkloadPaths::new(&self.config.logs_dir, kind, request_id);
+        let paths = WorkloadPaths::new(&self.config.logs_dir, kind.name(), request_id);
         let command =
             render(&template, &params_json, &paths.params().to_string_lossy()).map_err(refuse)?;
         let record = WorkloadRecord::starting(request_id, kind, &paths);
@@ -449,7 +449,7 @@ impl Workloads {
     /// one), and the five `CYBERWAVE_*` variables of the contract.
     fn workload_env(
         &self,
-        kind: &str,
+        kind: crate::protocol::WorkloadKind,
         request_id: &str,
         paths: &WorkloadPaths,
         token: Option<String>,
@@ -468,7 +468,7 @@ impl Workloads {
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
         env.extend([
             ("CYBERWAVE_REQUEST_ID".into(), request_id.to_owned()),
-            ("CYBERWAVE_WORKLOAD_TYPE".into(), kind.to_owned()),
+            ("CYBERWAVE_WORKLOAD_TYPE".into(), kind.name().to_owned()),
             ("CYBERWAVE_PARAMS_FILE".into(), path(paths.params())),
             ("CYBERWAVE_RESULT_FILE".into(), path(paths.result())),
             ("CYBERWAVE_PROGRESS_FILE".into(), path(paths.progress())),

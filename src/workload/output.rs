@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::paths::WorkloadPaths;
 use super::record::{ExitFile, WorkloadRecord, WorkloadState};
 use crate::fsutil::{self, Contents, Links};
+use crate::protocol::Event;
 
 /// The most of each log a terminal event carries.
 pub const TAIL_BYTES: u64 = 4096;
@@ -29,8 +30,15 @@ pub struct Ending {
 }
 
 impl Ending {
-    pub fn event(&self) -> &'static str {
-        self.state.name()
+    pub fn event(&self) -> Event {
+        match self.state {
+            WorkloadState::Completed => Event::Completed,
+            WorkloadState::Cancelled => Event::Cancelled,
+            // `classify` makes only the three ending states.
+            WorkloadState::Failed | WorkloadState::Starting | WorkloadState::Running => {
+                Event::Failed
+            }
+        }
     }
 }
 

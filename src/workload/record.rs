@@ -66,7 +66,7 @@ pub struct CancelRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadRecord {
     pub request_id: String,
-    pub workload_type: String,
+    pub workload_type: crate::protocol::WorkloadKind,
     pub state: WorkloadState,
     pub created_unix_ms: u64,
     /// The workload (`/bin/sh -c ...`), leader of its own process group.
@@ -90,12 +90,12 @@ impl WorkloadRecord {
     /// The record written before anything runs.
     pub fn starting(
         request_id: &str,
-        workload_type: &str,
+        workload_type: crate::protocol::WorkloadKind,
         paths: &WorkloadPaths,
     ) -> WorkloadRecord {
         WorkloadRecord {
             request_id: request_id.to_owned(),
-            workload_type: workload_type.to_owned(),
+            workload_type,
             state: WorkloadState::Starting,
             created_unix_ms: now_unix_ms(),
             pid: None,
@@ -249,7 +249,7 @@ impl Damaged {
         }
         let mut record = WorkloadRecord::starting(
             self.request_id.as_deref()?,
-            &self.workload_type,
+            crate::protocol::WorkloadKind::from_name(&self.workload_type)?,
             &self.paths,
         );
         record.created_unix_ms = started.started_unix_ms;

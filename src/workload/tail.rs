@@ -274,6 +274,7 @@ fn warn_long_line(path: &Path, at: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::WorkloadKind;
 
     #[test]
     fn chunks_respect_size_and_characters() {
@@ -303,7 +304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = WorkloadPaths::new(dir.path(), "training", "r");
         std::fs::write(paths.stdout(), "one\ntwo\n").unwrap();
-        let record = WorkloadRecord::starting("r", "training", &paths);
+        let record = WorkloadRecord::starting("r", WorkloadKind::Training, &paths);
         let mut tail = OutputTail::load(&paths);
         let first = tail.poll(&record, &paths, false);
         assert_eq!(first[0].position(), Some(("r", "stdout", 0)));
@@ -327,7 +328,7 @@ mod tests {
     fn unsent_progress_waits_unless_a_newer_one_comes() {
         let dir = tempfile::tempdir().unwrap();
         let paths = WorkloadPaths::new(dir.path(), "training", "r");
-        let record = WorkloadRecord::starting("r", "training", &paths);
+        let record = WorkloadRecord::starting("r", WorkloadKind::Training, &paths);
         let mut tail = OutputTail::load(&paths);
         tail.unsent_progress(json!({"step": 1}));
         let out = tail.poll(&record, &paths, true);
