@@ -116,7 +116,11 @@ fn command_to_running(s: &Scenario) {
         floor.push((wait_file(&file).saturating_sub(spawned)) as f64 / 1e6);
         shell.wait().unwrap();
     }
-    let floor_p50 = report("baseline: sh -c 'exec bash ...' -> running", floor, "the floor");
+    let floor_p50 = report(
+        "baseline: sh -c 'exec bash ...' -> running",
+        floor,
+        "the floor",
+    );
     let p50 = report("command -> workload running", running, "target p50 <= 3 ms");
     println!("  = {:.2} x the baseline", p50 / floor_p50);
     report("command -> started answer", acked, "target p50 <= 3 ms");

@@ -68,7 +68,11 @@ fn an_exit_file_the_disk_refuses_is_logged_and_the_code_still_comes_out() {
     std::fs::create_dir(&blocker).unwrap();
     std::fs::write(blocker.join("keep"), b"").unwrap();
     let out = run_shim(&base, dir.path(), "exit 3");
-    assert_eq!(out.status.code(), Some(3), "the exit code is the shim's own");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the exit code is the shim's own"
+    );
     let stderr = std::fs::read_to_string(suffixed(&base, ".stderr.log")).unwrap();
     assert!(
         stderr.contains("cyberwave-cloud-node-shim: cannot write")

@@ -23,12 +23,19 @@
 //! workload costs well under a megabyte and starts in a fraction of the
 //! time the node's executable would take to load.
 
-#[path = "../supervised/handoff.rs"]
-mod handoff;
-// Shared with the node, which uses more of it than the shim does.
+// The node's own files, at the same paths as in the library, so they
+// compile here unchanged; the node uses more of them than the shim does.
 #[allow(dead_code)]
-#[path = "../supervised/procfs.rs"]
-mod procfs;
+#[path = "../fsutil"]
+mod fsutil {
+    pub mod atomic;
+}
+#[allow(dead_code)]
+#[path = "../supervised"]
+mod supervised {
+    pub mod handoff;
+    pub mod procfs;
+}
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -39,10 +46,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use handoff::{
-    now_unix_ms, signal_name, write_json, Durability, ExitFile, Report, StartedFile, SPAWN_FAILED,
-    USAGE, WAIT_FAILED,
+use supervised::handoff::{
+    self, now_unix_ms, signal_name, write_json, Durability, ExitFile, Report, StartedFile,
+    SPAWN_FAILED, USAGE, WAIT_FAILED,
 };
+use supervised::procfs;
 
 /// Process group the forwarded signals go to (0 until the process exists).
 static PROCESS_GROUP: AtomicI32 = AtomicI32::new(0);

@@ -2,15 +2,14 @@
 //! line it prints once the process runs, and the two files it writes
 //! (started, exit). Compiled into both the node library and the shim
 //! binary (`src/shim/main.rs`), so the format has one definition; it
-//! therefore uses only std, libc and serde.
+//! therefore uses only std, libc, serde and `fsutil::atomic`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::fsutil::atomic::{now_unix_ms, write_file, Durability};
 
 /// The shim's file name: installed beside the node's executable.
 pub const SHIM_NAME: &str = "cyberwave-cloud-node-shim";
@@ -77,76 +76,11 @@ impl ExitFile {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// How durable a write must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Readers never see a torn file (write, then rename). Enough for a
-    /// file about a running process: a power loss ends the process too.
-    Atomic,
-    /// Also on disk before this returns (fsync of the file and the
-    /// directory): the file outlives a power loss.
-    Synced,
-}
-
-/// Writes `value` as JSON to `path`: a temp file beside it, then a rename,
+/// Writes `value` as JSON to `path` through a temp file and a rename,
 /// mode 0600.
 pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     write_file(path, &bytes, 0o600, durability)
-}
-
-/// Writes `contents` to `path` atomically, with permission bits `mode`.
-pub fn write_file(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    durability: Durability,
-) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = dir.unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // Unique without a random source: pid, and the nanoseconds of now.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{nanos:x}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed `mode`; set it so 0600 means 0600.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        if durability == Durability::Synced {
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        match durability {
-            Durability::Synced => File::open(dir)?.sync_all(),
-            Durability::Atomic => Ok(()),
-        }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The name of a signal number (`SIGTERM`), or `signal N`.
@@ -204,6 +138,8 @@ mod tests {
 
     #[test]
     fn writes_replace_whole_files_with_mode_0600() {
+        use std::fs;
+        use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("handoff-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.json");

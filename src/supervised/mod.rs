@@ -6,6 +6,9 @@
 //! - [`launch`]: starting a command under the shim and learning its pid.
 //! - [`procfs`]: process identity (pid + start time) and liveness.
 //! - [`watch`]: the exit of a process that is not the node's child.
+//! - [`unit`]: what happens after a launch, as events to the owner: the
+//!   shim ended, a stop has finished.
+//! - [`exit`]: the exit status from the best source there is.
 //! - [`containment`], [`cgroup`]: which processes are the unit's (its cgroup
 //!   v2, or its process tree) and the one stop: grace, then SIGKILL.
 //!
@@ -15,14 +18,19 @@
 
 pub mod cgroup;
 pub mod containment;
+pub mod exit;
 pub mod handoff;
 pub mod launch;
 pub mod procfs;
+pub mod unit;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
 
+pub use containment::Unit;
+pub use exit::ExitStatus;
 pub use handoff::{now_unix_ms, signal_name, ExitFile, StartedFile};
+pub use unit::{Notifier, ProcessEvent, ShimEnd};
 
 /// Where the shim is: beside the node's executable (`/usr/bin` for the
 /// package, `target/<profile>` for cargo), beside the directory above it

@@ -13,18 +13,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::paths::{self, WorkloadPaths};
-use crate::fsutil::{self, Contents, Links, ReadError};
+use crate::fsutil::{self, Contents, Links};
+pub use crate::fsutil::{load_json, read_json, write_json, StateFileError, STATE_FILE_LIMIT};
 use crate::supervised::procfs;
 pub use crate::supervised::{now_unix_ms, ExitFile, StartedFile};
-
-/// The most the node reads of one of its own state files (records, started
-/// and exit files, offsets, deployment state): far more than any of them
-/// holds, small enough that a wrong file cannot exhaust memory.
-pub const STATE_FILE_LIMIT: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,60 +127,6 @@ impl WorkloadRecord {
         let since = self.started_unix_ms.unwrap_or(self.created_unix_ms);
         now_ms.saturating_sub(since) as f64 / 1000.0
     }
-}
-
-/// Writes `value` as JSON, atomically, mode 0600.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    fsutil::write_atomic(path, &bytes, 0o600)
-}
-
-/// Why a state file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StateFileError {
-    #[error(transparent)]
-    Read(#[from] ReadError),
-    #[error("{path} is {len} bytes, over the {limit} bytes a state file may have; not read")]
-    TooBig { path: PathBuf, len: u64, limit: u64 },
-    #[error("{path} is empty")]
-    Empty { path: PathBuf },
-    #[error("{path} is corrupt: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
-
-/// Reads one of the node's JSON state files; `Ok(None)` when it does not
-/// exist.
-pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateFileError> {
-    let bytes = match fsutil::read_whole(path, Links::NoFollow, STATE_FILE_LIMIT)? {
-        None => return Ok(None),
-        Some(Contents::Read(bytes)) => bytes,
-        Some(Contents::OverLimit { len }) => {
-            return Err(StateFileError::TooBig {
-                path: path.to_owned(),
-                len,
-                limit: STATE_FILE_LIMIT,
-            })
-        }
-    };
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(StateFileError::Empty {
-            path: path.to_owned(),
-        });
-    }
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| StateFileError::Corrupt {
-            path: path.to_owned(),
-            source,
-        })
-}
-
-/// [`load_json`] with the error as text, for callers that report it as is.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
-    load_json(path).map_err(|e| e.to_string())
 }
 
 /// A record file that exists but cannot be read, with what the files

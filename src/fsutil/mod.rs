@@ -13,43 +13,22 @@
 //! block the open) and checked again with `fstat`, then read up to a limit.
 //! A link to `/dev/zero` or a FIFO is refused by name, never read.
 
+pub mod atomic;
+mod json;
+
+pub use atomic::{now_unix_ms, Durability};
+pub use json::{load_json, read_json, write_json, StateFileError, STATE_FILE_LIMIT};
+
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Writes `contents` to `path` atomically, with permission bits `mode`.
+/// Writes `contents` to `path` atomically and durably (synced to disk),
+/// with permission bits `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = dir.unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed `mode`; it must never have widened it,
-        // but set it explicitly so 0600 really means 0600.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    atomic::write_file(path, contents, mode, Durability::Synced)
 }
 
 /// Creates `dir` (and parents) with mode 0700 when it does not exist yet.
