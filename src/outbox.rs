@@ -6,7 +6,7 @@
 //! is still here is published again: receivers dedupe by request_id and
 //! event, so "again" is safe where "never" would not be.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,11 @@ pub struct Outbox {
     dir: PathBuf,
     next_id: u64,
     files: BTreeMap<u64, PathBuf>,
+    /// Names of the events an earlier run left here: they are published
+    /// again on the first connect, so reporting one of them once more
+    /// (a run that crashed between storing it and recording the end) must
+    /// not publish it a second time.
+    left_by_earlier_run: HashSet<String>,
 }
 
 impl Outbox {
@@ -43,12 +48,23 @@ impl Outbox {
             })
             .collect();
         names.sort();
+        let left_by_earlier_run = names
+            .iter()
+            .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+            .collect();
         let files: BTreeMap<u64, PathBuf> = (1..).zip(names).collect();
         Ok(Outbox {
             dir: dir.to_owned(),
             next_id: files.len() as u64 + 1,
             files,
+            left_by_earlier_run,
         })
+    }
+
+    /// Whether an earlier run stored the event `name` and left it here:
+    /// it goes out (again) on the first connect, whatever this run does.
+    pub fn left_by_earlier_run(&self, name: &str) -> bool {
+        self.left_by_earlier_run.contains(name)
     }
 
     /// Stores an event durably under `name`, which must be unique per event

@@ -9,6 +9,7 @@
 //! ([`quote`]), and what the node publishes is cut to the broker's limit
 //! ([`fit`]).
 
+mod answer;
 mod event;
 pub mod fit;
 mod kind;
@@ -17,6 +18,7 @@ pub mod quote;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub use answer::{Answer, Outgoing};
 pub use event::Event;
 pub use kind::{CommandKind, DeployCommand, TerminalCommand, WorkloadKind};
 pub use quote::{echoed_request_id, quote, quote_json};
@@ -224,6 +226,23 @@ impl Response {
             event: None,
             output: None,
             error: Some(error.into()),
+        }
+    }
+
+    /// An owner's answer, with this node's name on it.
+    pub fn answer(node: &NodeRef, answer: Answer) -> Response {
+        Response {
+            status: if answer.error.is_some() {
+                "error"
+            } else {
+                "ok"
+            },
+            request_id: answer.request_id,
+            slug: node.slug.clone(),
+            instance_uuid: node.uuid.clone(),
+            event: answer.event,
+            output: answer.output,
+            error: answer.error,
         }
     }
 

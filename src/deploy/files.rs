@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::fsutil::{read_json, write_json};
 use crate::protocol::Event;
+use crate::supervised::StartedFile;
 use crate::workload::paths::{rid, WorkloadPaths};
-use crate::workload::record::{read_json, write_json};
 
 /// The longest Unix socket path: `sun_path` holds 108 bytes with its NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -163,6 +164,39 @@ pub struct DeploymentRecord {
 impl DeploymentRecord {
     pub fn save(&self, paths: &DeployPaths) -> std::io::Result<()> {
         write_json(&paths.record(), self)
+    }
+
+    /// Saves the record; a failure is logged with what it costs (the node
+    /// keeps serving from memory; a restarted one sees the older record).
+    pub fn save_or_log(&self, paths: &DeployPaths) {
+        if let Err(e) = self.save(paths) {
+            tracing::warn!(
+                deployment_id = %self.deployment_id,
+                "cannot save the deployment record {}: {e}; the node goes on, but after a restart it would see the deployment as it was before ({}); check free space and permissions of the config dir",
+                paths.record().display(),
+                self.state.name()
+            );
+        }
+    }
+
+    /// The model server's process under its shim, once reported.
+    pub fn process(&self) -> Option<StartedFile> {
+        Some(StartedFile {
+            supervisor_pid: self.supervisor_pid?,
+            supervisor_start_time: self.supervisor_start_time?,
+            pid: self.pid?,
+            start_time: self.start_time?,
+            started_unix_ms: self.created_unix_ms,
+            cgroup: None,
+        })
+    }
+
+    /// Fills in what the shim reported.
+    pub fn apply_started(&mut self, started: &StartedFile) {
+        self.pid = Some(started.pid);
+        self.start_time = Some(started.start_time);
+        self.supervisor_pid = Some(started.supervisor_pid);
+        self.supervisor_start_time = Some(started.supervisor_start_time);
     }
 }
 

@@ -1,14 +1,17 @@
 //! The node's deployments: starting model servers, learning when they are
-//! ready or gone, stopping them, and forwarding `infer` to their sockets.
-//! Owned by the node task like [`crate::workload::Workloads`]; everything
-//! slow runs in spawned tasks that report back as [`DeployEvent`]s.
+//! ready or gone, and stopping them; `infer` and the listings are in
+//! [`super::calls`]. Owned by the node task like
+//! [`crate::workload::Workloads`]; everything slow runs in spawned tasks
+//! that report back as [`DeployEvent`]s, which [`Deployments::handle`]
+//! turns into what the node publishes. The processes are supervised units
+//! (`crate::supervised`): launched under the shim, watched, stopped with a
+//! grace period then SIGKILL, and found again after a restart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -16,18 +19,17 @@ use super::files::{
     prepare_files, remove_files, scan, DeployPaths, DeploySpec, DeployState, DeploymentRecord,
     ServerState,
 };
-use super::listing::{format_of, listing};
-use super::{request, wire};
-use crate::protocol::Event;
-use crate::supervised::{launch, procfs, watch};
+use super::request;
+use crate::fsutil::read_json;
+use crate::protocol::{Answer, Event, Outgoing};
+use crate::supervised::{
+    launch, now_unix_ms, ExitStatus, Notifier, ProcessEvent, ShimEnd, StartedFile, Unit,
+};
 use crate::workload::output;
-use crate::workload::record::{now_unix_ms, read_json, ExitFile, StartedFile};
 use crate::workload::template::shell_quote;
 
 /// How long a stopping model server gets before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How long `deployments` waits for each server's figures.
-const INFO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the deployments need from the node's settings.
 #[derive(Debug, Clone)]
@@ -44,11 +46,13 @@ pub struct DeployConfig {
     pub base_env: Vec<(String, String)>,
 }
 
-/// Progress reported back to the node task.
+/// What the deployments' background work reports back, through the node
+/// task to [`Deployments::handle`].
 #[derive(Debug)]
 pub enum DeployEvent {
     Launched {
         deployment_id: String,
+        request_id: String,
         outcome: Result<StartedFile, String>,
     },
     /// The server wrote its state file.
@@ -56,18 +60,10 @@ pub enum DeployEvent {
         deployment_id: String,
         state: ServerState,
     },
-    /// The supervisor (and so the server) is gone.
-    Exited {
-        deployment_id: String,
-    },
-    StopDeadline {
-        deployment_id: String,
-    },
+    /// Its shim ended, or a stop finished.
+    Process(String, ProcessEvent),
     /// A streamed piece of an `infer` (a `token` event).
-    Streamed {
-        request_id: String,
-        output: Value,
-    },
+    Streamed { request_id: String, output: Value },
     /// The one response of an `infer` or `deployments` command.
     Answer {
         request_id: String,
@@ -75,43 +71,39 @@ pub enum DeployEvent {
     },
 }
 
-/// An event the node must publish durably on a deploy request_id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    pub request_id: String,
-    /// Unique per event, for the outbox.
-    pub outbox_name: String,
-    pub event: Event,
-    pub output: Value,
-    pub error: Option<String>,
-}
-
 pub struct Deployments {
     config: DeployConfig,
-    entries: HashMap<String, (DeployPaths, DeploymentRecord)>,
-    events: mpsc::UnboundedSender<DeployEvent>,
+    pub(super) entries: HashMap<String, (DeployPaths, DeploymentRecord)>,
+    /// The servers' shims, stops, loads and calls report here.
+    pub(super) units: Notifier<DeployEvent>,
 }
 
 impl Deployments {
-    /// Loads the records of earlier runs and watches what still runs.
+    /// Loads the records of earlier runs and watches what still runs; a
+    /// stop an earlier run began is seen through.
     pub fn open(config: DeployConfig, events: mpsc::UnboundedSender<DeployEvent>) -> Deployments {
         let mut deployments = Deployments {
             entries: HashMap::new(),
             config,
-            events,
+            units: Notifier::new(events, DeployEvent::Process),
         };
         for (paths, mut record) in scan(&deployments.config.config_dir) {
             if record.supervisor_pid.is_none() {
                 // The node died between the launch and saving the pids: the
-                // supervisor's started file has them.
+                // shim's started file has them.
                 if let Ok(Some(started)) = read_json::<StartedFile>(&paths.supervised.started()) {
-                    apply_started(&mut record, &started);
-                    let _ = record.save(&paths);
+                    record.apply_started(&started);
+                    record.save_or_log(&paths);
                 }
             }
             if record.state.is_active() {
                 tracing::info!(pid = ?record.pid, "reconnecting to deployment {} ({})", record.deployment_id, record.state.name());
-                deployments.watch(&paths, &record);
+                let shim = record.supervisor_pid.zip(record.supervisor_start_time);
+                deployments.units.watch(record.deployment_id.clone(), shim);
+                deployments.watch_loading(&paths, &record);
+                if record.state == DeployState::Stopping {
+                    deployments.stop(&record);
+                }
             }
             deployments
                 .entries
@@ -174,13 +166,13 @@ impl Deployments {
             onnxruntime_path: config.onnxruntime_path.clone(),
         };
         prepare_files(&paths, &record, &spec)?;
-        self.spawn_launch(&paths, &spec);
+        self.spawn_launch(&paths, &spec, request_id);
         self.entries
             .insert(record.deployment_id.clone(), (paths, record));
         Ok(())
     }
 
-    fn spawn_launch(&self, paths: &DeployPaths, spec: &DeploySpec) {
+    fn spawn_launch(&self, paths: &DeployPaths, spec: &DeploySpec, request_id: &str) {
         let command = format!(
             "exec {} {} {}",
             shell_quote(&self.config.exe.to_string_lossy()),
@@ -192,13 +184,10 @@ impl Deployments {
             self.config.working_dir.clone(),
             self.config.base_env.clone(),
         );
-        let (supervised, events, id) = (
-            paths.supervised.clone(),
-            self.events.clone(),
-            spec.deployment_id.clone(),
-        );
+        let (supervised, units) = (paths.supervised.clone(), self.units.clone());
+        let (deployment_id, request_id) = (spec.deployment_id.clone(), request_id.to_owned());
         tokio::spawn(async move {
-            let outcome = launch::spawn(launch::Spec {
+            let launched = launch::spawn(launch::Spec {
                 shim: &shim,
                 base: supervised.base(),
                 cwd: &cwd,
@@ -206,38 +195,61 @@ impl Deployments {
                 env,
                 cgroup: None,
             })
-            .await
-            .map_err(|e| e.to_string());
-            let child = match outcome {
-                Ok((started, child)) => {
-                    let _ = events.send(DeployEvent::Launched {
-                        deployment_id: id.clone(),
-                        outcome: Ok(started),
-                    });
-                    child
-                }
-                Err(error) => {
-                    let _ = events.send(DeployEvent::Launched {
-                        deployment_id: id,
-                        outcome: Err(error),
-                    });
-                    return;
-                }
+            .await;
+            let (outcome, child) = match launched {
+                Ok((started, child)) => (Ok(started), Some(child)),
+                Err(error) => (Err(error.to_string()), None),
             };
-            // Reaps the supervisor; `watch` reports its exit.
-            let _ = child.wait_with_output().await;
+            units.send(DeployEvent::Launched {
+                deployment_id: deployment_id.clone(),
+                request_id,
+                outcome,
+            });
+            if let Some(child) = child {
+                units.reap(deployment_id, child).await;
+            }
         });
     }
 
-    /// The `deploy` request_id of a deployment.
-    pub fn request_id_of(&self, deployment_id: &str) -> Option<String> {
-        self.entries
-            .get(deployment_id)
-            .map(|(_, r)| r.request_id.clone())
+    /// Handles what the background work reported; returns what the node
+    /// must publish.
+    pub fn handle(&mut self, event: DeployEvent) -> Option<Outgoing> {
+        match event {
+            DeployEvent::Launched {
+                deployment_id,
+                request_id,
+                outcome,
+            } => {
+                let outcome = self.on_launched(&deployment_id, outcome);
+                let answer = match outcome {
+                    Ok(output) => Answer::ok(&request_id, output).with_event(Event::Started),
+                    Err(error) => Answer::error(&request_id, error),
+                };
+                Some(Outgoing::Launched(answer))
+            }
+            DeployEvent::Loaded {
+                deployment_id,
+                state,
+            } => self.on_loaded(&deployment_id, state),
+            DeployEvent::Process(deployment_id, ProcessEvent::Exited(end)) => {
+                self.on_exited(&deployment_id, end)
+            }
+            DeployEvent::Process(deployment_id, ProcessEvent::Settled) => {
+                tracing::debug!(deployment_id, "every process of the model server has ended");
+                None
+            }
+            DeployEvent::Streamed { request_id, output } => Some(Outgoing::Reply(
+                Answer::ok(&request_id, output).with_event(Event::Token),
+            )),
+            DeployEvent::Answer {
+                request_id,
+                outcome,
+            } => Some(Outgoing::Reply(Answer::of(&request_id, outcome))),
+        }
     }
 
     /// The `started` response, or the launch error.
-    pub fn on_launched(
+    fn on_launched(
         &mut self,
         deployment_id: &str,
         outcome: Result<StartedFile, String>,
@@ -249,10 +261,10 @@ impl Deployments {
         };
         match outcome {
             Ok(started) => {
-                apply_started(record, &started);
-                let _ = record.save(paths);
+                record.apply_started(&started);
+                record.save_or_log(paths);
                 let (paths, record) = (paths.clone(), record.clone());
-                self.watch(&paths, &record);
+                self.watch_loading(&paths, &record);
                 Ok(json!({
                     "message": format!("Deployment {deployment_id} is loading {}", record.model.display()),
                     "deployment_id": deployment_id,
@@ -266,35 +278,23 @@ impl Deployments {
                 record.state = DeployState::Failed;
                 record.error = Some(error.clone());
                 record.ended_unix_ms = Some(now_unix_ms());
-                let _ = record.save(paths);
+                record.save_or_log(paths);
                 Err(format!("the model server could not be started: {error}"))
             }
         }
     }
 
-    /// Watches the supervisor's exit and, while loading, the state file.
-    fn watch(&self, paths: &DeployPaths, record: &DeploymentRecord) {
+    /// While the server loads, watches for its state file: `Loaded`.
+    fn watch_loading(&self, paths: &DeployPaths, record: &DeploymentRecord) {
         let id = record.deployment_id.clone();
-        let events = self.events.clone();
-        let supervisor = record.supervisor_pid.zip(record.supervisor_start_time);
-        let exited = id.clone();
-        let exit_events = events.clone();
-        tokio::spawn(async move {
-            match supervisor {
-                Some((pid, start)) => watch::process_exit(pid, start).await,
-                None => tokio::time::sleep(Duration::from_secs(2)).await,
-            }
-            let _ = exit_events.send(DeployEvent::Exited {
-                deployment_id: exited,
-            });
-        });
+        let events = self.units.clone();
         if record.state == DeployState::Starting {
             let state_file = paths.state();
             tokio::spawn(async move {
                 let mut pause = Duration::from_millis(2);
                 loop {
                     if let Ok(Some(state)) = read_json::<ServerState>(&state_file) {
-                        let _ = events.send(DeployEvent::Loaded {
+                        events.send(DeployEvent::Loaded {
                             deployment_id: id,
                             state,
                         });
@@ -311,7 +311,7 @@ impl Deployments {
     }
 
     /// The `ready` or `failed` event of a server that finished loading.
-    pub fn on_loaded(&mut self, deployment_id: &str, state: ServerState) -> Option<Report> {
+    fn on_loaded(&mut self, deployment_id: &str, state: ServerState) -> Option<Outgoing> {
         let (paths, record) = self.entries.get_mut(deployment_id)?;
         if record.state != DeployState::Starting {
             return None;
@@ -330,28 +330,31 @@ impl Deployments {
                 report(paths, record, Event::Failed, output, Some(error))
             }
         };
-        let _ = record.save(paths);
+        record.save_or_log(paths);
         Some(report)
     }
 
     /// A server is gone: `stopped` after an undeploy, `failed` otherwise
     /// (unless its failure was already reported).
-    pub fn on_exited(&mut self, deployment_id: &str) -> Option<Report> {
+    fn on_exited(&mut self, deployment_id: &str, end: ShimEnd) -> Option<Outgoing> {
         let (paths, record) = self.entries.get_mut(deployment_id)?;
         if !record.state.is_active() {
             return None;
         }
         let _ = std::fs::remove_file(paths.socket());
-        let exit = read_json::<ExitFile>(&paths.supervised.exit())
-            .ok()
-            .flatten();
+        let status = ExitStatus::read(
+            &paths.supervised.exit(),
+            record.process().as_ref(),
+            Some(end),
+        );
+        let exit = status.exit();
         record.ended_unix_ms = Some(now_unix_ms());
         let output = json!({
             "deployment_id": deployment_id,
             "model": record.model,
             "pid": record.pid,
-            "exit_code": exit.as_ref().and_then(|e| e.exit_code),
-            "signal": exit.as_ref().and_then(|e| e.signal.clone()),
+            "exit_code": exit.and_then(|e| e.exit_code),
+            "signal": exit.and_then(|e| e.signal.clone()),
             "stderr_tail": output::tail(&paths.supervised.stderr(), 4096),
         });
         let report = match record.state {
@@ -374,7 +377,7 @@ impl Deployments {
                     };
                     format!(
                         "the model server stopped {when} ({}); see {}",
-                        describe_exit(exit.as_ref()),
+                        status.describe(),
                         paths.supervised.stderr().display()
                     )
                 });
@@ -384,7 +387,7 @@ impl Deployments {
                 report(paths, record, Event::Failed, output, Some(error))
             }
         };
-        let _ = record.save(paths);
+        record.save_or_log(paths);
         Some(report)
     }
 
@@ -406,14 +409,11 @@ impl Deployments {
         }
         if record.state != DeployState::Stopping {
             record.state = DeployState::Stopping;
-            let _ = record.save(paths);
-            signal_server(record, Signal::SIGTERM);
-            let (events, deployment_id) = (self.events.clone(), id.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(STOP_GRACE).await;
-                let _ = events.send(DeployEvent::StopDeadline { deployment_id });
-            });
+            record.save_or_log(paths);
+            let record = record.clone();
+            self.stop(&record);
         }
+        let (_, record) = &self.entries[&id];
         Ok(json!({
             "message": format!("Deployment {id} is stopping"),
             "deployment_id": id,
@@ -422,185 +422,36 @@ impl Deployments {
         }))
     }
 
-    pub fn on_stop_deadline(&mut self, deployment_id: &str) {
-        if let Some((_, record)) = self.entries.get(deployment_id) {
-            if record.state == DeployState::Stopping {
-                tracing::warn!(
-                    deployment_id,
-                    "the model server ignored SIGTERM for {} s; sending SIGKILL",
-                    STOP_GRACE.as_secs()
-                );
-                signal_server(record, Signal::SIGKILL);
-            }
-        }
-    }
-
-    /// Forwards an `infer` to its server; the answer comes as `Answer`.
-    pub fn infer(&self, request_id: &str, params: &Map<String, Value>) -> Result<(), String> {
-        let id = request::deployment_id(params)?;
-        let timeout = request::infer_timeout(params)?;
-        let Some((paths, record)) = self.entries.get(&id) else {
-            return Err(format!(
-                "no deployment {id} on this node (deployments: {})",
-                self.known_ids()
-            ));
+    /// Stops a model server: SIGTERM to every process of it now, SIGKILL
+    /// to what is left after [`STOP_GRACE`] (the unit's one stop).
+    fn stop(&self, record: &DeploymentRecord) {
+        let Some(started) = record.process() else {
+            return;
         };
-        match record.state {
-            DeployState::Ready => {}
-            DeployState::Starting => {
-                return Err(format!(
-                    "deployment {id} is still loading its model; wait for its ready event"
-                ))
-            }
-            DeployState::Failed => {
-                return Err(format!(
-                    "deployment {id} failed: {}",
-                    record.error.as_deref().unwrap_or("unknown error")
-                ))
-            }
-            state => {
-                return Err(format!(
-                    "deployment {id} is {}; deploy it again to use it",
-                    state.name()
-                ))
-            }
-        }
-        let mut forwarded = params.clone();
-        forwarded.remove("deployment_id");
-        forwarded.remove("timeout_seconds");
-        let call = json!({"op": "infer", "request": forwarded});
-        let (socket, events, request_id) =
-            (paths.socket(), self.events.clone(), request_id.to_owned());
-        tokio::spawn(async move {
-            let (stream_events, stream_id) = (events.clone(), request_id.clone());
-            let on_event = move |output: Value| {
-                let request_id = stream_id.clone();
-                let _ = stream_events.send(DeployEvent::Streamed { request_id, output });
-            };
-            let outcome = wire::call_streaming(&socket, &call, timeout, on_event)
-                .await
-                .and_then(|reply| {
-                    if reply["ok"] == true {
-                        let mut output = reply["output"].clone();
-                        output["deployment_id"] = json!(id);
-                        Ok(output)
-                    } else {
-                        Err(reply["error"]
-                            .as_str()
-                            .unwrap_or("the model server refused the request")
-                            .to_owned())
-                    }
-                });
-            let _ = events.send(DeployEvent::Answer {
-                request_id,
-                outcome,
-            });
-        });
-        Ok(())
-    }
-
-    /// Lists every deployment with its server's figures; answers as `Answer`.
-    pub fn list(&self, request_id: &str) {
-        let mut entries: Vec<(PathBuf, DeploymentRecord)> = self
-            .entries
-            .values()
-            .map(|(p, r)| (p.socket(), r.clone()))
-            .collect();
-        entries.sort_by_key(|(_, r)| r.created_unix_ms);
-        let (events, request_id) = (self.events.clone(), request_id.to_owned());
-        tokio::spawn(async move {
-            let mut queries = tokio::task::JoinSet::new();
-            for (index, (socket, record)) in entries.into_iter().enumerate() {
-                queries.spawn(async move {
-                    let info = match record.state {
-                        DeployState::Ready => {
-                            wire::call(&socket, &json!({"op": "info"}), INFO_TIMEOUT)
-                                .await
-                                .ok()
-                        }
-                        _ => None,
-                    };
-                    (index, listing(&record, info.as_ref().map(|i| &i["info"])))
-                });
-            }
-            let mut list = Vec::new();
-            while let Some(Ok(row)) = queries.join_next().await {
-                list.push(row);
-            }
-            list.sort_by_key(|(index, _)| *index);
-            let list: Vec<Value> = list.into_iter().map(|(_, row)| row).collect();
-            let _ = events.send(DeployEvent::Answer {
-                request_id,
-                outcome: Ok(json!({"deployments": list})),
-            });
-        });
-    }
-
-    /// The `deployments` summary of `status`.
-    pub fn summary(&self) -> Vec<Value> {
-        let mut records: Vec<&DeploymentRecord> = self.entries.values().map(|(_, r)| r).collect();
-        records.sort_by_key(|r| r.created_unix_ms);
-        records
-            .iter()
-            .map(|r| json!({"deployment_id": r.deployment_id, "model": r.model, "format": format_of(r), "state": r.state.name(), "pid": r.pid}))
-            .collect()
-    }
-
-    fn known_ids(&self) -> String {
-        let mut ids: Vec<&str> = self.entries.keys().map(String::as_str).collect();
-        ids.sort_unstable();
-        if ids.is_empty() {
-            "none".into()
-        } else {
-            ids.join(", ")
-        }
+        let mut unit = Unit::of(&started);
+        unit.signal(Signal::SIGTERM);
+        let kill_at = now_unix_ms() + STOP_GRACE.as_millis() as u64;
+        let what = format!("model server of deployment {}", record.deployment_id);
+        self.units
+            .stop(record.deployment_id.clone(), unit, kill_at, what);
     }
 }
 
-fn apply_started(record: &mut DeploymentRecord, started: &StartedFile) {
-    record.pid = Some(started.pid);
-    record.start_time = Some(started.start_time);
-    record.supervisor_pid = Some(started.supervisor_pid);
-    record.supervisor_start_time = Some(started.supervisor_start_time);
-}
-
+/// A deployment event on its `deploy` request_id, through the outbox.
 fn report(
     paths: &DeployPaths,
     record: &DeploymentRecord,
     event: Event,
     mut output: Value,
     error: Option<String>,
-) -> Report {
+) -> Outgoing {
     output["deployment_id"] = json!(record.deployment_id);
-    Report {
-        request_id: record.request_id.clone(),
+    let answer = match error {
+        None => Answer::ok(&record.request_id, output),
+        Some(error) => Answer::error(&record.request_id, error).with_output(output),
+    };
+    Outgoing::Durable {
         outbox_name: paths.event_name(&record.request_id, event),
-        event,
-        output,
-        error,
-    }
-}
-
-fn describe_exit(exit: Option<&ExitFile>) -> String {
-    match exit {
-        Some(ExitFile {
-            signal: Some(signal),
-            ..
-        }) => format!("killed by {signal}"),
-        Some(ExitFile {
-            exit_code: Some(code),
-            ..
-        }) => format!("exit code {code}"),
-        _ => "no exit status recorded: its supervisor died too".into(),
-    }
-}
-
-/// Signals the server's process group, only if it is still the process
-/// this node started (pid and start time), never a recycled pid.
-fn signal_server(record: &DeploymentRecord, signal: Signal) {
-    if let (Some(pid), Some(start)) = (record.pid, record.start_time) {
-        if procfs::is_same_process(pid, start) {
-            let _ = kill(Pid::from_raw(-pid), signal);
-        }
+        answer: answer.with_event(event),
     }
 }

@@ -7,8 +7,10 @@
 //! - [`listing`]: the rows of `deployments` and `status`.
 //! - [`stats`]: request counts and latency percentiles, kept by the server.
 //! - [`request`]: the checked params of deploy, infer and undeploy.
-//! - [`manager`]: the node's side: deploy, infer, undeploy, list, adopt.
+//! - [`manager`]: the node's side: deploy, undeploy, adopt, and what the
+//!   servers report; `calls`: infer and the listings.
 
+mod calls;
 pub mod files;
 pub mod listing;
 pub mod manager;

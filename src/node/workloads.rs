@@ -9,10 +9,10 @@ use crate::config::Settings;
 use crate::mqtt::Tracked;
 use crate::outbox::OutboxEntry;
 use crate::protocol::fit::{fit, Fitted};
-use crate::protocol::{Event, Response, WorkloadKind};
+use crate::protocol::{Event, Outgoing, Response, WorkloadKind};
 use crate::workload::tail::TailMessage;
 use crate::workload::template::WITHHELD_VARS;
-use crate::workload::{Terminal, WorkloadConfig, WorkloadEvent};
+use crate::workload::{Handled, Terminal, WorkloadConfig, WorkloadEvent};
 
 /// Output polls without news before polling slows to once a second.
 const QUIET_AFTER: u32 = 4;
@@ -80,36 +80,32 @@ pub(super) fn inherited_env(settings: &Settings) -> Vec<(String, String)> {
 
 impl RunningNode {
     pub(super) async fn on_workload(&mut self, event: WorkloadEvent) {
-        let terminal = match event {
-            WorkloadEvent::Started {
-                request_id,
-                outcome,
-            } => {
-                let response = match self.workloads.on_started(&request_id, outcome) {
-                    Ok(output) => {
-                        let mut response = Response::ok(&self.node, &request_id, output);
-                        response.event = Some(Event::Started);
-                        response
-                    }
-                    Err(error) => Response::error(
-                        &self.node,
-                        Some(&request_id),
-                        format!("the workload could not be started: {error}"),
-                    ),
-                };
-                self.respond(response).await;
+        match self.workloads.handle(event) {
+            Some(Handled::Out(outgoing)) => self.send_outgoing(outgoing).await,
+            Some(Handled::Ended(terminal)) => self.report(terminal).await,
+            None => {}
+        }
+    }
+
+    /// Publishes what an owner (workloads, deployments) answered, the way
+    /// it asked.
+    pub(super) async fn send_outgoing(&mut self, outgoing: Outgoing) {
+        match outgoing {
+            Outgoing::Launched(answer) => {
+                let request_id = answer.request_id.clone();
+                self.respond(Response::answer(&self.node, answer)).await;
                 if let Some(seq) = self.unacked_starts.remove(&request_id) {
                     self.mqtt.ack(seq);
                 }
-                None
             }
-            WorkloadEvent::Exited { request_id, status } => {
-                self.workloads.on_exited(&request_id, status)
+            Outgoing::Reply(answer) => self.respond(Response::answer(&self.node, answer)).await,
+            Outgoing::Durable {
+                outbox_name,
+                answer,
+            } => {
+                let response = Response::answer(&self.node, answer);
+                self.publish_event(&outbox_name, response).await;
             }
-            WorkloadEvent::Settled { request_id } => self.workloads.on_settled(&request_id),
-        };
-        if let Some(terminal) = terminal {
-            self.report(terminal).await;
         }
     }
 
@@ -130,8 +126,21 @@ impl RunningNode {
             }
         };
         response.event = Some(ending.event());
-        self.workloads.reported(&request_id, ending);
+        // Into the outbox before the record says the workload ended, so a
+        // crash in between loses nothing; the next run then finds the
+        // event stored already, and publishes that copy only.
+        if self.outbox.left_by_earlier_run(&terminal.outbox_name) {
+            tracing::info!(
+                request_id,
+                "the {} event was stored by an earlier run that stopped before recording it; that copy goes out",
+                ending.event().name()
+            );
+            self.workloads.reported(&request_id, ending);
+            self.workloads.end_output(&request_id);
+            return;
+        }
         let held = self.store_event(&terminal.outbox_name, response);
+        self.workloads.reported(&request_id, ending);
         if drained {
             self.workloads.end_output(&request_id);
             self.send_event(held);

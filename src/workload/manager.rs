@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -22,14 +21,13 @@ use super::cancel::{CancelParams, CancelTarget};
 use super::launch::{launch, LaunchSpec};
 use super::output::{classify, terminal_output, Ending};
 use super::paths::{rid, WorkloadPaths};
-use super::record::{
-    now_unix_ms, read_json, scan, Damaged, ExitFile, WorkloadRecord, WorkloadState,
-};
+use super::record::{now_unix_ms, read_json, scan, Damaged, WorkloadRecord, WorkloadState};
 use super::tail::{OutputTail, TailMessage};
 use super::template::{render, take_workload_token};
+use crate::protocol::{Answer, Event, Outgoing};
 use crate::supervised::cgroup::{self, CgroupRoot};
 use crate::supervised::containment::{Kind, Unit};
-use crate::supervised::{procfs, watch};
+use crate::supervised::{procfs, ExitStatus, Notifier, ProcessEvent, ShimEnd};
 
 /// What the manager needs from the node's settings.
 #[derive(Debug, Clone)]
@@ -50,21 +48,25 @@ pub struct WorkloadConfig {
     pub max_result_bytes: u64,
 }
 
-/// Progress reported back to the node task.
+/// What the workloads' background work reports back, through the node
+/// task to [`Workloads::handle`].
 #[derive(Debug)]
 pub enum WorkloadEvent {
     Started {
         request_id: String,
         outcome: Result<Box<WorkloadRecord>, String>,
     },
-    /// The supervisor (or, without one, the workload) is gone; `status` is
-    /// the supervisor's own exit status when the node is its parent.
-    Exited {
-        request_id: String,
-        status: Option<ExitStatus>,
-    },
-    /// Every process of a cancelled workload is gone.
-    Settled { request_id: String },
+    /// Its shim ended, or a stop finished.
+    Process(String, ProcessEvent),
+}
+
+/// What the node must do after [`Workloads::handle`].
+#[derive(Debug)]
+pub enum Handled {
+    /// Publish this.
+    Out(Outgoing),
+    /// Publish the workload's last output, then its terminal event.
+    Ended(Terminal),
 }
 
 /// A refused workload command.
@@ -95,7 +97,7 @@ struct Entry {
     /// Peak GPU memory NVML reported for the workload's processes.
     gpu_memory_max: Option<u64>,
     /// What the node saw of the supervisor's end, once it has ended.
-    supervisor_end: Option<ending::SupervisorEnd>,
+    shim_end: Option<ShimEnd>,
     /// A cancel is waiting for every process of the workload to end.
     settling: bool,
     /// The damaged record file this entry was rebuilt around.
@@ -110,7 +112,7 @@ impl Entry {
             tail,
             orphaned: false,
             gpu_memory_max: None,
-            supervisor_end: None,
+            shim_end: None,
             settling: false,
             rebuilt: None,
         }
@@ -126,7 +128,8 @@ pub struct Workloads {
     /// request_id ([`rid`]); never pruned, so the request_id stays taken
     /// until the operator removes the file.
     damaged: HashMap<String, Damaged>,
-    events: mpsc::UnboundedSender<WorkloadEvent>,
+    /// The workloads' shims and stops report here.
+    units: Notifier<WorkloadEvent>,
     /// Counts since this node process started, for the metrics.
     pub stats: WorkloadStats,
 }
@@ -167,7 +170,7 @@ impl Workloads {
             cgroups,
             entries: HashMap::new(),
             damaged: HashMap::new(),
-            events,
+            units: Notifier::new(events, WorkloadEvent::Process),
             stats: WorkloadStats::default(),
         };
         let (records, damaged) = scan(&workloads.config.logs_dir);
@@ -239,23 +242,10 @@ impl Workloads {
         self.entries.insert(request_id, entry);
     }
 
-    /// Reports `Exited` when the supervisor is gone (at once if it already is).
+    /// Reports `Exited` when the shim is gone (at once if it already is).
     fn watch_supervisor(&self, record: &WorkloadRecord) {
-        let events = self.events.clone();
-        let request_id = record.request_id.clone();
-        let supervisor = record.supervisor_pid.zip(record.supervisor_start_time);
-        tokio::spawn(async move {
-            match supervisor {
-                Some((pid, start)) => watch::process_exit(pid, start).await,
-                // Still "starting" from a run that died mid-launch: give a
-                // supervisor that is about to report a moment to do so.
-                None => tokio::time::sleep(Duration::from_secs(2)).await,
-            }
-            let _ = events.send(WorkloadEvent::Exited {
-                request_id,
-                status: None,
-            });
-        });
+        let shim = record.supervisor_pid.zip(record.supervisor_start_time);
+        self.units.watch(record.request_id.clone(), shim);
     }
 
     /// Which containment new workloads get: `cgroup` or `process-tree`.
@@ -415,33 +405,51 @@ impl Workloads {
     }
 
     /// Launches in the background: `Started` when the pid is known, then
-    /// `Exited` when the supervisor (this process's child) ends.
+    /// `Exited` when the shim (this process's child) ends.
     fn spawn_launch(&self, request_id: &str, spec: LaunchSpec) {
-        let events = self.events.clone();
+        let units = self.units.clone();
         let id = request_id.to_owned();
         tokio::spawn(async move {
             match launch(spec).await {
-                Ok((record, mut child)) => {
-                    let _ = events.send(WorkloadEvent::Started {
+                Ok((record, child)) => {
+                    units.send(WorkloadEvent::Started {
                         request_id: id.clone(),
                         outcome: Ok(Box::new(record)),
                     });
-                    // The supervisor's status is the workload's: the one
-                    // copy of it when the exit file could not be written.
-                    let status = child.wait().await.ok();
-                    let _ = events.send(WorkloadEvent::Exited {
-                        request_id: id,
-                        status,
-                    });
+                    units.reap(id, child).await;
                 }
-                Err(error) => {
-                    let _ = events.send(WorkloadEvent::Started {
-                        request_id: id,
-                        outcome: Err(error),
-                    });
-                }
+                Err(error) => units.send(WorkloadEvent::Started {
+                    request_id: id,
+                    outcome: Err(error),
+                }),
             }
         });
+    }
+
+    /// Handles what the background work reported; returns what the node
+    /// must publish.
+    pub fn handle(&mut self, event: WorkloadEvent) -> Option<Handled> {
+        match event {
+            WorkloadEvent::Started {
+                request_id,
+                outcome,
+            } => {
+                let answer = match self.on_started(&request_id, outcome) {
+                    Ok(output) => Answer::ok(&request_id, output).with_event(Event::Started),
+                    Err(error) => Answer::error(
+                        &request_id,
+                        format!("the workload could not be started: {error}"),
+                    ),
+                };
+                Some(Handled::Out(Outgoing::Launched(answer)))
+            }
+            WorkloadEvent::Process(request_id, ProcessEvent::Exited(end)) => {
+                self.on_exited(&request_id, end).map(Handled::Ended)
+            }
+            WorkloadEvent::Process(request_id, ProcessEvent::Settled) => {
+                self.on_settled(&request_id).map(Handled::Ended)
+            }
+        }
     }
 
     /// What a workload sees: the node's environment without its broker
@@ -477,7 +485,7 @@ impl Workloads {
     }
 
     /// The launch finished; `Ok` is the `started` output.
-    pub fn on_started(
+    fn on_started(
         &mut self,
         request_id: &str,
         outcome: Result<Box<WorkloadRecord>, String>,

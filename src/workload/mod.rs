@@ -19,4 +19,6 @@ pub mod record;
 pub mod tail;
 pub mod template;
 
-pub use manager::{Refusal, Terminal, WorkloadConfig, WorkloadEvent, WorkloadStats, Workloads};
+pub use manager::{
+    Handled, Refusal, Terminal, WorkloadConfig, WorkloadEvent, WorkloadStats, Workloads,
+};

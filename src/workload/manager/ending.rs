@@ -1,40 +1,13 @@
 //! The second half of a workload's life: cancel, exit, the terminal event,
 //! live output, retention.
 //!
-//! A workload has ended when its supervisor has, and, after a cancel, when
-//! every process of the workload has too ([`Unit::settle`]). Its exit
-//! status comes from the supervisor's exit file or, where the disk could
-//! not take that file, from the supervisor's own exit status; where neither
-//! is known the terminal event says the outcome is unknown, and why.
-
-use std::os::unix::process::ExitStatusExt;
+//! A workload has ended when its shim has, and, after a cancel, when every
+//! process of the workload has too (the unit's stop, `supervised::unit`).
+//! Its exit status is read by `supervised::ExitStatus`: the shim's exit
+//! file, else the shim's own status; where neither is known the terminal
+//! event says the outcome is unknown, and why.
 
 use super::*;
-
-/// What the node saw of a supervisor's end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SupervisorEnd {
-    /// It exited with the workload's status (code, or 128 + signal).
-    Exited(i32),
-    /// It was killed by this signal.
-    Killed(i32),
-    /// It was not this node's child (adopted after a restart): its status
-    /// went to someone else.
-    NotSeen,
-}
-
-impl SupervisorEnd {
-    fn from(status: Option<ExitStatus>) -> SupervisorEnd {
-        match status {
-            Some(s) => match (s.code(), s.signal()) {
-                (Some(code), _) => SupervisorEnd::Exited(code),
-                (None, Some(signal)) => SupervisorEnd::Killed(signal),
-                _ => SupervisorEnd::NotSeen,
-            },
-            None => SupervisorEnd::NotSeen,
-        }
-    }
-}
 
 impl Workloads {
     /// Saves every running workload's live-output offsets (before a stop),
@@ -47,100 +20,76 @@ impl Workloads {
         }
     }
 
-    /// The supervisor is gone (`status`: its exit status, when the node is
-    /// its parent). Returns the terminal event, or `None` while there is
-    /// still something to wait for.
-    pub fn on_exited(&mut self, request_id: &str, status: Option<ExitStatus>) -> Option<Terminal> {
+    /// The shim is gone (`end`: what the node saw of it). Returns the
+    /// terminal event, or `None` while there is still something to wait for.
+    pub(super) fn on_exited(&mut self, request_id: &str, end: ShimEnd) -> Option<Terminal> {
         let entry = self
             .entries
             .get_mut(request_id)
             .filter(|e| e.record.state.is_active())?;
-        let end = SupervisorEnd::from(status);
         // The watch on an orphaned workload knows nothing new: keep what
-        // the supervisor's own end said.
-        if entry.supervisor_end.is_none() || end != SupervisorEnd::NotSeen {
-            entry.supervisor_end = Some(end);
+        // the shim's own end said.
+        if entry.shim_end.is_none() || end != ShimEnd::NotSeen {
+            entry.shim_end = Some(end);
         }
-        let exit = read_json::<ExitFile>(&entry.paths.exit()).ok().flatten();
-        let record = &entry.record;
-        let workload = record.pid.zip(record.start_time);
-        // A supervisor that exited on its own has waited for the workload.
-        let may_run_on = !matches!(end, SupervisorEnd::Exited(_));
-        if exit.is_none() && may_run_on && !entry.orphaned {
+        let exit_written = entry.paths.exit().exists();
+        let workload = entry.record.pid.zip(entry.record.start_time);
+        // A shim that exited on its own has waited for the workload.
+        let may_run_on = !matches!(end, ShimEnd::Exited(_));
+        if !exit_written && may_run_on && !entry.orphaned {
             if let Some((pid, start)) = workload.filter(|(p, s)| procfs::is_running(*p, *s)) {
-                // The supervisor was killed but the workload runs on: watch it
-                // directly (its exit code is lost with the supervisor).
+                // The shim was killed but the workload runs on: watch it
+                // directly (its exit code is lost with the shim).
                 tracing::warn!(
                     pid,
                     request_id,
                     "the workload's supervisor died; watching the workload itself"
                 );
                 entry.orphaned = true;
-                let events = self.events.clone();
-                let id = request_id.to_owned();
-                tokio::spawn(async move {
-                    watch::process_exit(pid, start).await;
-                    let _ = events.send(WorkloadEvent::Exited {
-                        request_id: id,
-                        status: None,
-                    });
-                });
+                self.units.watch(request_id.to_owned(), Some((pid, start)));
                 return None;
             }
         }
         if entry.settling {
             return None;
         }
-        Some(self.finish(request_id, exit))
+        Some(self.finish(request_id))
     }
 
     /// Every process of a cancelled workload is gone.
-    pub fn on_settled(&mut self, request_id: &str) -> Option<Terminal> {
+    pub(super) fn on_settled(&mut self, request_id: &str) -> Option<Terminal> {
         let entry = self
             .entries
             .get_mut(request_id)
             .filter(|e| e.record.state.is_active())?;
         entry.settling = false;
-        // The supervisor reaps the last process, writes the exit file and
-        // exits: `Exited` follows in a moment and finishes.
-        entry.supervisor_end?;
-        let exit = read_json::<ExitFile>(&entry.paths.exit()).ok().flatten();
-        Some(self.finish(request_id, exit))
+        // The shim reaps the last process, writes the exit file and exits:
+        // `Exited` follows in a moment and finishes.
+        entry.shim_end?;
+        Some(self.finish(request_id))
     }
 
-    /// Waits, off the event loop, for every process of the workload to end,
-    /// SIGKILLing whatever is left from `kill_at_ms` on; then reports
-    /// `Settled`.
+    /// Stops every process of the workload: `Settled` once they are gone.
     pub(super) fn settle(&self, request_id: &str, unit: Unit, kill_at_ms: u64) {
-        let events = self.events.clone();
-        let id = request_id.to_owned();
-        tokio::task::spawn_blocking(move || {
-            // A node that stops leaves the rest to the next one.
-            unit.settle(kill_at_ms, &id, || !events.is_closed());
-            let _ = events.send(WorkloadEvent::Settled { request_id: id });
-        });
+        let what = format!("workload {request_id}");
+        self.units
+            .stop(request_id.to_owned(), unit, kill_at_ms, what);
     }
 
-    fn finish(&mut self, request_id: &str, exit: Option<ExitFile>) -> Terminal {
+    fn finish(&mut self, request_id: &str) -> Terminal {
         let entry = self
             .entries
             .get_mut(request_id)
             .expect("checked by the caller");
-        let from_status = exit.is_none();
-        let (exit, unknown) = match (exit, entry.supervisor_end) {
-            (Some(exit), _) => (Some(exit), None),
-            (None, Some(SupervisorEnd::Exited(code))) => {
-                tracing::warn!(
-                    request_id,
-                    "no exit file {}: the exit code {code} comes from the supervisor's own exit status",
-                    entry.paths.exit().display()
-                );
-                (Some(ExitFile::from_shim_status(code)), None)
-            }
-            (None, end) => (None, Some(unknown_reason(&entry.record, &entry.paths, end))),
-        };
-        let ending = match unknown {
-            Some(reason) if entry.record.cancel.is_none() => Ending {
+        let status = ExitStatus::read(
+            &entry.paths.exit(),
+            entry.record.process().as_ref(),
+            entry.shim_end,
+        );
+        let with_figures = matches!(status, ExitStatus::File(_));
+        let exit = status.exit().cloned();
+        let ending = match &status {
+            ExitStatus::Unknown(reason) if entry.record.cancel.is_none() => Ending {
                 state: WorkloadState::Failed,
                 error: Some(format!("the workload's outcome is unknown: {reason}")),
             },
@@ -152,8 +101,8 @@ impl Workloads {
         };
         let limit = self.config.max_result_bytes;
         let mut output = terminal_output(&entry.record, &entry.paths, exit.as_ref(), limit);
-        if from_status {
-            // Only the code survived: no resource figures to report.
+        if !with_figures {
+            // Only the code survived, if that: no resource figures to report.
             if let Some(fields) = output.as_object_mut() {
                 fields.remove("resources");
             }
@@ -315,28 +264,5 @@ impl Workloads {
                 }
             }
         }
-    }
-}
-
-/// Why a workload's exit status is not known, in words for the event.
-fn unknown_reason(
-    record: &WorkloadRecord,
-    paths: &WorkloadPaths,
-    end: Option<SupervisorEnd>,
-) -> String {
-    let Some(pid) = record.supervisor_pid else {
-        return "the node stopped while starting it, before its supervisor reported".into();
-    };
-    let supervisor = format!("its supervisor (pid {pid})");
-    let exit_file = paths.exit();
-    match end {
-        Some(SupervisorEnd::Killed(signal)) => format!(
-            "{supervisor} was killed by {} before it could record the exit status",
-            crate::supervised::signal_name(signal)
-        ),
-        _ => format!(
-            "{supervisor} ended without writing {} (check free space and permissions there), and its own exit status went to the process that reaped it, not to this node (restarted since the workload started)",
-            exit_file.display()
-        ),
     }
 }
