@@ -644,3 +644,35 @@ fn a_killed_model_server_is_reported_and_the_node_keeps_serving() {
     );
     assert_eq!(listed(&s, &s.node, "victim")["state"], "failed");
 }
+
+/// A deployment record the disk refuses (read-only deployments dir) is
+/// logged, naming the file, and the undeploy still reports `stopped`.
+/// (Issue 12: these saves used to fail without a word.)
+#[test]
+fn a_record_the_disk_refuses_is_logged_and_the_stop_still_reported() {
+    crate::needs_root!("a read-only deployments dir (bind mount)");
+    let s = start();
+    let reaper = Reaper::new(&s);
+    deploy(&s, &s.node, &reaper, "adder", "add_matmul.onnx", json!({}));
+    let dir = s.node.config_dir().join("deployments");
+    let mounted = common::mounts::Mounted::read_only(&dir);
+    let stopping = ask(
+        &s,
+        &s.node,
+        "undeploy-ro",
+        json!({"command": "undeploy", "params": {"deployment_id": "adder"}}),
+    );
+    assert_eq!(stopping["output"]["state"], "stopping", "{stopping}");
+    let stopped = event(&s, &s.node, "deploy-adder", LOAD_TIMEOUT);
+    assert_eq!(stopped["event"], "stopped", "{stopped}");
+    drop(mounted);
+    let log = s.node.stderr();
+    let record = dir.join("adder.json");
+    assert!(
+        log.contains(&format!(
+            "cannot save the deployment record {}",
+            record.display()
+        )) && log.contains("Read-only file system"),
+        "the failed save is not logged:\n{log}"
+    );
+}

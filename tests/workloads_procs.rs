@@ -9,62 +9,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::mounts::{is_root, Mounted};
 use common::restart::{
     logs_dir, more_terminals, read_record, restart, start_workload, terminal, wait_until, Reaper,
 };
 use common::scenario::Scenario;
 use serde_json::{json, Value};
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-macro_rules! needs_root {
-    ($what:expr) => {
-        if !is_root() {
-            eprintln!("skipping: {} needs root (mount)", $what);
-            return;
-        }
-    };
-}
-
-/// A mount made by a test, undone (lazily) when dropped.
-struct Mounted(PathBuf);
-
-impl Mounted {
-    fn tmpfs(dir: &Path, size: &str) -> Mounted {
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(dir));
-        Mounted(dir.to_owned())
-    }
-
-    /// `dir` read-only from now on, for every process (a bind mount of
-    /// itself, remounted read-only).
-    fn read_only(dir: &Path) -> Mounted {
-        run(Command::new("mount").arg("--bind").arg(dir).arg(dir));
-        let mounted = Mounted(dir.to_owned());
-        run(Command::new("mount")
-            .args(["-o", "remount,bind,ro"])
-            .arg(dir));
-        mounted
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn run(command: &mut Command) {
-    let status = command.status().expect("run mount");
-    assert!(status.success(), "{command:?}: {status}");
-}
 
 /// The process exists and is not a zombie (a zombie is dead: it only waits
 /// for its parent to collect its status).

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod broker;
 mod http;
+pub mod mounts;
 pub mod mqtt;
 pub mod node;
 pub mod restart;
