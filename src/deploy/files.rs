@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::fsutil::names::{fnv1a, rid};
 use crate::fsutil::{read_json, write_json};
 use crate::protocol::Event;
 use crate::supervised::StartedFile;
-use crate::workload::paths::{rid, WorkloadPaths};
+use crate::supervised::{logs_dir, UnitFiles};
 
 /// The longest Unix socket path: `sun_path` holds 108 bytes with its NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -35,16 +36,16 @@ pub struct DeployPaths {
     dir: PathBuf,
     name: String,
     /// The supervisor's files and the server's logs.
-    pub supervised: WorkloadPaths,
+    pub supervised: UnitFiles,
 }
 
 impl DeployPaths {
     pub fn new(config_dir: &Path, deployment_id: &str) -> DeployPaths {
-        let logs = crate::workload::paths::logs_dir(config_dir);
+        let logs = logs_dir(config_dir);
         DeployPaths {
             dir: deployments_dir(config_dir),
             name: rid(deployment_id),
-            supervised: WorkloadPaths::new(&logs, "deploy", deployment_id),
+            supervised: UnitFiles::new(&logs, &format!("deploy_{}", rid(deployment_id))),
         }
     }
 
@@ -65,7 +66,7 @@ impl DeployPaths {
         if named.as_os_str().len() <= MAX_SOCKET_PATH {
             return named;
         }
-        let hash = crate::workload::paths::fnv1a(self.name.as_bytes());
+        let hash = fnv1a(self.name.as_bytes());
         self.dir.join(format!("{hash:016x}.sock"))
     }
     /// The outbox name of one event of this deployment: with the deploy's

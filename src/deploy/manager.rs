@@ -20,13 +20,12 @@ use super::files::{
     ServerState,
 };
 use super::request;
-use crate::fsutil::read_json;
+use crate::fsutil::{read_json, tail_text};
 use crate::protocol::{Answer, Event, Outgoing};
 use crate::supervised::{
-    launch, now_unix_ms, ExitStatus, Notifier, ProcessEvent, ShimEnd, StartedFile, Unit,
+    launch::{self, shell_quote},
+    now_unix_ms, ExitStatus, Notifier, ProcessEvent, ShimEnd, StartedFile, Unit,
 };
-use crate::workload::output;
-use crate::workload::template::shell_quote;
 
 /// How long a stopping model server gets before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -355,7 +354,7 @@ impl Deployments {
             "pid": record.pid,
             "exit_code": exit.and_then(|e| e.exit_code),
             "signal": exit.and_then(|e| e.signal.clone()),
-            "stderr_tail": output::tail(&paths.supervised.stderr(), 4096),
+            "stderr_tail": tail_text(&paths.supervised.stderr(), 4096),
         });
         let report = match record.state {
             DeployState::Stopping => {

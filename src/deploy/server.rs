@@ -27,8 +27,8 @@ use tokio::sync::{Notify, Semaphore};
 use super::files::{DeploySpec, ServerState};
 use super::stats::Stats;
 use super::wire;
+use crate::fsutil::{now_unix_ms, read_json, write_json};
 use crate::runners::{self, Model, RunnerError, RuntimePaths};
-use crate::workload::record::{now_unix_ms, read_json, write_json};
 
 /// The hidden subcommand's name.
 pub const MODE: &str = "__serve-model";

@@ -15,6 +15,7 @@
 
 pub mod atomic;
 mod json;
+pub mod names;
 
 pub use atomic::{now_unix_ms, Durability};
 pub use json::{load_json, read_json, write_json, StateFileError, STATE_FILE_LIMIT};
@@ -206,6 +207,31 @@ pub fn read_range(
     let mut bytes = Vec::with_capacity(len.saturating_sub(offset).min(max) as usize);
     file.take(max).read_to_end(&mut bytes).map_err(io_error)?;
     Ok(Some((bytes, len)))
+}
+
+/// The last `max` bytes of a file as text, starting at a character
+/// boundary; empty when it is missing or not a regular file.
+pub fn tail_text(path: &Path, max: u64) -> String {
+    let Ok(Some((mut file, len))) = open_regular(path, Links::Follow) else {
+        return String::new();
+    };
+    let start = len.saturating_sub(max);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::with_capacity((len - start) as usize);
+    let _ = file.take(max).read_to_end(&mut bytes);
+    // Skip UTF-8 continuation bytes cut off by the window.
+    let skip = if start > 0 {
+        bytes
+            .iter()
+            .take(3)
+            .take_while(|b| (**b & 0xC0) == 0x80)
+            .count()
+    } else {
+        0
+    };
+    String::from_utf8_lossy(&bytes[skip..]).into_owned()
 }
 
 #[cfg(test)]

@@ -30,6 +30,12 @@ pub struct Spec<'a> {
     pub cgroup: Option<&'a Path>,
 }
 
+/// Quotes `text` as one POSIX shell word, for the command the shim hands
+/// to `/bin/sh -c`.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 /// Why a launch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {

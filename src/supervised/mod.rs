@@ -32,6 +32,54 @@ pub use exit::ExitStatus;
 pub use handoff::{now_unix_ms, signal_name, ExitFile, StartedFile};
 pub use unit::{Notifier, ProcessEvent, ShimEnd};
 
+/// The directory of every supervised process's files (its logs, and the
+/// shim's started and exit files): `workload_logs/` for the contract's
+/// sake, model servers included.
+pub fn logs_dir(config_dir: &Path) -> PathBuf {
+    config_dir.join("workload_logs")
+}
+
+/// The files the shim writes for one process, all `<base>.<suffix>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFiles {
+    base: PathBuf,
+}
+
+impl UnitFiles {
+    /// `<dir>/<stem>.*`.
+    pub fn new(dir: &Path, stem: &str) -> UnitFiles {
+        UnitFiles {
+            base: dir.join(stem),
+        }
+    }
+
+    /// The stem every file shares (the shim gets it this way).
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    fn with(&self, suffix: &str) -> PathBuf {
+        let mut name = self.base.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    pub fn stdout(&self) -> PathBuf {
+        self.with(".stdout.log")
+    }
+    pub fn stderr(&self) -> PathBuf {
+        self.with(".stderr.log")
+    }
+    /// Written by the shim once the process exists.
+    pub fn started(&self) -> PathBuf {
+        self.with(".started.json")
+    }
+    /// Written by the shim when the process has ended.
+    pub fn exit(&self) -> PathBuf {
+        self.with(".exit.json")
+    }
+}
+
 /// Where the shim is: beside the node's executable (`/usr/bin` for the
 /// package, `target/<profile>` for cargo), beside the directory above it
 /// (cargo's `examples/` and `deps/`), or on `PATH`.

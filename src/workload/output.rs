@@ -8,7 +8,7 @@
 //! JSON): `result` is null, `result_truncated` true, `result_size_bytes`
 //! its size, and `result_error` says so; the file stays on disk.
 
-use std::io::{Read, Seek, SeekFrom};
+use crate::fsutil::tail_text;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -115,8 +115,8 @@ pub fn terminal_output(
         "duration_seconds": ended.saturating_sub(started) as f64 / 1000.0,
         "stdout_log": record.stdout_log,
         "stderr_log": record.stderr_log,
-        "stdout_tail": tail(&paths.stdout(), TAIL_BYTES),
-        "stderr_tail": tail(&paths.stderr(), TAIL_BYTES),
+        "stdout_tail": tail_text(&paths.stdout(), TAIL_BYTES),
+        "stderr_tail": tail_text(&paths.stderr(), TAIL_BYTES),
         "result": Value::Null,
     });
     let path = paths.result();
@@ -145,31 +145,6 @@ pub fn terminal_output(
         });
     }
     output
-}
-
-/// The last `max` bytes of a file as text, starting at a character
-/// boundary; empty when it is missing or not a regular file.
-pub fn tail(path: &Path, max: u64) -> String {
-    let Ok(Some((mut file, len))) = fsutil::open_regular(path, Links::Follow) else {
-        return String::new();
-    };
-    let start = len.saturating_sub(max);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut bytes = Vec::with_capacity((len - start) as usize);
-    let _ = file.take(max).read_to_end(&mut bytes);
-    // Skip UTF-8 continuation bytes cut off by the window.
-    let skip = if start > 0 {
-        bytes
-            .iter()
-            .take(3)
-            .take_while(|b| (**b & 0xC0) == 0x80)
-            .count()
-    } else {
-        0
-    };
-    String::from_utf8_lossy(&bytes[skip..]).into_owned()
 }
 
 /// What became of the result file.
@@ -213,10 +188,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         std::fs::write(&path, "aé".repeat(10)).unwrap();
-        let t = tail(&path, 4);
+        let t = tail_text(&path, 4);
         assert!(t == "aé" || t == "éaé" || t.ends_with('é'), "{t:?}");
         assert!(!t.contains('\u{FFFD}'));
-        assert_eq!(tail(&dir.path().join("missing"), 10), "");
+        assert_eq!(tail_text(&dir.path().join("missing"), 10), "");
     }
 
     #[test]
@@ -233,6 +208,6 @@ mod tests {
             panic!("/dev/zero was read");
         };
         assert!(problem.contains("not a regular file (a character device)"));
-        assert_eq!(tail(&path, 10), "");
+        assert_eq!(tail_text(&path, 10), "");
     }
 }

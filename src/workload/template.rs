@@ -5,6 +5,7 @@
 //! shell word, and `{params_file}` a quoted path. The only other thing
 //! substituted is nothing at all: every other brace stays as written.
 
+use crate::supervised::launch::shell_quote;
 use serde_json::{Map, Value};
 
 /// Linux refuses a single argument longer than this (MAX_ARG_STRLEN, 32
@@ -13,11 +14,6 @@ pub const MAX_COMMAND_BYTES: usize = 128 * 1024 - 1;
 
 /// The param the backend uses to hand a workload its own short-lived token.
 pub const WORKLOAD_TOKEN_PARAM: &str = "cyberwave_workload_token";
-
-/// Quotes `text` as one POSIX shell word.
-pub fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
 
 /// Renders `template`; errors say how far over the limit it went.
 pub fn render(template: &str, params_json: &str, params_file: &str) -> Result<String, String> {
