@@ -97,7 +97,7 @@ fn dimension(params: &Map<String, Value>, name: &str) -> Result<u16, String> {
 /// that no message echoes more than a short quote of a refused one.
 fn session_id(params: &Map<String, Value>) -> Result<String, String> {
     match params.get("session_id") {
-        Some(Value::String(id)) => crate::config::parse_topic_segment(id)
+        Some(Value::String(id)) => crate::mqtt::topics::parse_topic_segment(id)
             .map_err(|e| format!("params.session_id {} {e}", quote(id))),
         Some(other) => Err(format!(
             "params.session_id must be a string, got {}",

@@ -403,10 +403,5 @@ struct Layers<'a> {
 
 mod resolve;
 
-/// Checks a name bound for MQTT topics and URL paths (used for identities).
-pub fn parse_topic_segment(text: &str) -> Result<String, String> {
-    parse::topic_segment(text)
-}
-
 #[cfg(test)]
 mod tests;

@@ -134,26 +134,8 @@ pub fn http_url(text: &str) -> Result<String, String> {
     }
 }
 
-/// A name that will appear inside MQTT topics and URL paths: no wildcards,
-/// no separators, nothing a broker or a web server would read differently.
-pub fn topic_segment(text: &str) -> Result<String, String> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() || trimmed.len() > 128 {
-        return Err("must be 1 to 128 characters".into());
-    }
-    if let Some(bad) = trimmed
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "may only hold letters, digits, '-', '_' and '.', found {bad:?}"
-        ));
-    }
-    if trimmed == "." || trimmed == ".." {
-        return Err("must not be '.' or '..'".into());
-    }
-    Ok(trimmed.to_owned())
-}
+/// A name that will appear inside MQTT topics and URL paths.
+pub use crate::mqtt::topics::parse_topic_segment as topic_segment;
 
 pub fn instance_uuid(text: &str) -> Result<String, String> {
     uuid::Uuid::parse_str(text.trim())
@@ -199,16 +181,6 @@ mod tests {
         assert_eq!(boolean("TRUE"), Ok(true));
         assert_eq!(boolean("0"), Ok(false));
         assert!(boolean("maybe").is_err());
-    }
-
-    #[test]
-    fn topic_segments_refuse_wildcards_and_separators() {
-        assert_eq!(topic_segment("gpu-1").unwrap(), "gpu-1");
-        assert!(topic_segment("a/b").is_err());
-        assert!(topic_segment("a+").is_err());
-        assert!(topic_segment("#").is_err());
-        assert!(topic_segment("..").is_err());
-        assert!(topic_segment("").is_err());
     }
 
     #[test]

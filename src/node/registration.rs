@@ -3,7 +3,7 @@
 
 use crate::backend::{Backend, BackendError, Registration};
 use crate::backoff::Backoff;
-use crate::config::parse_topic_segment;
+use crate::mqtt::topics::parse_topic_segment;
 use crate::shutdown::Shutdown;
 
 /// What registration needs to know.
