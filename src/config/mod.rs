@@ -24,8 +24,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use parse::ValueError;
 pub use show::render_table;
-pub use sources::{Credentials, DotEnvFile, Environment};
+pub use sources::{Credentials, CredentialsError, DotEnvFile, Environment};
 pub use yaml::YamlFile;
 
 use crate::backoff::RetryUnit;
@@ -165,7 +166,8 @@ pub enum ConfigError {
         setting: &'static str,
         value: String,
         origin: Box<Origin>,
-        problem: String,
+        #[source]
+        problem: parse::ValueError,
     },
     #[error(
         "no API token found. Provide one in any of: the environment (export CYBERWAVE_API_TOKEN=...), \
@@ -266,7 +268,7 @@ impl Settings {
             .unwrap_or_default();
         let credentials_path = config_dir.value.join("credentials.json");
         let credentials = Credentials::load(&credentials_path).unwrap_or_else(|warning| {
-            warnings.push(warning);
+            warnings.push(warning.to_string());
             None
         });
         let identity_path = identity::identity_path(&config_dir.value);

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::parse;
+use super::parse::{self, ValueError};
 use super::*;
 
-type Parser<T> = fn(&str) -> Result<T, String>;
+type Parser<T> = fn(&str) -> Result<T, ValueError>;
 
 /// A command-line value with its flag name, for [`Layers::get`].
 fn flag<'a>(value: &'a Option<String>, name: &'static str) -> Option<(&'a str, &'static str)> {

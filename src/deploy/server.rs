@@ -271,9 +271,10 @@ async fn infer(
             json!({"ok": true, "output": output})
         }
         Err(error) => {
-            let kind = match error {
-                RunnerError::BadRequest(_) => "bad_request",
-                _ => "inference",
+            let kind = if error.is_bad_request() {
+                "bad_request"
+            } else {
+                "inference"
             };
             json!({"ok": false, "kind": kind, "error": error.to_string()})
         }

@@ -57,24 +57,33 @@ impl Topics {
     }
 }
 
+/// Why a name cannot be part of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicSegmentError {
+    #[error("must be 1 to 128 characters")]
+    Length,
+    #[error("may only hold letters, digits, '-', '_' and '.', found {0:?}")]
+    Character(char),
+    #[error("must not be '.' or '..'")]
+    Dots,
+}
+
 /// Checks a name that will appear inside MQTT topics and URL paths (slugs,
 /// uuids, terminal session ids): no wildcards, no separators, nothing a
-/// broker or a web server would read differently.
-pub fn parse_topic_segment(text: &str) -> Result<String, String> {
+/// broker or a web server would read differently. Returns it trimmed.
+pub fn parse_topic_segment(text: &str) -> Result<String, TopicSegmentError> {
     let trimmed = text.trim();
     if trimmed.is_empty() || trimmed.len() > 128 {
-        return Err("must be 1 to 128 characters".into());
+        return Err(TopicSegmentError::Length);
     }
     if let Some(bad) = trimmed
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!(
-            "may only hold letters, digits, '-', '_' and '.', found {bad:?}"
-        ));
+        return Err(TopicSegmentError::Character(bad));
     }
     if trimmed == "." || trimmed == ".." {
-        return Err("must not be '.' or '..'".into());
+        return Err(TopicSegmentError::Dots);
     }
     Ok(trimmed.to_owned())
 }

@@ -23,7 +23,7 @@ pub enum RegistrationError {
     BadIdentity {
         field: &'static str,
         value: String,
-        problem: String,
+        problem: crate::mqtt::topics::TopicSegmentError,
     },
     #[error("registration interrupted by shutdown")]
     Interrupted,

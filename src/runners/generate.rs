@@ -507,8 +507,8 @@ impl<'a> TextStream<'a> {
 mod tests {
     use super::*;
 
-    fn parse(value: Value) -> Result<GenerateRequest, String> {
-        GenerateRequest::parse(value.as_object().unwrap(), 256, Some(7)).map_err(|e| e.to_string())
+    fn parse(value: Value) -> Result<GenerateRequest, RunnerError> {
+        GenerateRequest::parse(value.as_object().unwrap(), 256, Some(7))
     }
 
     #[test]
@@ -546,7 +546,7 @@ mod tests {
             ),
         ];
         for (value, expected) in cases {
-            let error = parse(value.clone()).unwrap_err();
+            let error = parse(value.clone()).unwrap_err().to_string();
             assert!(error.contains(expected), "{value}: {error}");
         }
     }
