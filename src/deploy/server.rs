@@ -56,7 +56,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
         eprintln!("usage: cyberwave-cloud-node {MODE} <spec.json> (internal)");
         return ExitCode::from(2);
     };
-    crate::cli::init_server_logging();
+    crate::logging::init_server_logging();
     let spec = match read_json::<DeploySpec>(Path::new(spec_path)) {
         Ok(Some(spec)) => spec,
         Ok(None) => {

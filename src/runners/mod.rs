@@ -4,7 +4,6 @@
 //! - [`ModelRunner`]: one loaded model; [`load`] picks the runner by format.
 //! - [`tensor`]: the tensor JSON every tensor runner speaks.
 //! - [`roots`]: models load only from inside `model_roots`.
-//! - [`run_model`]: the `run-model` command.
 //! - `onnx` (feature `onnx`, default): ONNX Runtime, loaded at run time.
 //! - `gguf` (feature `gguf`): language models through llama.cpp, with
 //!   `generate` for the token loop.
@@ -27,7 +26,6 @@ pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod roots;
-pub mod run_model;
 pub mod tensor;
 #[cfg(feature = "torch")]
 pub mod torch;

@@ -10,12 +10,13 @@
 mod render;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Transport};
 use serde_json::{Map, Value};
 
-use crate::config::{Origin, Settings, Sourced};
+use crate::config::{Environment, Origin, Overrides, Settings, Sourced};
 use crate::identity;
 use crate::mqtt::Topics;
 use render::Renderer;
@@ -268,6 +269,58 @@ impl Exchange<'_> {
             _ => {}
         }
         Ok(None)
+    }
+}
+
+/// `send` from the command line: settings, flags, then [`send`]; the exit
+/// code is the answer's.
+pub(super) fn run(args: &super::SendArgs) -> ExitCode {
+    let overrides = Overrides {
+        config: args.config.clone(),
+        mqtt_host: args.mqtt_host.clone(),
+        mqtt_port: args.mqtt_port,
+        ..Overrides::default()
+    };
+    let settings = match Settings::load(&overrides, &Environment::from_process()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            eprintln!("error: --timeout must be a positive number of seconds, got {t}");
+            return ExitCode::FAILURE;
+        }
+        t => t.map(std::time::Duration::from_secs_f64),
+    };
+    let request = SendRequest {
+        command: args.command.clone(),
+        params: args.params.clone(),
+        request_id: args.request_id.clone(),
+        node: args.node.clone(),
+        wait: args.wait,
+        follow_logs: args.follow_logs,
+        json: args.json,
+        timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(send(&settings, request)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
     }
 }
 
