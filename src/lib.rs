@@ -56,6 +56,7 @@ pub mod node;
 pub mod outbox;
 pub mod protocol;
 pub mod runners;
+mod secret;
 pub mod shutdown;
 pub mod standalone;
 pub mod telemetry;
