@@ -1,7 +1,6 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
-//! body is a module of its own: [`start`], [`send`], [`run_model`],
-//! [`local`] (`status` and `logs`), [`man`]; logging is set up by
-//! [`crate::logging`].
+//! body is a module of its own: `start`, [`send`], [`run_model`], `local`
+//! (`status` and `logs`), `man`; logging is set up by [`crate::logging`].
 
 mod local;
 mod man;
