@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_topic_segment;
 use crate::fsutil;
+use crate::mqtt::topics::parse_topic_segment;
 
 pub const IDENTITY_FILE: &str = "instance_identity.json";
 

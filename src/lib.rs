@@ -7,7 +7,9 @@
 //!
 //! A newcomer can read the modules in this order:
 //!
-//! - [`cli`]: clap definitions, logging set-up, dispatch; `main.rs` only calls it.
+//! - [`cli`]: clap definitions, dispatch and each command's body (`start`,
+//!   `send`, `run-model`, `status`/`logs`, `man`); `main.rs` only calls it.
+//!   [`logging`] sets up `tracing` for it and for the model server.
 //! - [`config`]: every setting, from flags, the environment, `.env` files,
 //!   `cyberwave.yml` and `credentials.json`, each value with its origin.
 //! - [`identity`]: the config dir's `instance_identity.json`.
@@ -48,12 +50,13 @@ pub mod fsutil;
 pub mod identity;
 pub mod install;
 pub mod lock;
+pub mod logging;
 pub mod mqtt;
 pub mod node;
 pub mod outbox;
 pub mod protocol;
 pub mod runners;
-pub mod send;
+mod secret;
 pub mod shutdown;
 pub mod standalone;
 pub mod supervised;

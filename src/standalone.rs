@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
-use crate::config::parse_topic_segment;
 use crate::identity::{self, Identity, IdentityError};
+use crate::mqtt::topics::parse_topic_segment;
 
 /// Largest message the embedded broker accepts.
 const MAX_PAYLOAD: usize = 16 * 1024 * 1024;

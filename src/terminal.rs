@@ -19,6 +19,7 @@ use portable_pty::{native_pty_system, ChildKiller, CommandBuilder, MasterPty, Pt
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::mqtt::topics::{parse_topic_segment, TopicSegmentError};
 use crate::protocol::{quote, quote_json};
 
 /// PTY output is published at most this often per session…
@@ -80,30 +81,68 @@ pub struct Terminals {
     events: mpsc::Sender<TerminalEvent>,
 }
 
-fn dimension(params: &Map<String, Value>, name: &str) -> Result<u16, String> {
-    let value = params
-        .get(name)
-        .ok_or_else(|| format!("params.{name} is required"))?;
+/// Why a terminal command was refused or failed; the text is the
+/// response's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    #[error("{DISABLED}")]
+    Disabled,
+    #[error("params.{0} is required")]
+    Missing(&'static str),
+    #[error("params.{name} must be a whole number from 1 to 1000, got {value}")]
+    BadDimension { name: &'static str, value: String },
+    #[error("params.session_id {} {source}", quote(.id))]
+    BadSessionId {
+        id: String,
+        source: TopicSegmentError,
+    },
+    #[error("params.session_id must be a string, got {0}")]
+    SessionIdNotString(String),
+    #[error("terminal session {0} is already open")]
+    AlreadyOpen(String),
+    #[error("{0} terminal sessions are open, the most this node allows (terminal.max_sessions); close one first")]
+    TooMany(usize),
+    #[error("no open terminal session {0}")]
+    NoSession(String),
+    // portable-pty reports its failures as `anyhow::Error`.
+    #[error("cannot open a PTY: {0}")]
+    OpenPty(anyhow::Error),
+    #[error("cannot start {shell}: {reason}")]
+    Spawn {
+        shell: String,
+        reason: anyhow::Error,
+    },
+    #[error("cannot read the PTY: {0}")]
+    Reader(anyhow::Error),
+    #[error("cannot write the PTY: {0}")]
+    Writer(anyhow::Error),
+    #[error("cannot resize session {id}: {reason}")]
+    Resize { id: String, reason: anyhow::Error },
+}
+
+fn dimension(params: &Map<String, Value>, name: &'static str) -> Result<u16, TerminalError> {
+    let value = params.get(name).ok_or(TerminalError::Missing(name))?;
     match value.as_u64() {
         Some(n) if (1..=1000).contains(&n) => Ok(n as u16),
-        _ => Err(format!(
-            "params.{name} must be a whole number from 1 to 1000, got {}",
-            quote_json(value)
-        )),
+        _ => Err(TerminalError::BadDimension {
+            name,
+            value: quote_json(value),
+        }),
     }
 }
 
 /// A session id names a topic: 1 to 128 plain characters, checked here so
 /// that no message echoes more than a short quote of a refused one.
-fn session_id(params: &Map<String, Value>) -> Result<String, String> {
+fn session_id(params: &Map<String, Value>) -> Result<String, TerminalError> {
     match params.get("session_id") {
-        Some(Value::String(id)) => crate::config::parse_topic_segment(id)
-            .map_err(|e| format!("params.session_id {} {e}", quote(id))),
-        Some(other) => Err(format!(
-            "params.session_id must be a string, got {}",
-            quote_json(other)
-        )),
-        None => Err("params.session_id is required".into()),
+        Some(Value::String(id)) => {
+            parse_topic_segment(id).map_err(|source| TerminalError::BadSessionId {
+                id: id.clone(),
+                source,
+            })
+        }
+        Some(other) => Err(TerminalError::SessionIdNotString(quote_json(other))),
+        None => Err(TerminalError::Missing("session_id")),
     }
 }
 
@@ -120,9 +159,13 @@ impl Terminals {
         self.config.enabled
     }
 
-    pub fn open(&mut self, request_id: &str, params: &Map<String, Value>) -> Result<Value, String> {
+    pub fn open(
+        &mut self,
+        request_id: &str,
+        params: &Map<String, Value>,
+    ) -> Result<Value, TerminalError> {
         if !self.config.enabled {
-            return Err(DISABLED.into());
+            return Err(TerminalError::Disabled);
         }
         let size = PtySize {
             cols: dimension(params, "cols")?,
@@ -135,36 +178,33 @@ impl Terminals {
             Some(_) => session_id(params)?,
         };
         if self.sessions.contains_key(&id) {
-            return Err(format!("terminal session {id} is already open"));
+            return Err(TerminalError::AlreadyOpen(id));
         }
         if self.sessions.len() >= self.config.max_sessions {
-            return Err(format!(
-                "{} terminal sessions are open, the most this node allows (terminal.max_sessions); close one first",
-                self.sessions.len()
-            ));
+            return Err(TerminalError::TooMany(self.sessions.len()));
         }
         let pair = native_pty_system()
             .openpty(size)
-            .map_err(|e| format!("cannot open a PTY: {e}"))?;
+            .map_err(TerminalError::OpenPty)?;
         let mut command = CommandBuilder::new(&self.config.shell);
         command.env("TERM", "xterm-256color");
         if let Some(home) = dirs::home_dir() {
             command.cwd(home);
         }
-        let mut child = pair
-            .slave
-            .spawn_command(command)
-            .map_err(|e| format!("cannot start {}: {e}", self.config.shell))?;
+        let mut child =
+            pair.slave
+                .spawn_command(command)
+                .map_err(|reason| TerminalError::Spawn {
+                    shell: self.config.shell.clone(),
+                    reason,
+                })?;
         drop(pair.slave);
         let pid = child.process_id();
         let reader = pair
             .master
             .try_clone_reader()
-            .map_err(|e| format!("cannot read the PTY: {e}"))?;
-        let writer = pair
-            .master
-            .take_writer()
-            .map_err(|e| format!("cannot write the PTY: {e}"))?;
+            .map_err(TerminalError::Reader)?;
+        let writer = pair.master.take_writer().map_err(TerminalError::Writer)?;
         let killer = child.clone_killer();
         let (exit_tx, exit_rx) = oneshot::channel();
         std::thread::spawn(move || {
@@ -218,9 +258,9 @@ impl Terminals {
         }
     }
 
-    pub fn resize(&mut self, params: &Map<String, Value>) -> Result<Value, String> {
+    pub fn resize(&mut self, params: &Map<String, Value>) -> Result<Value, TerminalError> {
         if !self.config.enabled {
-            return Err(DISABLED.into());
+            return Err(TerminalError::Disabled);
         }
         let id = session_id(params)?;
         let size = PtySize {
@@ -232,24 +272,27 @@ impl Terminals {
         let session = self
             .sessions
             .get_mut(&id)
-            .ok_or_else(|| format!("no open terminal session {id}"))?;
+            .ok_or_else(|| TerminalError::NoSession(id.clone()))?;
         session
             .master
             .resize(size)
-            .map_err(|e| format!("cannot resize session {id}: {e}"))?;
+            .map_err(|reason| TerminalError::Resize {
+                id: id.clone(),
+                reason,
+            })?;
         session.last_activity = Instant::now();
         Ok(json!({"session_id": id, "cols": size.cols, "rows": size.rows}))
     }
 
-    pub fn close(&mut self, params: &Map<String, Value>) -> Result<Value, String> {
+    pub fn close(&mut self, params: &Map<String, Value>) -> Result<Value, TerminalError> {
         if !self.config.enabled {
-            return Err(DISABLED.into());
+            return Err(TerminalError::Disabled);
         }
         let id = session_id(params)?;
         let session = self
             .sessions
             .get_mut(&id)
-            .ok_or_else(|| format!("no open terminal session {id}"))?;
+            .ok_or_else(|| TerminalError::NoSession(id.clone()))?;
         let _ = session.killer.kill();
         Ok(json!({"session_id": id, "message": "terminal session closing"}))
     }

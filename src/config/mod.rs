@@ -24,8 +24,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::secret::Secret;
+pub use parse::ValueError;
 pub use show::render_table;
-pub use sources::{Credentials, DotEnvFile, Environment};
+pub use sources::{Credentials, CredentialsError, DotEnvFile, Environment};
 pub use yaml::YamlFile;
 
 use crate::backoff::RetryUnit;
@@ -104,45 +106,6 @@ impl<T> Sourced<T> {
     }
 }
 
-/// A secret that refuses to be printed: `{:?}` and `{}` show a mask, so a
-/// stray `tracing::debug!(?settings)` cannot leak a token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The real value, for the few places that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Enough to tell two tokens apart, not enough to use one.
-    pub fn masked(&self) -> String {
-        let chars: Vec<char> = self.0.chars().collect();
-        if chars.len() >= 12 {
-            let tail: String = chars[chars.len() - 4..].iter().collect();
-            format!("****{tail} ({} chars)", chars.len())
-        } else {
-            format!("**** ({} chars)", chars.len())
-        }
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.masked())
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.masked())
-    }
-}
-
 /// Everything that can be wrong with the settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -166,7 +129,8 @@ pub enum ConfigError {
         setting: &'static str,
         value: String,
         origin: Box<Origin>,
-        problem: String,
+        #[source]
+        problem: parse::ValueError,
     },
     #[error(
         "no API token found. Provide one in any of: the environment (export CYBERWAVE_API_TOKEN=...), \
@@ -267,7 +231,7 @@ impl Settings {
             .unwrap_or_default();
         let credentials_path = config_dir.value.join("credentials.json");
         let credentials = Credentials::load(&credentials_path).unwrap_or_else(|warning| {
-            warnings.push(warning);
+            warnings.push(warning.to_string());
             None
         });
         let identity_path = identity::identity_path(&config_dir.value);
@@ -402,11 +366,6 @@ struct Layers<'a> {
 }
 
 mod resolve;
-
-/// Checks a name bound for MQTT topics and URL paths (used for identities).
-pub fn parse_topic_segment(text: &str) -> Result<String, String> {
-    parse::topic_segment(text)
-}
 
 #[cfg(test)]
 mod tests;

@@ -2,15 +2,10 @@
 //! cyberwave.yml and `CYBERWAVE_MQTT_PORT=abc` in the environment fail with
 //! the same words.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-pub fn port(text: &str) -> Result<u16, String> {
-    match text.trim().parse::<u32>() {
-        Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
-        Ok(_) => Err("a port must be between 1 and 65535".into()),
-        Err(_) => Err("not a number; a port is a whole number between 1 and 65535".into()),
-    }
-}
+use crate::mqtt::topics::TopicSegmentError;
 
 /// The smallest `mqtt_max_packet_bytes`: a cut event (request_id up to
 /// 1 KiB, the names of what was cut) must still fit.
@@ -18,155 +13,203 @@ pub const MIN_PACKET_BYTES: usize = 16 * 1024;
 /// MQTT's own maximum (the largest "remaining length" plus its header).
 pub const MAX_PACKET_BYTES: usize = 268_435_460;
 
-/// A packet size in bytes, between [`MIN_PACKET_BYTES`] and MQTT's maximum.
-pub fn packet_bytes(text: &str) -> Result<usize, String> {
-    let range = format!(
-        "a whole number of bytes from {MIN_PACKET_BYTES} to {MAX_PACKET_BYTES} (MQTT's maximum)"
-    );
-    match text.trim().parse::<usize>() {
-        Ok(n) if (MIN_PACKET_BYTES..=MAX_PACKET_BYTES).contains(&n) => Ok(n),
-        Ok(_) => Err(format!("must be {range}")),
-        Err(_) => Err(format!("not a number; expected {range}")),
-    }
-}
-
-pub fn boolean(text: &str) -> Result<bool, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err("expected true or false (also accepted: 1/0, yes/no, on/off)".into()),
-    }
-}
-
-/// A positive number of seconds; 0 would mean "heartbeat all the time".
-pub fn interval(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1 second".into()),
-        Ok(n) if n > 86_400 => Err("must be at most 86400 seconds (one day)".into()),
-        Ok(n) => Ok(Duration::from_secs(n)),
-        Err(_) => Err("not a whole number of seconds".into()),
-    }
-}
-
-/// Seconds between metrics samples; 0 turns them off.
-pub fn metrics_interval(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(n) if n > 86_400 => Err("must be at most 86400 seconds (0 turns metrics off)".into()),
-        Ok(n) => Ok(Duration::from_secs(n)),
-        Err(_) => Err("not a whole number of seconds (0 turns metrics off)".into()),
-    }
-}
-
-/// A whole number of days, at least 1, as a duration.
-pub fn days(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1 day".into()),
-        Ok(n) if n > 3650 => Err("must be at most 3650 days".into()),
-        Ok(n) => Ok(Duration::from_secs(n * 86_400)),
-        Err(_) => Err("not a whole number of days".into()),
-    }
-}
-
 /// The most one MQTT message can carry (the protocol's 256 MiB - 1): no
 /// result bigger than that could ever be delivered.
 pub const MAX_MQTT_PAYLOAD: u64 = 268_435_455;
 
-/// A number of bytes, at least 1, at most [`MAX_MQTT_PAYLOAD`].
-pub fn result_bytes(text: &str) -> Result<u64, String> {
-    match text.trim().parse::<u64>() {
-        Ok(0) => Err("must be at least 1 byte".into()),
-        Ok(n) if n > MAX_MQTT_PAYLOAD => Err(format!(
-            "must be at most {MAX_MQTT_PAYLOAD} bytes, the most one MQTT message can carry"
-        )),
-        Ok(n) => Ok(n),
-        Err(_) => Err("not a whole number of bytes".into()),
-    }
+/// What is wrong with a setting's text; [`super::ConfigError::Invalid`] names
+/// the setting, the text and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("a port must be between 1 and 65535")]
+    PortRange,
+    #[error("not a number; a port is a whole number between 1 and 65535")]
+    PortNotNumber,
+    #[error("must be {}", packet_range())]
+    PacketRange,
+    #[error("not a number; expected {}", packet_range())]
+    PacketNotNumber,
+    #[error("expected true or false (also accepted: 1/0, yes/no, on/off)")]
+    NotBoolean,
+    #[error("must be at least 1 second")]
+    IntervalZero,
+    #[error("must be at most 86400 seconds (one day)")]
+    IntervalTooLong,
+    #[error("not a whole number of seconds")]
+    NotSeconds,
+    #[error("must be at most 86400 seconds (0 turns metrics off)")]
+    MetricsTooLong,
+    #[error("not a whole number of seconds (0 turns metrics off)")]
+    MetricsNotSeconds,
+    #[error("must be at least 1 day")]
+    DaysZero,
+    #[error("must be at most 3650 days")]
+    DaysTooMany,
+    #[error("not a whole number of days")]
+    NotDays,
+    #[error("must be at least 1 byte")]
+    BytesZero,
+    #[error("must be at most {MAX_MQTT_PAYLOAD} bytes, the most one MQTT message can carry")]
+    BytesTooMany,
+    #[error("not a whole number of bytes")]
+    NotBytes,
+    #[error("must be at least 1")]
+    CountZero,
+    #[error("not a whole number")]
+    NotWholeNumber,
+    #[error("must not be empty")]
+    Empty,
+    #[error("expected one or more directories separated by ':'")]
+    NoDirectories,
+    #[error("expected an http:// or https:// URL, e.g. https://api.cyberwave.com")]
+    NotHttpUrl,
+    #[error(transparent)]
+    TopicSegment(#[from] TopicSegmentError),
+    #[error("not a UUID (like 7f6c2a9e-1b2d-4c3e-8f00-0123456789ab)")]
+    NotUuid,
+    #[error("must not contain the MQTT wildcards '+' or '#'")]
+    PrefixWildcard,
 }
 
-pub fn positive_count(text: &str) -> Result<u32, String> {
+/// What `mqtt_max_packet_bytes` may be, for its errors.
+fn packet_range() -> String {
+    format!(
+        "a whole number of bytes from {MIN_PACKET_BYTES} to {MAX_PACKET_BYTES} (MQTT's maximum)"
+    )
+}
+
+pub fn port(text: &str) -> Result<u16, ValueError> {
     match text.trim().parse::<u32>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err("not a whole number".into()),
+        Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        Ok(_) => Err(ValueError::PortRange),
+        Err(_) => Err(ValueError::PortNotNumber),
     }
 }
 
-pub fn nonempty(text: &str) -> Result<String, String> {
+/// A packet size in bytes, between [`MIN_PACKET_BYTES`] and MQTT's maximum.
+pub fn packet_bytes(text: &str) -> Result<usize, ValueError> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (MIN_PACKET_BYTES..=MAX_PACKET_BYTES).contains(&n) => Ok(n),
+        Ok(_) => Err(ValueError::PacketRange),
+        Err(_) => Err(ValueError::PacketNotNumber),
+    }
+}
+
+pub fn boolean(text: &str) -> Result<bool, ValueError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ValueError::NotBoolean),
+    }
+}
+
+/// A positive number of seconds; 0 would mean "heartbeat all the time".
+pub fn interval(text: &str) -> Result<Duration, ValueError> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(ValueError::IntervalZero),
+        Ok(n) if n > 86_400 => Err(ValueError::IntervalTooLong),
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(_) => Err(ValueError::NotSeconds),
+    }
+}
+
+/// Seconds between metrics samples; 0 turns them off.
+pub fn metrics_interval(text: &str) -> Result<Duration, ValueError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 86_400 => Err(ValueError::MetricsTooLong),
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(_) => Err(ValueError::MetricsNotSeconds),
+    }
+}
+
+/// A whole number of days, at least 1, as a duration.
+pub fn days(text: &str) -> Result<Duration, ValueError> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(ValueError::DaysZero),
+        Ok(n) if n > 3650 => Err(ValueError::DaysTooMany),
+        Ok(n) => Ok(Duration::from_secs(n * 86_400)),
+        Err(_) => Err(ValueError::NotDays),
+    }
+}
+
+/// A number of bytes, at least 1, at most [`MAX_MQTT_PAYLOAD`].
+pub fn result_bytes(text: &str) -> Result<u64, ValueError> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(ValueError::BytesZero),
+        Ok(n) if n > MAX_MQTT_PAYLOAD => Err(ValueError::BytesTooMany),
+        Ok(n) => Ok(n),
+        Err(_) => Err(ValueError::NotBytes),
+    }
+}
+
+pub fn positive_count(text: &str) -> Result<u32, ValueError> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err(ValueError::CountZero),
+        Ok(n) => Ok(n),
+        Err(_) => Err(ValueError::NotWholeNumber),
+    }
+}
+
+pub fn nonempty(text: &str) -> Result<String, ValueError> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        Err("must not be empty".into())
+        Err(ValueError::Empty)
     } else {
         Ok(trimmed.to_owned())
     }
 }
 
-/// Text as given (templates and scripts keep their inner whitespace).
 /// A `:`-separated list of paths (as `PATH`), empty parts dropped.
-pub fn path_list(text: &str) -> Result<Vec<std::path::PathBuf>, String> {
-    let paths: Vec<std::path::PathBuf> = text
+pub fn path_list(text: &str) -> Result<Vec<PathBuf>, ValueError> {
+    let paths: Vec<PathBuf> = text
         .split(':')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .collect();
     if paths.is_empty() {
-        return Err("expected one or more directories separated by ':'".into());
+        return Err(ValueError::NoDirectories);
     }
     Ok(paths)
 }
 
-pub fn verbatim(text: &str) -> Result<String, String> {
+/// Text as given (templates and scripts keep their inner whitespace).
+pub fn verbatim(text: &str) -> Result<String, ValueError> {
     if text.trim().is_empty() {
-        Err("must not be empty".into())
+        Err(ValueError::Empty)
     } else {
         Ok(text.to_owned())
     }
 }
 
-pub fn http_url(text: &str) -> Result<String, String> {
+pub fn http_url(text: &str) -> Result<String, ValueError> {
     let trimmed = text.trim().trim_end_matches('/');
     if (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
         && trimmed.len() > "https://".len()
     {
         Ok(trimmed.to_owned())
     } else {
-        Err("expected an http:// or https:// URL, e.g. https://api.cyberwave.com".into())
+        Err(ValueError::NotHttpUrl)
     }
 }
 
-/// A name that will appear inside MQTT topics and URL paths: no wildcards,
-/// no separators, nothing a broker or a web server would read differently.
-pub fn topic_segment(text: &str) -> Result<String, String> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() || trimmed.len() > 128 {
-        return Err("must be 1 to 128 characters".into());
-    }
-    if let Some(bad) = trimmed
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "may only hold letters, digits, '-', '_' and '.', found {bad:?}"
-        ));
-    }
-    if trimmed == "." || trimmed == ".." {
-        return Err("must not be '.' or '..'".into());
-    }
-    Ok(trimmed.to_owned())
+/// A name that will appear inside MQTT topics and URL paths.
+pub fn topic_segment(text: &str) -> Result<String, ValueError> {
+    Ok(crate::mqtt::topics::parse_topic_segment(text)?)
 }
 
-pub fn instance_uuid(text: &str) -> Result<String, String> {
+pub fn instance_uuid(text: &str) -> Result<String, ValueError> {
     uuid::Uuid::parse_str(text.trim())
         .map(|u| u.to_string())
-        .map_err(|_| "not a UUID (like 7f6c2a9e-1b2d-4c3e-8f00-0123456789ab)".into())
+        .map_err(|_| ValueError::NotUuid)
 }
 
 /// The MQTT topic prefix: used as is, so it must not contain wildcards.
 /// `production` is the name of the unprefixed environment.
-pub fn topic_prefix(text: &str) -> Result<String, String> {
+pub fn topic_prefix(text: &str) -> Result<String, ValueError> {
     let trimmed = text.trim();
     if trimmed.contains(['+', '#', '\0']) {
-        return Err("must not contain the MQTT wildcards '+' or '#'".into());
+        return Err(ValueError::PrefixWildcard);
     }
     if trimmed == "production" {
         return Ok(String::new());
@@ -182,14 +225,20 @@ mod tests {
     fn ports() {
         assert_eq!(port("1883"), Ok(1883));
         assert_eq!(port(" 8883 "), Ok(8883));
-        assert!(port("abc").unwrap_err().contains("not a number"));
+        assert!(port("abc")
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
         assert!(port("0").is_err());
         assert!(port("70000").is_err());
     }
 
     #[test]
     fn heartbeat_interval_zero_is_rejected() {
-        assert!(interval("0").unwrap_err().contains("at least 1"));
+        assert!(interval("0")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
         assert_eq!(interval("5"), Ok(Duration::from_secs(5)));
         assert!(interval("x").is_err());
     }
@@ -199,16 +248,6 @@ mod tests {
         assert_eq!(boolean("TRUE"), Ok(true));
         assert_eq!(boolean("0"), Ok(false));
         assert!(boolean("maybe").is_err());
-    }
-
-    #[test]
-    fn topic_segments_refuse_wildcards_and_separators() {
-        assert_eq!(topic_segment("gpu-1").unwrap(), "gpu-1");
-        assert!(topic_segment("a/b").is_err());
-        assert!(topic_segment("a+").is_err());
-        assert!(topic_segment("#").is_err());
-        assert!(topic_segment("..").is_err());
-        assert!(topic_segment("").is_err());
     }
 
     #[test]

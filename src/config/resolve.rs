@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::parse;
+use super::parse::{self, ValueError};
 use super::*;
 
-type Parser<T> = fn(&str) -> Result<T, String>;
+type Parser<T> = fn(&str) -> Result<T, ValueError>;
 
 /// A command-line value with its flag name, for [`Layers::get`].
 fn flag<'a>(value: &'a Option<String>, name: &'static str) -> Option<(&'a str, &'static str)> {
@@ -246,7 +246,8 @@ impl Layers<'_> {
     }
 
     /// Builds the whole [`Settings`]; `working_dir`, `config_file` and
-    /// `identity` are filled in by the caller.
+    /// `identity` are filled in by the caller. Settings are read in a fixed
+    /// order, so of several invalid ones the same is always reported.
     pub(super) fn resolve(
         &self,
         overrides: &Overrides,
@@ -254,21 +255,112 @@ impl Layers<'_> {
         identity: Option<&Identity>,
         identity_path: &Path,
     ) -> Result<Settings, ConfigError> {
-        let from_identity = |value: &str| {
-            let path = identity_path.to_owned();
-            Sourced::new(value.to_owned(), Origin::Identity { path })
-        };
+        let (mqtt_port, mqtt_use_tls) = self.mqtt_port_and_tls(overrides)?;
+        let api_url = self.get_or(&API_URL, None, parse::http_url, DEFAULT_API_URL.to_owned())?;
+        let workspace_slug = self.workspace_slug()?;
+        let instance_slug = self.instance_slug(overrides, identity, identity_path)?;
+        let instance_uuid = self.instance_uuid(identity, identity_path)?;
+        let mqtt = self.mqtt(overrides)?;
+        let topic_prefix = self.get_or(&TOPIC_PREFIX, None, parse::topic_prefix, String::new())?;
+        let install_script = self.get(&INSTALL_SCRIPT, None, parse::verbatim)?;
+        let inference_cmd = self.get(&INFERENCE, None, parse::verbatim)?;
+        let training_cmd = self.get(&TRAINING, None, parse::verbatim)?;
+        let simulate_cmd = self.get(&SIMULATE, None, parse::verbatim)?;
+        let profile = flag(&overrides.profile, "--profile");
+        let profile_slug = self.get_or(&PROFILE, profile, parse::nonempty, "default".to_owned())?;
+        let limits = self.limits()?;
+        Ok(Settings {
+            config_dir,
+            working_dir: PathBuf::new(),
+            config_file: None,
+            api_token: self.api_token(),
+            api_url,
+            workspace_slug,
+            instance_slug,
+            instance_uuid,
+            mqtt_host: mqtt.host,
+            mqtt_port,
+            mqtt_use_tls,
+            mqtt_tls_ca_certs: mqtt.ca_certs,
+            mqtt_username: mqtt.username,
+            mqtt_password: mqtt.password,
+            mqtt_max_packet_bytes: mqtt.max_packet_bytes,
+            topic_prefix,
+            install_script,
+            inference_cmd,
+            training_cmd,
+            simulate_cmd,
+            profile_slug,
+            heartbeat_interval: limits.heartbeat_interval,
+            max_concurrent_workloads: limits.max_concurrent_workloads,
+            terminal_enabled: limits.terminal.enabled,
+            terminal_shell: limits.terminal.shell,
+            terminal_max_sessions: limits.terminal.max_sessions,
+            terminal_idle_timeout: limits.terminal.idle_timeout,
+            metrics_interval: limits.metrics_interval,
+            log_retention: limits.log_retention,
+            max_result_bytes: limits.max_result_bytes,
+            model_roots: self.get(&MODEL_ROOTS, None, parse::path_list)?,
+            onnxruntime_path: self
+                .get(&ONNXRUNTIME_PATH, None, parse::nonempty)?
+                .map(|p| p.map(PathBuf::from)),
+            dotenv_vars: self.dotenv_vars(),
+            identity: None,
+            warnings: Vec::new(),
+            retry_unit: Default::default(),
+            standalone: false,
+        })
+    }
+
+    /// The slug: `--slug`, a layer, then the identity file's.
+    fn instance_slug(
+        &self,
+        overrides: &Overrides,
+        identity: Option<&Identity>,
+        identity_path: &Path,
+    ) -> Result<Option<Sourced<String>>, ConfigError> {
+        Ok(self
+            .get(
+                &INSTANCE_SLUG,
+                flag(&overrides.slug, "--slug"),
+                parse::topic_segment,
+            )?
+            .or_else(|| identity.map(|i| from_identity(&i.slug, identity_path))))
+    }
+
+    /// The uuid to register: a layer's, then the identity file's.
+    fn instance_uuid(
+        &self,
+        identity: Option<&Identity>,
+        identity_path: &Path,
+    ) -> Result<Option<Sourced<String>>, ConfigError> {
+        Ok(self
+            .get(&INSTANCE_UUID, None, parse::instance_uuid)?
+            // A standalone uuid was never registered: the backend would
+            // only answer 404.
+            .or_else(|| {
+                identity
+                    .filter(|i| !i.standalone)
+                    .map(|i| from_identity(&i.uuid, identity_path))
+            }))
+    }
+
+    /// The port, and TLS, which defaults from the port.
+    fn mqtt_port_and_tls(
+        &self,
+        overrides: &Overrides,
+    ) -> Result<(Sourced<u16>, Sourced<bool>), ConfigError> {
         let port_text = overrides.mqtt_port.map(|p| p.to_string());
-        let mqtt_port = self.get_or(
+        let port = self.get_or(
             &MQTT_PORT,
             flag(&port_text, "--mqtt-port"),
             parse::port,
             DEFAULT_MQTT_PORT,
         )?;
-        let mqtt_use_tls = self
+        let use_tls = self
             .get(&MQTT_USE_TLS, None, parse::boolean)?
             .unwrap_or_else(|| {
-                let on = mqtt_port.value == TLS_PORT;
+                let on = port.value == TLS_PORT;
                 let why = if on {
                     "on because the port is 8883"
                 } else {
@@ -276,62 +368,38 @@ impl Layers<'_> {
                 };
                 Sourced::new(on, Origin::Derived(why))
             });
+        Ok((port, use_tls))
+    }
+
+    /// The rest of the broker settings.
+    fn mqtt(&self, overrides: &Overrides) -> Result<MqttSettings, ConfigError> {
         let secret = |s: Sourced<String>| Sourced::new(Secret::new(s.value), s.origin);
         let relative_to_cwd =
             |s: Sourced<String>| Sourced::new(self.env.cwd.join(s.value), s.origin);
-        Ok(Settings {
-            config_dir,
-            working_dir: PathBuf::new(),
-            config_file: None,
-            api_token: self.api_token(),
-            api_url: self.get_or(&API_URL, None, parse::http_url, DEFAULT_API_URL.to_owned())?,
-            workspace_slug: self.workspace_slug()?,
-            instance_slug: self
-                .get(
-                    &INSTANCE_SLUG,
-                    flag(&overrides.slug, "--slug"),
-                    parse::topic_segment,
-                )?
-                .or_else(|| identity.map(|i| from_identity(&i.slug))),
-            instance_uuid: self
-                .get(&INSTANCE_UUID, None, parse::instance_uuid)?
-                // A standalone uuid was never registered: the backend would
-                // only answer 404.
-                .or_else(|| {
-                    identity
-                        .filter(|i| !i.standalone)
-                        .map(|i| from_identity(&i.uuid))
-                }),
-            mqtt_host: self.get_or(
+        Ok(MqttSettings {
+            host: self.get_or(
                 &MQTT_HOST,
                 flag(&overrides.mqtt_host, "--mqtt-host"),
                 parse::nonempty,
                 DEFAULT_MQTT_HOST.to_owned(),
             )?,
-            mqtt_port,
-            mqtt_use_tls,
-            mqtt_tls_ca_certs: self
+            ca_certs: self
                 .get(&MQTT_CA, None, parse::nonempty)?
                 .map(relative_to_cwd),
-            mqtt_username: self.get(&MQTT_USERNAME, None, parse::nonempty)?,
-            mqtt_password: self.get(&MQTT_PASSWORD, None, parse::verbatim)?.map(secret),
-            mqtt_max_packet_bytes: self.get_or(
+            username: self.get(&MQTT_USERNAME, None, parse::nonempty)?,
+            password: self.get(&MQTT_PASSWORD, None, parse::verbatim)?.map(secret),
+            max_packet_bytes: self.get_or(
                 &MQTT_MAX_PACKET,
                 None,
                 parse::packet_bytes,
                 DEFAULT_MQTT_MAX_PACKET_BYTES,
             )?,
-            topic_prefix: self.get_or(&TOPIC_PREFIX, None, parse::topic_prefix, String::new())?,
-            install_script: self.get(&INSTALL_SCRIPT, None, parse::verbatim)?,
-            inference_cmd: self.get(&INFERENCE, None, parse::verbatim)?,
-            training_cmd: self.get(&TRAINING, None, parse::verbatim)?,
-            simulate_cmd: self.get(&SIMULATE, None, parse::verbatim)?,
-            profile_slug: self.get_or(
-                &PROFILE,
-                flag(&overrides.profile, "--profile"),
-                parse::nonempty,
-                "default".to_owned(),
-            )?,
+        })
+    }
+
+    /// Intervals and limits of the node's own work, the terminal's among them.
+    fn limits(&self) -> Result<Limits, ConfigError> {
+        Ok(Limits {
             heartbeat_interval: self.get_or(
                 &HEARTBEAT,
                 None,
@@ -344,20 +412,7 @@ impl Layers<'_> {
                 parse::positive_count,
                 1,
             )?,
-            terminal_enabled: self.get_or(&TERMINAL_ENABLED, None, parse::boolean, false)?,
-            terminal_shell: self.get(&TERMINAL_SHELL, None, parse::nonempty)?,
-            terminal_max_sessions: self.get_or(
-                &TERMINAL_SESSIONS,
-                None,
-                parse::positive_count,
-                2,
-            )?,
-            terminal_idle_timeout: self.get_or(
-                &TERMINAL_IDLE,
-                None,
-                parse::interval,
-                Duration::from_secs(900),
-            )?,
+            terminal: self.terminal()?,
             metrics_interval: self.get_or(
                 &METRICS,
                 None,
@@ -376,15 +431,21 @@ impl Layers<'_> {
                 parse::result_bytes,
                 DEFAULT_MAX_RESULT_BYTES,
             )?,
-            model_roots: self.get(&MODEL_ROOTS, None, parse::path_list)?,
-            onnxruntime_path: self
-                .get(&ONNXRUNTIME_PATH, None, parse::nonempty)?
-                .map(|p| p.map(PathBuf::from)),
-            dotenv_vars: self.dotenv_vars(),
-            identity: None,
-            warnings: Vec::new(),
-            retry_unit: Default::default(),
-            standalone: false,
+        })
+    }
+
+    /// The remote terminal's settings (`terminal:` in cyberwave.yml).
+    fn terminal(&self) -> Result<TerminalSettings, ConfigError> {
+        Ok(TerminalSettings {
+            enabled: self.get_or(&TERMINAL_ENABLED, None, parse::boolean, false)?,
+            shell: self.get(&TERMINAL_SHELL, None, parse::nonempty)?,
+            max_sessions: self.get_or(&TERMINAL_SESSIONS, None, parse::positive_count, 2)?,
+            idle_timeout: self.get_or(
+                &TERMINAL_IDLE,
+                None,
+                parse::interval,
+                Duration::from_secs(900),
+            )?,
         })
     }
 
@@ -403,4 +464,37 @@ impl Layers<'_> {
         out.sort();
         out
     }
+}
+
+/// A value the identity file gave.
+fn from_identity(value: &str, identity_path: &Path) -> Sourced<String> {
+    let path = identity_path.to_owned();
+    Sourced::new(value.to_owned(), Origin::Identity { path })
+}
+
+/// The `mqtt_*` settings but the port and TLS (see [`Layers::mqtt`]).
+struct MqttSettings {
+    host: Sourced<String>,
+    ca_certs: Option<Sourced<PathBuf>>,
+    username: Option<Sourced<String>>,
+    password: Option<Sourced<Secret>>,
+    max_packet_bytes: Sourced<usize>,
+}
+
+/// See [`Layers::limits`].
+struct Limits {
+    heartbeat_interval: Sourced<Duration>,
+    max_concurrent_workloads: Sourced<u32>,
+    terminal: TerminalSettings,
+    metrics_interval: Sourced<Duration>,
+    log_retention: Sourced<Duration>,
+    max_result_bytes: Sourced<u64>,
+}
+
+/// See [`Layers::terminal`].
+struct TerminalSettings {
+    enabled: Sourced<bool>,
+    shell: Option<Sourced<String>>,
+    max_sessions: Sourced<u32>,
+    idle_timeout: Sourced<Duration>,
 }

@@ -1,6 +1,7 @@
 //! `cyberwave-cloud-node config show`: every effective setting and its origin.
 
 use std::fmt::Write;
+use std::path::PathBuf;
 
 use super::{Settings, Sourced};
 
@@ -28,7 +29,20 @@ fn text(value: &String) -> String {
     value.to_owned()
 }
 
+/// Every row, in the order `config show` prints them.
 fn rows(s: &Settings) -> Vec<Row> {
+    [
+        account_rows(s),
+        broker_rows(s),
+        workload_rows(s),
+        terminal_rows(s),
+        runtime_rows(s),
+    ]
+    .concat()
+}
+
+/// Who the node is: the token, the backend, the instance.
+fn account_rows(s: &Settings) -> Vec<Row> {
     vec![
         optional(
             "api_token",
@@ -51,6 +65,11 @@ fn rows(s: &Settings) -> Vec<Row> {
             "assigned by the backend at registration",
         ),
         row("profile_slug", &s.profile_slug, text),
+    ]
+}
+
+fn broker_rows(s: &Settings) -> Vec<Row> {
+    vec![
         row("mqtt_host", &s.mqtt_host, text),
         row("mqtt_port", &s.mqtt_port, u16::to_string),
         row("mqtt_use_tls", &s.mqtt_use_tls, bool::to_string),
@@ -78,6 +97,11 @@ fn rows(s: &Settings) -> Vec<Row> {
             usize::to_string,
         ),
         row("topic_prefix", &s.topic_prefix, |p| format!("{p:?}")),
+    ]
+}
+
+fn workload_rows(s: &Settings) -> Vec<Row> {
+    vec![
         optional("install_script", &s.install_script, text, "none"),
         optional("inference", &s.inference_cmd, text, "none"),
         optional("training", &s.training_cmd, text, "none"),
@@ -90,6 +114,11 @@ fn rows(s: &Settings) -> Vec<Row> {
             &s.max_concurrent_workloads,
             u32::to_string,
         ),
+    ]
+}
+
+fn terminal_rows(s: &Settings) -> Vec<Row> {
+    vec![
         row("terminal.enabled", &s.terminal_enabled, bool::to_string),
         optional("terminal.shell", &s.terminal_shell, text, "the login shell"),
         row(
@@ -102,6 +131,12 @@ fn rows(s: &Settings) -> Vec<Row> {
             &s.terminal_idle_timeout,
             |d| format!("{}s", d.as_secs()),
         ),
+    ]
+}
+
+/// Metrics, retention, results, models, and where the settings live.
+fn runtime_rows(s: &Settings) -> Vec<Row> {
+    vec![
         row("metrics_interval", &s.metrics_interval, |d| {
             format!("{}s", d.as_secs())
         }),
@@ -110,19 +145,10 @@ fn rows(s: &Settings) -> Vec<Row> {
         }),
         row("max_result_bytes", &s.max_result_bytes, u64::to_string),
         match &s.model_roots {
-            Some(roots) => row("model_roots", roots, |r| {
-                r.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":")
-            }),
+            Some(roots) => row("model_roots", roots, |r| path_list(r)),
             None => (
                 "model_roots",
-                s.model_roots()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":"),
+                path_list(&s.model_roots()),
                 "default".to_owned(),
             ),
         },
@@ -134,6 +160,15 @@ fn rows(s: &Settings) -> Vec<Row> {
         ),
         row("config_dir", &s.config_dir, |p| p.display().to_string()),
     ]
+}
+
+/// `a:b`, as `model_roots` is written.
+fn path_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The text `config show` prints.

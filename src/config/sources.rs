@@ -112,6 +112,23 @@ fn line_of_assignment(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// Why `credentials.json` was ignored: a warning, not a stop.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {path}: {source}; ignoring it")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON ({source}); ignoring it. Run `cyberwave-cli login` again to rewrite it")]
+    NotJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path} must hold a JSON object; ignoring it. Run `cyberwave-cli login` again to rewrite it")]
+    NotObject { path: PathBuf },
+}
+
 /// `credentials.json`, written by `cyberwave-cli login`.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
@@ -126,23 +143,25 @@ pub struct Credentials {
 impl Credentials {
     /// Reads `path`. A missing file is `Ok(None)`; a corrupt one is reported
     /// through `Err(warning)` and the caller goes on as if it were absent.
-    pub fn load(path: &Path) -> Result<Option<Credentials>, String> {
+    pub fn load(path: &Path) -> Result<Option<Credentials>, CredentialsError> {
+        let path_buf = || path.to_owned();
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}; ignoring it", path.display())),
+            Err(source) => {
+                return Err(CredentialsError::Read {
+                    path: path_buf(),
+                    source,
+                })
+            }
         };
-        let root: Value = serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "{} is not valid JSON ({e}); ignoring it. Run `cyberwave-cli login` again to rewrite it",
-                path.display()
-            )
-        })?;
+        let root: Value =
+            serde_json::from_str(&text).map_err(|source| CredentialsError::NotJson {
+                path: path_buf(),
+                source,
+            })?;
         let Value::Object(root) = root else {
-            return Err(format!(
-                "{} must hold a JSON object; ignoring it. Run `cyberwave-cli login` again to rewrite it",
-                path.display()
-            ));
+            return Err(CredentialsError::NotObject { path: path_buf() });
         };
         let mut envs: HashMap<String, String> = root
             .iter()
@@ -220,7 +239,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("credentials.json");
         std::fs::write(&path, "{not json").unwrap();
-        let warning = Credentials::load(&path).unwrap_err();
+        let warning = Credentials::load(&path).unwrap_err().to_string();
         assert!(warning.contains("credentials.json"), "{warning}");
     }
 }

@@ -56,7 +56,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
         eprintln!("usage: cyberwave-cloud-node {MODE} <spec.json> (internal)");
         return ExitCode::from(2);
     };
-    crate::cli::init_server_logging();
+    crate::logging::init_server_logging();
     let spec = match read_json::<DeploySpec>(Path::new(spec_path)) {
         Ok(Some(spec)) => spec,
         Ok(None) => {
@@ -271,9 +271,10 @@ async fn infer(
             json!({"ok": true, "output": output})
         }
         Err(error) => {
-            let kind = match error {
-                RunnerError::BadRequest(_) => "bad_request",
-                _ => "inference",
+            let kind = if error.is_bad_request() {
+                "bad_request"
+            } else {
+                "inference"
             };
             json!({"ok": false, "kind": kind, "error": error.to_string()})
         }

@@ -40,8 +40,8 @@ pub use topics::Topics;
 use queue::Queue;
 
 use crate::backoff::Backoff;
-use crate::config::Secret;
 use crate::protocol::{NodeRef, Presence};
+use crate::secret::Secret;
 
 /// Largest packet read. Generous on purpose: a command the client refuses
 /// to read kills the connection, and a persistent session would deliver it

@@ -1,5 +1,8 @@
 //! Topic names (PROTOCOL.md, "MQTT"). The prefix is concatenated as is:
 //! `dev` gives `devcyberwave/...`, which is what the backend expects.
+//! [`parse_topic_segment`] checks a name before it becomes part of a topic;
+//! settings, the identity file and terminal sessions all use it, so it lives
+//! here rather than in any of them.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
@@ -54,6 +57,37 @@ impl Topics {
     }
 }
 
+/// Why a name cannot be part of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicSegmentError {
+    #[error("must be 1 to 128 characters")]
+    Length,
+    #[error("may only hold letters, digits, '-', '_' and '.', found {0:?}")]
+    Character(char),
+    #[error("must not be '.' or '..'")]
+    Dots,
+}
+
+/// Checks a name that will appear inside MQTT topics and URL paths (slugs,
+/// uuids, terminal session ids): no wildcards, no separators, nothing a
+/// broker or a web server would read differently. Returns it trimmed.
+pub fn parse_topic_segment(text: &str) -> Result<String, TopicSegmentError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || trimmed.len() > 128 {
+        return Err(TopicSegmentError::Length);
+    }
+    if let Some(bad) = trimmed
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(TopicSegmentError::Character(bad));
+    }
+    if trimmed == "." || trimmed == ".." {
+        return Err(TopicSegmentError::Dots);
+    }
+    Ok(trimmed.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +116,15 @@ mod tests {
             t.terminal_session("u1", "devcyberwave/cloud-node/u1/command"),
             None
         );
+    }
+
+    #[test]
+    fn topic_segments_refuse_wildcards_and_separators() {
+        assert_eq!(parse_topic_segment("gpu-1").unwrap(), "gpu-1");
+        assert!(parse_topic_segment("a/b").is_err());
+        assert!(parse_topic_segment("a+").is_err());
+        assert!(parse_topic_segment("#").is_err());
+        assert!(parse_topic_segment("..").is_err());
+        assert!(parse_topic_segment("").is_err());
     }
 }

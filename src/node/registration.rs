@@ -3,7 +3,7 @@
 
 use crate::backend::{Backend, BackendError, Registration};
 use crate::backoff::Backoff;
-use crate::config::parse_topic_segment;
+use crate::mqtt::topics::parse_topic_segment;
 use crate::shutdown::Shutdown;
 
 /// What registration needs to know.
@@ -23,7 +23,7 @@ pub enum RegistrationError {
     BadIdentity {
         field: &'static str,
         value: String,
-        problem: String,
+        problem: crate::mqtt::topics::TopicSegmentError,
     },
     #[error("registration interrupted by shutdown")]
     Interrupted,

@@ -35,7 +35,7 @@ impl RunningNode {
         };
         match outcome {
             Ok(output) => Response::ok(&self.node, id, output),
-            Err(error) => Response::error(&self.node, Some(id), error),
+            Err(error) => Response::error(&self.node, Some(id), error.to_string()),
         }
     }
 

@@ -12,6 +12,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::vocab::LlamaVocab;
 use serde_json::{json, Map, Value};
 
 use super::{EventSink, RunnerError};
@@ -49,48 +50,81 @@ impl GenerateRequest {
         n_ctx: u32,
         default_seed: Option<u32>,
     ) -> Result<GenerateRequest, RunnerError> {
-        let bad = |m: String| RunnerError::BadRequest(m);
-        let prompt = match (request.get("prompt"), request.get("messages")) {
-            (Some(_), Some(_)) => {
-                return Err(bad(
-                    "give either \"prompt\" or \"messages\", not both".into()
-                ))
-            }
-            (None, None) => {
-                return Err(bad(
-                    "missing \"prompt\" (text) or \"messages\" ([{\"role\", \"content\"}])".into(),
-                ))
-            }
-            (Some(Value::String(text)), None) if text.is_empty() => {
-                return Err(bad("\"prompt\" is empty".into()))
-            }
-            (Some(Value::String(text)), None) => Prompt::Text(text.clone()),
-            (Some(other), None) => {
-                return Err(bad(format!(
-                    "\"prompt\" must be a string, got {}",
-                    json_kind(other)
-                )))
-            }
-            (None, Some(messages)) => Prompt::Messages(messages_of(messages)?),
-        };
-        let max_tokens = match request.get("max_tokens") {
-            None | Some(Value::Null) => 128.min(n_ctx as usize),
-            Some(v) => match v.as_u64() {
-                Some(0) => return Err(bad("\"max_tokens\" must be at least 1".into())),
-                Some(n) if n > u64::from(n_ctx) => {
-                    return Err(bad(format!(
-                        "\"max_tokens\" {n} is more than the context of {n_ctx} tokens (n_ctx)"
-                    )))
-                }
-                Some(n) => n as usize,
-                None => {
-                    return Err(bad(format!(
-                        "\"max_tokens\" must be a positive integer, got {}",
-                        crate::protocol::quote_json(v)
-                    )))
-                }
-            },
-        };
+        let prompt = prompt_of(request)?;
+        let max_tokens = max_tokens_of(request, n_ctx)?;
+        let sampling = Sampling::parse(request, default_seed)?;
+        let stream = flag_of(request, "stream")?;
+        let ignore_eos = flag_of(request, "ignore_eos")?;
+        Ok(GenerateRequest {
+            prompt,
+            max_tokens,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: sampling.top_k,
+            seed: sampling.seed,
+            stop: stops_of(request.get("stop"))?,
+            stream,
+            ignore_eos,
+        })
+    }
+}
+
+fn bad(message: String) -> RunnerError {
+    RunnerError::BadRequest(message)
+}
+
+/// `prompt` or `messages`, exactly one of them.
+fn prompt_of(request: &Map<String, Value>) -> Result<Prompt, RunnerError> {
+    match (request.get("prompt"), request.get("messages")) {
+        (Some(_), Some(_)) => Err(bad(
+            "give either \"prompt\" or \"messages\", not both".into()
+        )),
+        (None, None) => Err(bad(
+            "missing \"prompt\" (text) or \"messages\" ([{\"role\", \"content\"}])".into(),
+        )),
+        (Some(Value::String(text)), None) if text.is_empty() => {
+            Err(bad("\"prompt\" is empty".into()))
+        }
+        (Some(Value::String(text)), None) => Ok(Prompt::Text(text.clone())),
+        (Some(other), None) => Err(bad(format!(
+            "\"prompt\" must be a string, got {}",
+            json_kind(other)
+        ))),
+        (None, Some(messages)) => Ok(Prompt::Messages(messages_of(messages)?)),
+    }
+}
+
+/// `max_tokens`: at least 1, at most the context; 128 (or the context) when absent.
+fn max_tokens_of(request: &Map<String, Value>, n_ctx: u32) -> Result<usize, RunnerError> {
+    let Some(v) = request.get("max_tokens").filter(|v| !v.is_null()) else {
+        return Ok(128.min(n_ctx as usize));
+    };
+    match v.as_u64() {
+        Some(0) => Err(bad("\"max_tokens\" must be at least 1".into())),
+        Some(n) if n > u64::from(n_ctx) => Err(bad(format!(
+            "\"max_tokens\" {n} is more than the context of {n_ctx} tokens (n_ctx)"
+        ))),
+        Some(n) => Ok(n as usize),
+        None => Err(bad(format!(
+            "\"max_tokens\" must be a positive integer, got {}",
+            crate::protocol::quote_json(v)
+        ))),
+    }
+}
+
+/// The sampler's settings of a request.
+struct Sampling {
+    temperature: f32,
+    top_p: f32,
+    top_k: i32,
+    seed: u32,
+}
+
+impl Sampling {
+    fn parse(
+        request: &Map<String, Value>,
+        default_seed: Option<u32>,
+    ) -> Result<Sampling, RunnerError> {
         let number = |key: &str, default: f64| -> Result<f64, RunnerError> {
             match request.get(key) {
                 None | Some(Value::Null) => Ok(default),
@@ -118,45 +152,45 @@ impl GenerateRequest {
                 "\"top_k\" must be a whole number, 0 or more, got {top_k}"
             )));
         }
-        let seed = match request.get("seed") {
-            None | Some(Value::Null) => default_seed.unwrap_or_else(rand_seed),
-            Some(v) => v
-                .as_u64()
-                .and_then(|s| u32::try_from(s).ok())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "\"seed\" must be an integer from 0 to {}, got {}",
-                        u32::MAX,
-                        crate::protocol::quote_json(v)
-                    ))
-                })?,
-        };
-        let flag = |key: &str| match request.get(key) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(bad(format!(
-                "\"{key}\" must be true or false, got {}",
-                crate::protocol::quote_json(v)
-            ))),
-        };
-        let stream = flag("stream")?;
-        let ignore_eos = flag("ignore_eos")?;
-        Ok(GenerateRequest {
-            prompt,
-            max_tokens,
+        Ok(Sampling {
             temperature: temperature as f32,
             top_p: top_p as f32,
             top_k: top_k as i32,
-            seed,
-            stop: stops_of(request.get("stop"))?,
-            stream,
-            ignore_eos,
+            seed: seed_of(request, default_seed)?,
         })
     }
 }
 
+/// `seed`, else the deployment's, else a random one.
+fn seed_of(request: &Map<String, Value>, default_seed: Option<u32>) -> Result<u32, RunnerError> {
+    match request.get("seed") {
+        None | Some(Value::Null) => Ok(default_seed.unwrap_or_else(rand_seed)),
+        Some(v) => v
+            .as_u64()
+            .and_then(|s| u32::try_from(s).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "\"seed\" must be an integer from 0 to {}, got {}",
+                    u32::MAX,
+                    crate::protocol::quote_json(v)
+                ))
+            }),
+    }
+}
+
+/// A true/false switch, false when absent.
+fn flag_of(request: &Map<String, Value>, key: &str) -> Result<bool, RunnerError> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(bad(format!(
+            "\"{key}\" must be true or false, got {}",
+            crate::protocol::quote_json(v)
+        ))),
+    }
+}
+
 fn messages_of(value: &Value) -> Result<Vec<(String, String)>, RunnerError> {
-    let bad = |m: String| RunnerError::BadRequest(m);
     let Value::Array(items) = value else {
         return Err(bad(format!(
             "\"messages\" must be an array of {{\"role\", \"content\"}}, got {}",
@@ -182,7 +216,6 @@ fn messages_of(value: &Value) -> Result<Vec<(String, String)>, RunnerError> {
 }
 
 fn stops_of(value: Option<&Value>) -> Result<Vec<String>, RunnerError> {
-    let bad = |m: String| RunnerError::BadRequest(m);
     match value {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) if !s.is_empty() => Ok(vec![s.clone()]),
@@ -252,58 +285,19 @@ pub fn run(
             request.max_tokens
         )));
     }
-    let decode_error =
-        |e: &dyn std::fmt::Display| RunnerError::Inference(format!("llama.cpp decode failed: {e}"));
     let mut batch = LlamaBatch::new(n_batch.max(1), 1);
-    for (chunk_index, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
-        batch.clear();
-        for (i, token) in chunk.iter().enumerate() {
-            let pos = chunk_index * n_batch + i;
-            batch
-                .add(*token, pos as i32, &[0], pos + 1 == tokens.len())
-                .map_err(|e| decode_error(&e))?;
-        }
-        context.decode(&mut batch).map_err(|e| decode_error(&e))?;
-    }
+    decode_prompt(context, &mut batch, &tokens, n_batch)?;
     let prompt_done = Instant::now();
-    // Greedy decoding reads the logits directly: llama.cpp's greedy sampler
-    // gives the same token but first copies every candidate (32 k of them
-    // for a llama vocabulary) on each step.
-    let mut sampler = (request.temperature != 0.0).then(|| {
-        LlamaSampler::chain_simple([
-            LlamaSampler::top_k(request.top_k),
-            LlamaSampler::top_p(request.top_p, 1),
-            LlamaSampler::temp(request.temperature),
-            LlamaSampler::dist(request.seed),
-        ])
-    });
     let mut text = TextStream::new(&request.stop, request.stream);
-    let mut completion = 0;
-    let mut position = tokens.len();
-    let mut logits_at = batch.n_tokens() - 1;
-    let finish = loop {
-        let token = match sampler.as_mut() {
-            Some(sampler) => sampler.sample(context, logits_at),
-            None => argmax(context.get_logits_ith(logits_at)),
-        };
-        if vocab.is_eog(token) && !request.ignore_eos {
-            break Finish::Stop;
-        }
-        completion += 1;
-        if text.push(&vocab.token_to_piece(token, false, None), events) {
-            break Finish::Stop;
-        }
-        if completion == request.max_tokens {
-            break Finish::Length;
-        }
-        batch.clear();
-        batch
-            .add(token, position as i32, &[0], true)
-            .map_err(|e| decode_error(&e))?;
-        position += 1;
-        context.decode(&mut batch).map_err(|e| decode_error(&e))?;
-        logits_at = 0;
-    };
+    let (finish, completion) = generate(
+        &vocab,
+        context,
+        &mut batch,
+        tokens.len(),
+        request,
+        &mut text,
+        events,
+    )?;
     let text = text.finish(events);
     let done = Instant::now();
     let generation = done.duration_since(prompt_done).as_secs_f64();
@@ -319,6 +313,82 @@ pub fn run(
         "generation_ms": generation * 1000.0,
         "run_ms": done.duration_since(started).as_secs_f64() * 1000.0,
     }))
+}
+
+fn decode_error(e: impl std::fmt::Display) -> RunnerError {
+    RunnerError::Inference(format!("llama.cpp decode failed: {e}"))
+}
+
+/// Feeds the prompt to the model in batches of `n_batch` tokens; the logits
+/// of its last token are left in `batch`'s last slot.
+fn decode_prompt(
+    context: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    tokens: &[LlamaToken],
+    n_batch: usize,
+) -> Result<(), RunnerError> {
+    for (chunk_index, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
+        batch.clear();
+        for (i, token) in chunk.iter().enumerate() {
+            let pos = chunk_index * n_batch + i;
+            batch
+                .add(*token, pos as i32, &[0], pos + 1 == tokens.len())
+                .map_err(decode_error)?;
+        }
+        context.decode(batch).map_err(decode_error)?;
+    }
+    Ok(())
+}
+
+/// Samples token after token into `text` until an end-of-generation token,
+/// a stop sequence or `max_tokens`; returns why it ended and how many
+/// tokens it made.
+fn generate(
+    vocab: &LlamaVocab<'_>,
+    context: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    prompt_tokens: usize,
+    request: &GenerateRequest,
+    text: &mut TextStream<'_>,
+    events: EventSink<'_>,
+) -> Result<(Finish, usize), RunnerError> {
+    // Greedy decoding reads the logits directly: llama.cpp's greedy sampler
+    // gives the same token but first copies every candidate (32 k of them
+    // for a llama vocabulary) on each step.
+    let mut sampler = (request.temperature != 0.0).then(|| {
+        LlamaSampler::chain_simple([
+            LlamaSampler::top_k(request.top_k),
+            LlamaSampler::top_p(request.top_p, 1),
+            LlamaSampler::temp(request.temperature),
+            LlamaSampler::dist(request.seed),
+        ])
+    });
+    let mut completion = 0;
+    let mut position = prompt_tokens;
+    let mut logits_at = batch.n_tokens() - 1;
+    loop {
+        let token = match sampler.as_mut() {
+            Some(sampler) => sampler.sample(context, logits_at),
+            None => argmax(context.get_logits_ith(logits_at)),
+        };
+        if vocab.is_eog(token) && !request.ignore_eos {
+            return Ok((Finish::Stop, completion));
+        }
+        completion += 1;
+        if text.push(&vocab.token_to_piece(token, false, None), events) {
+            return Ok((Finish::Stop, completion));
+        }
+        if completion == request.max_tokens {
+            return Ok((Finish::Length, completion));
+        }
+        batch.clear();
+        batch
+            .add(token, position as i32, &[0], true)
+            .map_err(decode_error)?;
+        position += 1;
+        context.decode(batch).map_err(decode_error)?;
+        logits_at = 0;
+    }
 }
 
 /// The most likely token; the first one on ties, as llama.cpp's greedy
@@ -434,103 +504,5 @@ impl<'a> TextStream<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(value: Value) -> Result<GenerateRequest, String> {
-        GenerateRequest::parse(value.as_object().unwrap(), 256, Some(7)).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn requests_are_checked_with_the_numbers() {
-        let ok = parse(json!({"prompt": "hi", "max_tokens": 5, "temperature": 0, "stop": ["\n"]}))
-            .unwrap();
-        assert_eq!(
-            (ok.max_tokens, ok.seed, ok.stop.clone()),
-            (5, 7, vec!["\n".to_owned()])
-        );
-        let cases = [
-            (json!({}), "missing \"prompt\""),
-            (json!({"prompt": ""}), "\"prompt\" is empty"),
-            (json!({"prompt": 3}), "\"prompt\" must be a string"),
-            (json!({"prompt": "a", "messages": []}), "not both"),
-            (json!({"messages": []}), "\"messages\" is empty"),
-            (json!({"messages": [{"role": "user"}]}), "message 0 must be"),
-            (json!({"prompt": "a", "max_tokens": 0}), "at least 1"),
-            (
-                json!({"prompt": "a", "max_tokens": 300}),
-                "300 is more than the context of 256 tokens",
-            ),
-            (
-                json!({"prompt": "a", "temperature": -1}),
-                "\"temperature\" must be 0",
-            ),
-            (
-                json!({"prompt": "a", "top_p": 0}),
-                "\"top_p\" must be in (0, 1]",
-            ),
-            (json!({"prompt": "a", "stop": [""]}), "non-empty strings"),
-            (
-                json!({"prompt": "a", "stream": "yes"}),
-                "\"stream\" must be true or false",
-            ),
-        ];
-        for (value, expected) in cases {
-            let error = parse(value.clone()).unwrap_err();
-            assert!(error.contains(expected), "{value}: {error}");
-        }
-    }
-
-    #[test]
-    fn streamed_text_never_shows_what_a_stop_sequence_cuts() {
-        let stops = vec!["END".to_owned()];
-        let mut sent = Vec::new();
-        let mut sink = |v: Value| sent.push(v["text"].as_str().unwrap().to_owned());
-        let mut text = TextStream::new(&stops, true);
-        text.last_sent -= STREAM_EVERY;
-        assert!(!text.push(b"hello E", &mut sink));
-        assert_eq!(text.sent, 6, "\"E\" may start \"END\" and is held back");
-        text.last_sent -= STREAM_EVERY;
-        assert!(text.push(b"ND more", &mut sink));
-        let final_text = text.finish(&mut sink);
-        assert_eq!(final_text, "hello ");
-        assert_eq!(sent.concat(), final_text);
-    }
-
-    #[test]
-    fn a_character_split_across_tokens_is_not_sent_half() {
-        let sent = std::cell::RefCell::new(Vec::new());
-        let mut sink = |v: Value| {
-            sent.borrow_mut()
-                .push(v["text"].as_str().unwrap().to_owned())
-        };
-        let mut text = TextStream::new(&[], true);
-        let euro = "€".as_bytes();
-        text.last_sent -= STREAM_EVERY;
-        text.push(&euro[..1], &mut sink);
-        assert!(sent.borrow().is_empty());
-        text.push(&euro[1..], &mut sink);
-        assert_eq!(text.finish(&mut sink), "€");
-        assert_eq!(sent.borrow().concat(), "€");
-    }
-
-    #[test]
-    fn bytes_that_are_not_utf8_do_not_stall_the_stream() {
-        let stops = vec!["!".to_owned()];
-        let sent = std::cell::RefCell::new(Vec::new());
-        let mut sink = |v: Value| {
-            sent.borrow_mut()
-                .push(v["text"].as_str().unwrap().to_owned())
-        };
-        let mut text = TextStream::new(&stops, true);
-        text.last_sent -= STREAM_EVERY;
-        assert!(!text.push(b"a\xffb", &mut sink));
-        assert_eq!(sent.borrow().concat(), "a\u{fffd}b");
-        assert!(
-            text.push(b"c!d", &mut sink),
-            "a stop after bad bytes is still seen"
-        );
-        assert_eq!(text.finish(&mut sink), "a\u{fffd}bc");
-        assert_eq!(sent.borrow().concat(), "a\u{fffd}bc");
-    }
-}
+#[path = "generate_tests.rs"]
+mod tests;

@@ -22,6 +22,7 @@ use super::generate::{self, GenerateRequest, Prompt};
 use super::tensor::TensorSpec;
 use super::{
     check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
+    RuntimeError,
 };
 
 const OPTIONS: &[&str] = &["n_ctx", "n_threads", "n_batch", "gpu_layers", "seed"];
@@ -30,7 +31,7 @@ const DEFAULT_N_CTX: u32 = 4096;
 const DEFAULT_N_BATCH: u32 = 512;
 
 /// llama.cpp's backend, initialised once per process.
-static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+static BACKEND: OnceLock<Result<LlamaBackend, RuntimeError>> = OnceLock::new();
 /// The last errors llama.cpp logged, to say why a load failed.
 static LAST_ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -204,8 +205,8 @@ fn parse_options(
 }
 
 /// For `--list-formats`: whether llama.cpp starts here.
-pub fn runtime_status() -> Result<String, String> {
-    let backend = backend().map_err(|e| e.to_string())?;
+pub fn runtime_status() -> Result<String, RunnerError> {
+    let backend = backend()?;
     let gpu = if backend.supports_gpu_offload() {
         "with GPU offload"
     } else {
@@ -223,7 +224,7 @@ fn backend() -> Result<&'static LlamaBackend, RunnerError> {
     BACKEND
         .get_or_init(|| {
             capture_llama_logs();
-            LlamaBackend::init().map_err(|e| format!("llama.cpp did not start: {e}"))
+            LlamaBackend::init().map_err(|e| RuntimeError::Llama(e.to_string()))
         })
         .as_ref()
         .map_err(|e| RunnerError::Runtime(e.clone()))

@@ -4,7 +4,6 @@
 //! - [`ModelRunner`]: one loaded model; [`load`] picks the runner by format.
 //! - [`tensor`]: the tensor JSON every tensor runner speaks.
 //! - [`roots`]: models load only from inside `model_roots`.
-//! - [`run_model`]: the `run-model` command.
 //! - `onnx` (feature `onnx`, default): ONNX Runtime, loaded at run time.
 //! - `gguf` (feature `gguf`): language models through llama.cpp, with
 //!   `generate` for the token loop.
@@ -27,7 +26,6 @@ pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod roots;
-pub mod run_model;
 pub mod tensor;
 #[cfg(feature = "torch")]
 pub mod torch;
@@ -167,8 +165,8 @@ pub enum RunnerError {
         feature: &'static str,
     },
     /// The runtime library itself is missing or unusable.
-    #[error("{0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Runtime(RuntimeError),
     #[error("cannot load model {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("bad options: {0}")]
@@ -176,10 +174,40 @@ pub enum RunnerError {
     /// A request that does not fit the model: wrong inputs, dtypes, shapes.
     #[error("{0}")]
     BadRequest(String),
+    /// A request whose tensors cannot be read (a bad request too).
+    #[error(transparent)]
+    Tensors(#[from] tensor::RequestError),
     #[error("inference failed: {0}")]
     Inference(String),
 }
 
+impl RunnerError {
+    /// Whether the request was at fault rather than the model or the
+    /// runtime: what the model server answers as `"kind": "bad_request"`.
+    pub fn is_bad_request(&self) -> bool {
+        match self {
+            RunnerError::BadRequest(_) | RunnerError::Tensors(_) => true,
+            RunnerError::NotBuilt { .. }
+            | RunnerError::Runtime(_)
+            | RunnerError::Load { .. }
+            | RunnerError::Options(_)
+            | RunnerError::Inference(_) => false,
+        }
+    }
+}
+
+/// Why a runner's runtime library is missing or unusable. Kept once per
+/// process and handed to every load that needs it, hence `Clone`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuntimeError {
+    #[cfg(feature = "onnx")]
+    #[error(transparent)]
+    Onnx(onnx::OnnxRuntimeError),
+    /// llama.cpp's backend did not initialise (its error, as text).
+    #[cfg(feature = "gguf")]
+    #[error("llama.cpp did not start: {0}")]
+    Llama(String),
+}
 /// What a runner may send while a request runs (the `token` events of a
 /// streaming generation), before its output.
 pub type EventSink<'a> = &'a mut dyn FnMut(Value);
@@ -299,9 +327,9 @@ pub fn format_support(runtimes: &RuntimePaths) -> Vec<Value> {
         .map(|format| {
             let runtime = match format {
                 #[cfg(feature = "onnx")]
-                Format::Onnx => onnx::runtime_status(runtimes),
+                Format::Onnx => onnx::runtime_status(runtimes).map_err(|e| e.to_string()),
                 #[cfg(feature = "gguf")]
-                Format::Gguf => gguf::runtime_status(),
+                Format::Gguf => gguf::runtime_status().map_err(|e| e.to_string()),
                 #[cfg(feature = "torch")]
                 Format::TorchScript => Ok(format!(
                     "LibTorch (linked at build time; CUDA {})",

@@ -24,10 +24,10 @@ use ort::session::Session;
 use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 use serde_json::{json, Map, Value};
 
-use super::tensor::{inputs_from_json, wants_base64, DType, Tensor, TensorSpec};
+use super::tensor::{inputs_from_json, wants_base64, DType, RequestError, Tensor, TensorSpec};
 use super::{
     check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
-    RuntimePaths,
+    RuntimeError, RuntimePaths,
 };
 
 /// The ONNX Runtime release the pinned `ort` is made for; CI tests this one.
@@ -44,7 +44,42 @@ const OPTIONS: &[&str] = &[
 ];
 
 /// The process's one ONNX Runtime environment, or why there is none.
-static ENVIRONMENT: OnceLock<Result<(Environment, String), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(Environment, String), OnnxRuntimeError>> = OnceLock::new();
+
+/// Why ONNX Runtime is not usable here; each says how to install it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OnnxRuntimeError {
+    #[error("ORT_DYLIB_PATH={} is not an ONNX Runtime library; {}", .0.display(), install_hint())]
+    NotALibrary(PathBuf),
+    #[error("onnxruntime_path {} holds no libonnxruntime.so; {}", .0.display(), install_hint())]
+    NoLibraryIn(PathBuf),
+    /// `tried` says, place by place, why each had none.
+    #[error("ONNX Runtime not found (looked at: {}); {}", .tried.join("; "), install_hint())]
+    NotFound { tried: Vec<String> },
+    /// `ort`'s error, as text: the result is kept for the whole process.
+    #[error("ONNX Runtime at {} does not load: {reason}; {}", .library.display(), install_hint())]
+    DoesNotLoad { library: PathBuf, reason: String },
+    #[error("ONNX Runtime at {} failed to start: {reason}", .library.display())]
+    DoesNotStart { library: PathBuf, reason: String },
+    #[error("ONNX Runtime is not loaded")]
+    NotLoaded,
+}
+
+impl From<OnnxRuntimeError> for RunnerError {
+    fn from(error: OnnxRuntimeError) -> RunnerError {
+        RunnerError::Runtime(RuntimeError::Onnx(error))
+    }
+}
+
+/// Why the machine's Python has no `onnxruntime` to offer, for
+/// [`OnnxRuntimeError::NotFound`]'s list.
+#[derive(Debug, thiserror::Error)]
+enum PythonProbeError {
+    #[error("{0}: no onnxruntime package")]
+    NoPackage(&'static str),
+    #[error("python3 (not found)")]
+    NoPython,
+}
 
 /// Session settings from the deployment's `options`.
 #[derive(Debug, Clone, Default)]
@@ -101,7 +136,7 @@ impl OnnxRunner {
         let (environment, _) = ENVIRONMENT
             .get()
             .and_then(|e| e.as_ref().ok())
-            .ok_or_else(|| RunnerError::Runtime("ONNX Runtime is not loaded".into()))?;
+            .ok_or(OnnxRuntimeError::NotLoaded)?;
         build_session(environment, &self.path, &self.options)
     }
 
@@ -125,9 +160,7 @@ impl OnnxRunner {
         }
         for spec in &self.inputs {
             match inputs.iter().find(|(n, _)| *n == spec.name) {
-                Some((_, tensor)) => spec
-                    .check(tensor)
-                    .map_err(|e| RunnerError::BadRequest(e.to_string()))?,
+                Some((_, tensor)) => spec.check(tensor).map_err(RequestError::Tensor)?,
                 None => {
                     return Err(RunnerError::BadRequest(format!(
                         "missing input '{}' ({}); the model's inputs are {}",
@@ -152,8 +185,8 @@ impl ModelRunner for OnnxRunner {
     }
 
     fn infer(&self, request: &Map<String, Value>, _: EventSink<'_>) -> Result<Value, RunnerError> {
-        let base64 = wants_base64(request).map_err(RunnerError::BadRequest)?;
-        let inputs = inputs_from_json(request).map_err(RunnerError::BadRequest)?;
+        let base64 = wants_base64(request)?;
+        let inputs = inputs_from_json(request)?;
         self.check_inputs(&inputs)?;
         let values = inputs
             .iter()
@@ -181,32 +214,30 @@ impl ModelRunner for OnnxRunner {
 }
 
 /// `Ok("ONNX Runtime 1.31.1 from /path")`, or why it does not load.
-pub fn runtime_status(runtimes: &RuntimePaths) -> Result<String, String> {
-    environment(runtimes)
-        .map(|_| {
-            ENVIRONMENT
-                .get()
-                .and_then(|e| e.as_ref().ok())
-                .map(|(_, d)| d.clone())
-                .unwrap_or_default()
-        })
-        .map_err(|e| e.to_string())
+pub fn runtime_status(runtimes: &RuntimePaths) -> Result<String, OnnxRuntimeError> {
+    environment(runtimes).map(|_| {
+        ENVIRONMENT
+            .get()
+            .and_then(|e| e.as_ref().ok())
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    })
 }
 
-fn environment(runtimes: &RuntimePaths) -> Result<&'static Environment, RunnerError> {
+fn environment(runtimes: &RuntimePaths) -> Result<&'static Environment, OnnxRuntimeError> {
     let loaded = ENVIRONMENT.get_or_init(|| {
         let library = find_library(runtimes)?;
-        let builder = ort::init_from(&library).map_err(|e| {
-            format!(
-                "ONNX Runtime at {} does not load: {e}; {}",
-                library.display(),
-                install_hint()
-            )
+        let builder = ort::init_from(&library).map_err(|e| OnnxRuntimeError::DoesNotLoad {
+            library: library.clone(),
+            reason: e.to_string(),
         })?;
         let environment = builder
             .with_name("cyberwave-cloud-node")
             .build()
-            .map_err(|e| format!("ONNX Runtime at {} failed to start: {e}", library.display()))?;
+            .map_err(|e| OnnxRuntimeError::DoesNotStart {
+                library: library.clone(),
+                reason: e.to_string(),
+            })?;
         let version = library_version(&library).unwrap_or_else(|| "(unknown version)".into());
         tracing::debug!("ONNX Runtime {version} loaded from {}", library.display());
         Ok((
@@ -214,10 +245,7 @@ fn environment(runtimes: &RuntimePaths) -> Result<&'static Environment, RunnerEr
             format!("ONNX Runtime {version} from {}", library.display()),
         ))
     });
-    loaded
-        .as_ref()
-        .map(|(e, _)| e)
-        .map_err(|e| RunnerError::Runtime(e.clone()))
+    loaded.as_ref().map(|(e, _)| e).map_err(Clone::clone)
 }
 
 /// ONNX Runtime's own version string (`OrtGetApiBase()->GetVersionString()`).
@@ -254,25 +282,13 @@ fn install_hint() -> String {
 }
 
 /// Finds `libonnxruntime.so`; the error lists every place looked at.
-fn find_library(runtimes: &RuntimePaths) -> Result<PathBuf, String> {
+fn find_library(runtimes: &RuntimePaths) -> Result<PathBuf, OnnxRuntimeError> {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        return library_in(&path).ok_or_else(|| {
-            format!(
-                "ORT_DYLIB_PATH={} is not an ONNX Runtime library; {}",
-                path.display(),
-                install_hint()
-            )
-        });
+        return library_in(&path).ok_or(OnnxRuntimeError::NotALibrary(path));
     }
     if let Some(path) = &runtimes.onnxruntime {
-        return library_in(path).ok_or_else(|| {
-            format!(
-                "onnxruntime_path {} holds no libonnxruntime.so; {}",
-                path.display(),
-                install_hint()
-            )
-        });
+        return library_in(path).ok_or_else(|| OnnxRuntimeError::NoLibraryIn(path.clone()));
     }
     let mut tried = vec![
         "ORT_DYLIB_PATH (unset)".to_owned(),
@@ -283,7 +299,7 @@ fn find_library(runtimes: &RuntimePaths) -> Result<PathBuf, String> {
             Some(found) => return Ok(found),
             None => tried.push(format!("{}/capi (no libonnxruntime.so)", dir.display())),
         },
-        Err(why) => tried.push(why),
+        Err(why) => tried.push(why.to_string()),
     }
     for name in ["libonnxruntime.so", "libonnxruntime.so.1"] {
         // SAFETY: loading ONNX Runtime runs its initialisers, which is what
@@ -293,11 +309,7 @@ fn find_library(runtimes: &RuntimePaths) -> Result<PathBuf, String> {
         }
     }
     tried.push("the dynamic linker's search path".into());
-    Err(format!(
-        "ONNX Runtime not found (looked at: {}); {}",
-        tried.join("; "),
-        install_hint()
-    ))
+    Err(OnnxRuntimeError::NotFound { tried })
 }
 
 /// A library file itself, or the newest `libonnxruntime.so*` in a directory.
@@ -320,7 +332,7 @@ fn library_in(path: &Path) -> Option<PathBuf> {
 }
 
 /// Where the machine's Python keeps its `onnxruntime` package.
-fn python_package_dir() -> Result<PathBuf, String> {
+fn python_package_dir() -> Result<PathBuf, PythonProbeError> {
     const PROBE: &str = "import os, onnxruntime; print(os.path.dirname(onnxruntime.__file__))";
     for python in ["python3", "python"] {
         let Ok(output) = Command::new(python).args(["-c", PROBE]).output() else {
@@ -330,9 +342,9 @@ fn python_package_dir() -> Result<PathBuf, String> {
             let dir = String::from_utf8_lossy(&output.stdout).trim().to_owned();
             return Ok(PathBuf::from(dir));
         }
-        return Err(format!("{python}: no onnxruntime package"));
+        return Err(PythonProbeError::NoPackage(python));
     }
-    Err("python3 (not found)".into())
+    Err(PythonProbeError::NoPython)
 }
 
 fn parse_options(options: &Map<String, Value>) -> Result<SessionOptions, RunnerError> {

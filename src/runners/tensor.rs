@@ -15,6 +15,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::protocol::json_kind as kind;
+use crate::protocol::{quote, quote_json};
 
 /// The element types the tensor JSON carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,7 +98,89 @@ pub struct TensorSpec {
 #[error("input '{input}': {problem}")]
 pub struct TensorError {
     pub input: String,
-    pub problem: String,
+    #[source]
+    pub problem: TensorProblem,
+}
+
+/// What is wrong with one tensor. Fields named `found` hold the offending
+/// JSON already quoted (and shortened) for the message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TensorProblem {
+    #[error("expected an object {{\"dtype\", \"shape\", \"data\"}}, got {0}")]
+    NotAnObject(&'static str),
+    #[error("unsupported dtype {}; use one of {}", quote(.0), DType::names())]
+    UnknownDType(String),
+    #[error("\"dtype\" must be a string, got {0}")]
+    DTypeNotText(&'static str),
+    #[error("missing \"dtype\" (one of {})", DType::names())]
+    MissingDType,
+    #[error("missing \"shape\": give the dims as an array, e.g. [1, 4]")]
+    MissingShape,
+    #[error("\"shape\" must hold non-negative integers, got {found}")]
+    BadDim { found: String },
+    #[error("shape {0:?} is too large")]
+    TooLarge(Vec<usize>),
+    #[error("give either \"data\" or \"data_b64\", not both")]
+    DataTwice,
+    #[error("missing \"data\" (or \"data_b64\")")]
+    MissingData,
+    #[error("\"data_b64\" must be a base64 string, got {0}")]
+    Base64NotText(&'static str),
+    #[error("\"data_b64\" is not valid base64: {0}")]
+    BadBase64(#[source] base64::DecodeError),
+    #[error("\"data_b64\" holds {got} bytes; the shape needs {count} {} elements = {want} bytes", .dtype.name())]
+    Base64Length {
+        got: usize,
+        count: usize,
+        dtype: DType,
+        want: usize,
+    },
+    #[error("\"data\" holds {got} elements; the shape needs {count}")]
+    DataLength { got: usize, count: usize },
+    #[error("\"data\" is nested too deeply")]
+    TooDeep,
+    #[error("\"data\" must be an array of numbers, got {0}")]
+    DataNotArray(&'static str),
+    #[error("element {index} of \"data\": {problem}")]
+    Element {
+        index: usize,
+        #[source]
+        problem: ElementProblem,
+    },
+    /// [`TensorSpec::check`]: the tensor does not fit the model's input.
+    #[error("expected {expected}, got {got}")]
+    Mismatch { expected: String, got: String },
+}
+
+/// Why one element of `data` cannot be the tensor's dtype.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ElementProblem {
+    #[error("expected true, false, 0 or 1, got {found}")]
+    NotBool { found: String },
+    #[error("{0} is not a number")]
+    NotFinite(serde_json::Number),
+    #[error("expected a number, got {found}")]
+    NotNumber { found: String },
+    #[error("expected an integer, got {found}")]
+    NotInteger { found: String },
+    #[error("{number} is out of range for {}", .dtype.name())]
+    OutOfRange {
+        number: serde_json::Number,
+        dtype: DType,
+    },
+}
+
+/// A request whose tensors cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("missing \"inputs\": give {{\"inputs\": {{\"<name>\": {{\"dtype\", \"shape\", \"data\"}}}}}}")]
+    MissingInputs,
+    #[error("\"inputs\" must be an object of named tensors, got {0}")]
+    InputsNotObject(&'static str),
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    #[error("\"output_encoding\" must be \"json\" or \"base64\", got {found}")]
+    OutputEncoding { found: String },
 }
 
 impl TensorSpec {
@@ -148,7 +231,10 @@ impl TensorSpec {
         }
         Err(TensorError {
             input: self.name.clone(),
-            problem: format!("expected {}, got {}", self.describe(), tensor.describe()),
+            problem: TensorProblem::Mismatch {
+                expected: self.describe(),
+                got: tensor.describe(),
+            },
         })
     }
 }
@@ -166,29 +252,28 @@ impl Tensor {
 
     /// Reads one tensor of a request; `name` is for the error messages.
     pub fn from_json(name: &str, value: &Value) -> Result<Tensor, TensorError> {
-        let fail = |problem: String| TensorError {
+        Tensor::read(value).map_err(|problem| TensorError {
             input: name.to_owned(),
             problem,
-        };
+        })
+    }
+
+    fn read(value: &Value) -> Result<Tensor, TensorProblem> {
         let Value::Object(fields) = value else {
-            return Err(fail(format!(
-                "expected an object {{\"dtype\", \"shape\", \"data\"}}, got {}",
-                kind(value)
-            )));
+            return Err(TensorProblem::NotAnObject(kind(value)));
         };
-        let dtype = read_dtype(fields).map_err(&fail)?;
-        let shape = read_shape(fields).map_err(&fail)?;
+        let dtype = read_dtype(fields)?;
+        let shape = read_shape(fields)?;
         let count = shape
             .iter()
             .try_fold(1usize, |acc, d| acc.checked_mul(*d))
-            .ok_or_else(|| fail(format!("shape {shape:?} is too large")))?;
+            .ok_or_else(|| TensorProblem::TooLarge(shape.clone()))?;
         let bytes = match (fields.get("data"), fields.get("data_b64")) {
-            (Some(_), Some(_)) => Err("give either \"data\" or \"data_b64\", not both".into()),
-            (None, None) => Err("missing \"data\" (or \"data_b64\")".into()),
+            (Some(_), Some(_)) => Err(TensorProblem::DataTwice),
+            (None, None) => Err(TensorProblem::MissingData),
             (Some(data), None) => encode_data(dtype, data, count),
             (None, Some(b64)) => decode_b64(dtype, b64, count),
-        }
-        .map_err(&fail)?;
+        }?;
         Ok(Tensor {
             dtype,
             shape,
@@ -237,36 +322,30 @@ impl Tensor {
 }
 
 /// The `inputs` object of a request, in the order given.
-pub fn inputs_from_json(request: &Map<String, Value>) -> Result<Vec<(String, Tensor)>, String> {
+pub fn inputs_from_json(
+    request: &Map<String, Value>,
+) -> Result<Vec<(String, Tensor)>, RequestError> {
     let Some(inputs) = request.get("inputs") else {
-        return Err(
-            "missing \"inputs\": give {\"inputs\": {\"<name>\": {\"dtype\", \"shape\", \"data\"}}}"
-                .into(),
-        );
+        return Err(RequestError::MissingInputs);
     };
     let Value::Object(inputs) = inputs else {
-        return Err(format!(
-            "\"inputs\" must be an object of named tensors, got {}",
-            kind(inputs)
-        ));
+        return Err(RequestError::InputsNotObject(kind(inputs)));
     };
     inputs
         .iter()
         .map(|(name, value)| Ok((name.clone(), Tensor::from_json(name, value)?)))
-        .collect::<Result<_, TensorError>>()
-        .map_err(|e| e.to_string())
+        .collect()
 }
 
 /// Whether the request asks for `data_b64` outputs.
-pub fn wants_base64(request: &Map<String, Value>) -> Result<bool, String> {
+pub fn wants_base64(request: &Map<String, Value>) -> Result<bool, RequestError> {
     match request.get("output_encoding") {
         None | Some(Value::Null) => Ok(false),
         Some(Value::String(s)) if s == "base64" => Ok(true),
         Some(Value::String(s)) if s == "json" => Ok(false),
-        Some(other) => Err(format!(
-            "\"output_encoding\" must be \"json\" or \"base64\", got {}",
-            crate::protocol::quote_json(other)
-        )),
+        Some(other) => Err(RequestError::OutputEncoding {
+            found: quote_json(other),
+        }),
     }
 }
 
@@ -274,87 +353,77 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-fn read_dtype(fields: &Map<String, Value>) -> Result<DType, String> {
+fn read_dtype(fields: &Map<String, Value>) -> Result<DType, TensorProblem> {
     match fields.get("dtype") {
-        Some(Value::String(name)) => DType::parse(name).ok_or_else(|| {
-            format!(
-                "unsupported dtype {}; use one of {}",
-                crate::protocol::quote(name),
-                DType::names()
-            )
-        }),
-        Some(other) => Err(format!("\"dtype\" must be a string, got {}", kind(other))),
-        None => Err(format!("missing \"dtype\" (one of {})", DType::names())),
+        Some(Value::String(name)) => {
+            DType::parse(name).ok_or_else(|| TensorProblem::UnknownDType(name.clone()))
+        }
+        Some(other) => Err(TensorProblem::DTypeNotText(kind(other))),
+        None => Err(TensorProblem::MissingDType),
     }
 }
 
-fn read_shape(fields: &Map<String, Value>) -> Result<Vec<usize>, String> {
+fn read_shape(fields: &Map<String, Value>) -> Result<Vec<usize>, TensorProblem> {
     let Some(Value::Array(dims)) = fields.get("shape") else {
-        return Err("missing \"shape\": give the dims as an array, e.g. [1, 4]".into());
+        return Err(TensorProblem::MissingShape);
     };
     dims.iter()
         .map(|d| {
             d.as_u64()
                 .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "\"shape\" must hold non-negative integers, got {}",
-                        crate::protocol::quote_json(d)
-                    )
+                .ok_or_else(|| TensorProblem::BadDim {
+                    found: quote_json(d),
                 })
         })
         .collect()
 }
 
-fn decode_b64(dtype: DType, value: &Value, count: usize) -> Result<Vec<u8>, String> {
+fn decode_b64(dtype: DType, value: &Value, count: usize) -> Result<Vec<u8>, TensorProblem> {
     let Value::String(text) = value else {
-        return Err(format!(
-            "\"data_b64\" must be a base64 string, got {}",
-            kind(value)
-        ));
+        return Err(TensorProblem::Base64NotText(kind(value)));
     };
-    let bytes = b64()
-        .decode(text)
-        .map_err(|e| format!("\"data_b64\" is not valid base64: {e}"))?;
+    let bytes = b64().decode(text).map_err(TensorProblem::BadBase64)?;
     let want = count.saturating_mul(dtype.size());
     if bytes.len() != want {
-        return Err(format!(
-            "\"data_b64\" holds {} bytes; the shape needs {count} {} elements = {want} bytes",
-            bytes.len(),
-            dtype.name()
-        ));
+        return Err(TensorProblem::Base64Length {
+            got: bytes.len(),
+            count,
+            dtype,
+            want,
+        });
     }
     Ok(bytes)
 }
 
 /// Flattens `data` and writes each element as `dtype` bytes.
-fn encode_data(dtype: DType, data: &Value, count: usize) -> Result<Vec<u8>, String> {
+fn encode_data(dtype: DType, data: &Value, count: usize) -> Result<Vec<u8>, TensorProblem> {
     let mut flat = Vec::new();
     flatten(data, &mut flat, 0)?;
     if flat.len() != count {
-        return Err(format!(
-            "\"data\" holds {} elements; the shape needs {count}",
-            flat.len()
-        ));
+        return Err(TensorProblem::DataLength {
+            got: flat.len(),
+            count,
+        });
     }
     let mut bytes = Vec::with_capacity(count * dtype.size());
     for (index, value) in flat.iter().enumerate() {
         encode_element(dtype, value, &mut bytes)
-            .map_err(|why| format!("element {index} of \"data\": {why}"))?;
+            .map_err(|problem| TensorProblem::Element { index, problem })?;
     }
     Ok(bytes)
 }
 
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
+fn flatten<'a>(
+    value: &'a Value,
+    out: &mut Vec<&'a Value>,
+    depth: usize,
+) -> Result<(), TensorProblem> {
     match value {
         Value::Array(items) if depth < 64 => {
             items.iter().try_for_each(|v| flatten(v, out, depth + 1))
         }
-        Value::Array(_) => Err("\"data\" is nested too deeply".into()),
-        other if depth == 0 => Err(format!(
-            "\"data\" must be an array of numbers, got {}",
-            kind(other)
-        )),
+        Value::Array(_) => Err(TensorProblem::TooDeep),
+        other if depth == 0 => Err(TensorProblem::DataNotArray(kind(other))),
         other => {
             out.push(other);
             Ok(())
@@ -362,7 +431,7 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Resu
     }
 }
 
-fn encode_element(dtype: DType, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+fn encode_element(dtype: DType, value: &Value, out: &mut Vec<u8>) -> Result<(), ElementProblem> {
     match dtype {
         DType::Float32 => out.extend((float(value)? as f32).to_le_bytes()),
         DType::Float16 => out.extend(half::f16::from_f64(float(value)?).to_le_bytes()),
@@ -376,35 +445,34 @@ fn encode_element(dtype: DType, value: &Value, out: &mut Vec<u8>) -> Result<(), 
             Value::Number(n) if n.as_u64() == Some(0) => 0,
             Value::Number(n) if n.as_u64() == Some(1) => 1,
             other => {
-                return Err(format!(
-                    "expected true, false, 0 or 1, got {}",
-                    crate::protocol::quote_json(other)
-                ))
+                return Err(ElementProblem::NotBool {
+                    found: quote_json(other),
+                })
             }
         }),
     }
     Ok(())
 }
 
-fn float(value: &Value) -> Result<f64, String> {
+fn float(value: &Value) -> Result<f64, ElementProblem> {
     match value {
-        Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| ElementProblem::NotFinite(n.clone())),
         Value::String(s) if s == "NaN" => Ok(f64::NAN),
         Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
         Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
-        other => Err(format!(
-            "expected a number, got {}",
-            crate::protocol::quote_json(other)
-        )),
+        other => Err(ElementProblem::NotNumber {
+            found: quote_json(other),
+        }),
     }
 }
 
-fn int<T: TryFrom<i64>>(value: &Value, dtype: DType) -> Result<T, String> {
+fn int<T: TryFrom<i64>>(value: &Value, dtype: DType) -> Result<T, ElementProblem> {
     let Value::Number(n) = value else {
-        return Err(format!(
-            "expected an integer, got {}",
-            crate::protocol::quote_json(value)
-        ));
+        return Err(ElementProblem::NotInteger {
+            found: quote_json(value),
+        });
     };
     let whole = n
         .as_i64()
@@ -413,8 +481,13 @@ fn int<T: TryFrom<i64>>(value: &Value, dtype: DType) -> Result<T, String> {
                 .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
                 .map(|f| f as i64)
         })
-        .ok_or_else(|| format!("expected an integer, got {n}"))?;
-    T::try_from(whole).map_err(|_| format!("{n} is out of range for {}", dtype.name()))
+        .ok_or_else(|| ElementProblem::NotInteger {
+            found: n.to_string(),
+        })?;
+    T::try_from(whole).map_err(|_| ElementProblem::OutOfRange {
+        number: n.clone(),
+        dtype,
+    })
 }
 
 /// JSON for a float: a number, or the string form of NaN and the infinities.

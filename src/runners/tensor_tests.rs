@@ -2,8 +2,8 @@ use serde_json::json;
 
 use super::*;
 
-fn parse(value: Value) -> Result<Tensor, String> {
-    Tensor::from_json("x", &value).map_err(|e| e.to_string())
+fn parse(value: Value) -> Result<Tensor, TensorError> {
+    Tensor::from_json("x", &value)
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn bad_tensors_name_the_problem() {
         ),
     ];
     for (value, expected) in cases {
-        let error = parse(value.clone()).unwrap_err();
+        let error = parse(value.clone()).unwrap_err().to_string();
         assert!(error.starts_with("input 'x': "), "{error}");
         assert!(
             error.contains(expected),
@@ -152,9 +152,11 @@ fn requests_need_an_inputs_object_and_a_known_encoding() {
     let request = |v: Value| v.as_object().unwrap().clone();
     assert!(inputs_from_json(&request(json!({})))
         .unwrap_err()
+        .to_string()
         .contains("missing \"inputs\""));
     assert!(inputs_from_json(&request(json!({"inputs": [1]})))
         .unwrap_err()
+        .to_string()
         .contains("must be an object"));
     assert!(wants_base64(&request(json!({"output_encoding": "base64"}))).unwrap());
     assert!(!wants_base64(&request(json!({}))).unwrap());

@@ -76,7 +76,7 @@ impl ModelRunner for TorchRunner {
     }
 
     fn infer(&self, request: &Map<String, Value>, _: EventSink<'_>) -> Result<Value, RunnerError> {
-        let base64 = wants_base64(request).map_err(RunnerError::BadRequest)?;
+        let base64 = wants_base64(request)?;
         let inputs = ordered_inputs(request)?;
         let values = inputs
             .iter()
@@ -127,7 +127,7 @@ impl ModelRunner for TorchRunner {
 
 /// The inputs in `forward`'s order: `input_order`, or the single input.
 fn ordered_inputs(request: &Map<String, Value>) -> Result<Vec<(String, Tensor)>, RunnerError> {
-    let inputs = inputs_from_json(request).map_err(RunnerError::BadRequest)?;
+    let inputs = inputs_from_json(request)?;
     let order: Vec<String> = match request.get("input_order") {
         None | Some(Value::Null) if inputs.len() == 1 => return Ok(inputs),
         None | Some(Value::Null) => {

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use super::{format_support, load, RuntimePaths};
 use crate::config::{Environment, Overrides, Settings};
+use crate::runners::{format_support, load, RuntimePaths};
 
 pub const RUN_MODEL_HELP: &str = "\
 INPUT

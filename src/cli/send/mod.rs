@@ -10,12 +10,13 @@
 mod render;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Transport};
 use serde_json::{Map, Value};
 
-use crate::config::{Origin, Settings, Sourced};
+use crate::config::{Environment, Origin, Overrides, Settings, Sourced};
 use crate::identity;
 use crate::mqtt::Topics;
 use render::Renderer;
@@ -101,11 +102,51 @@ pub fn parse_params(text: &str) -> Result<Map<String, Value>, SendError> {
 /// Sends and waits; returns the exit code.
 pub async fn send(settings: &Settings, request: SendRequest) -> Result<u8, SendError> {
     let params = request.params.as_deref().map(parse_params).transpose()?;
+    let (node, settings) = target(settings, request.node.as_deref())?;
+    let request_id = request
+        .request_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut command = serde_json::json!({"command": request.command, "request_id": request_id});
+    if let Some(params) = params {
+        command["params"] = Value::Object(params);
+    }
+    let topics = Topics::new(&settings.topic_prefix.value);
+    let (client, eventloop) = AsyncClient::new(client_options(&settings, &node)?, 64);
+    let mut filters = vec![topics.response("+")];
+    if request.follow_logs {
+        filters.push(topics.logs("+"));
+    }
+    let exchange = Exchange {
+        client,
+        eventloop,
+        filters,
+        command_topic: topics.command(&node),
+        command,
+        broker: format!("{}:{}", settings.mqtt_host.value, settings.mqtt_port.value),
+        renderer: Renderer::new(request.json, &request_id),
+        session: Session {
+            request_id: &request_id,
+            wait: request.wait,
+            first_deadline: Instant::now() + request.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            overall_deadline: request.timeout.map(|t| Instant::now() + t),
+            answered: false,
+            sent: false,
+        },
+        node: &node,
+        command_name: &request.command,
+    };
+    exchange.run().await
+}
+
+/// The node to send to (`--node`, else the local identity's), and the
+/// settings to reach it with.
+fn target(settings: &Settings, node: Option<&str>) -> Result<(String, Settings), SendError> {
     let local = identity::load(&identity::identity_path(&settings.config_dir.value))
         .ok()
         .flatten();
-    let node = match (&request.node, &local) {
-        (Some(node), _) => node.clone(),
+    let node = match (node, &local) {
+        (Some(node), _) => node.to_owned(),
         (None, Some(local)) => local.uuid.clone(),
         (None, None) => return Err(SendError::NoNode(settings.config_dir.value.clone())),
     };
@@ -122,94 +163,163 @@ pub async fn send(settings: &Settings, request: SendRequest) -> Result<u8, SendE
         );
         settings.mqtt_use_tls = Sourced::new(false, Origin::Derived("the local standalone node"));
     }
-    let settings = &settings;
-    let request_id = request
-        .request_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut command = serde_json::json!({"command": request.command, "request_id": request_id});
-    if let Some(params) = params {
-        command["params"] = Value::Object(params);
-    }
-    let topics = Topics::new(&settings.topic_prefix.value);
-    let broker = format!("{}:{}", settings.mqtt_host.value, settings.mqtt_port.value);
-    let command_topic = topics.command(&node);
-    let (client, mut eventloop) = AsyncClient::new(client_options(settings, &node)?, 64);
-    let mut filters = vec![topics.response("+")];
-    if request.follow_logs {
-        filters.push(topics.logs("+"));
-    }
-    let mut renderer = Renderer::new(request.json, &request_id);
-    let mut session = Session {
-        request_id: &request_id,
-        wait: request.wait,
-        first_deadline: Instant::now() + request.timeout.unwrap_or(DEFAULT_TIMEOUT),
-        overall_deadline: request.timeout.map(|t| Instant::now() + t),
-        answered: false,
-        sent: false,
-    };
-    let timeout_message = |what: &str| {
-        format!("no {what} from node {node} within the timeout: sent on {command_topic} via the broker at {broker}; is the node running and connected to that broker?")
-    };
-    loop {
-        let deadline = session.deadline();
-        let polled = tokio::time::timeout_at(deadline.into(), eventloop.poll()).await;
-        let event = match polled {
-            Err(_) => {
-                let what = if session.sent { "answer" } else { "connection" };
-                let message = if session.sent {
-                    timeout_message(what)
-                } else {
-                    format!("cannot reach the MQTT broker at {broker} within the timeout")
-                };
-                return Err(SendError::Timeout(message));
+    Ok((node, settings))
+}
+
+/// One command on its way: the MQTT link, what to send, and how far it got.
+struct Exchange<'a> {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    filters: Vec<String>,
+    command_topic: String,
+    command: Value,
+    /// `host:port`, for error messages.
+    broker: String,
+    renderer: Renderer,
+    session: Session<'a>,
+    node: &'a str,
+    command_name: &'a str,
+}
+
+impl Exchange<'_> {
+    /// Subscribes, publishes, and shows what comes back until the wait is
+    /// over; returns the exit code.
+    async fn run(mut self) -> Result<u8, SendError> {
+        loop {
+            let event = match self.next_event().await? {
+                Some(event) => event,
+                None => continue,
+            };
+            if let Some(code) = self.on_event(event).await? {
+                return Ok(code);
             }
+        }
+    }
+
+    /// The next event before the deadline; `None` after a connection error
+    /// (rumqttc reconnects on the next poll).
+    async fn next_event(&mut self) -> Result<Option<Event>, SendError> {
+        let deadline = self.session.deadline();
+        match tokio::time::timeout_at(deadline.into(), self.eventloop.poll()).await {
+            Err(_) => Err(SendError::Timeout(self.timeout_message())),
             Ok(Err(e)) => {
                 tracing::debug!("MQTT: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+                Ok(None)
             }
-            Ok(Ok(event)) => event,
-        };
+            Ok(Ok(event)) => Ok(Some(event)),
+        }
+    }
+
+    fn timeout_message(&self) -> String {
+        let (node, broker) = (self.node, &self.broker);
+        if self.session.sent {
+            let command_topic = &self.command_topic;
+            format!("no answer from node {node} within the timeout: sent on {command_topic} via the broker at {broker}; is the node running and connected to that broker?")
+        } else {
+            format!("cannot reach the MQTT broker at {broker} within the timeout")
+        }
+    }
+
+    /// Moves the exchange on by one event; `Some(code)` when it is over.
+    async fn on_event(&mut self, event: Event) -> Result<Option<u8>, SendError> {
         match event {
-            Event::Incoming(Incoming::ConnAck(_)) if !session.sent => {
-                let subscriptions = filters
+            Event::Incoming(Incoming::ConnAck(_)) if !self.session.sent => {
+                let subscriptions = self
+                    .filters
                     .iter()
                     .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                client
+                self.client
                     .subscribe_many(subscriptions)
                     .await
                     .map_err(|_| crate::mqtt::MqttError::Closed)?;
             }
-            Event::Incoming(Incoming::SubAck(_)) if !session.sent => {
-                client
-                    .publish(&command_topic, QoS::AtLeastOnce, false, command.to_string())
+            Event::Incoming(Incoming::SubAck(_)) if !self.session.sent => {
+                let payload = self.command.to_string();
+                self.client
+                    .publish(&self.command_topic, QoS::AtLeastOnce, false, payload)
                     .await
                     .map_err(|_| crate::mqtt::MqttError::Closed)?;
             }
-            Event::Incoming(Incoming::PubAck(_)) if !session.sent => {
-                session.sent = true;
-                if session.wait == Wait::None {
-                    renderer.note(&format!(
-                        "sent {} to {node} (request_id {request_id})",
-                        request.command
+            Event::Incoming(Incoming::PubAck(_)) if !self.session.sent => {
+                self.session.sent = true;
+                if self.session.wait == Wait::None {
+                    self.renderer.note(&format!(
+                        "sent {} to {} (request_id {})",
+                        self.command_name, self.node, self.session.request_id
                     ));
-                    return Ok(EXIT_OK);
+                    return Ok(Some(EXIT_OK));
                 }
             }
             Event::Incoming(Incoming::Publish(publish)) => {
                 let Ok(message) = serde_json::from_slice::<Value>(&publish.payload) else {
-                    continue;
+                    return Ok(None);
                 };
-                if message["request_id"] != request_id.as_str() {
-                    continue;
+                if message["request_id"] != self.session.request_id {
+                    return Ok(None);
                 }
-                if let Some(code) = session.on_message(&mut renderer, &publish.topic, &message) {
-                    let _ = client.disconnect().await;
-                    return Ok(code);
+                let done = self
+                    .session
+                    .on_message(&mut self.renderer, &publish.topic, &message);
+                if let Some(code) = done {
+                    let _ = self.client.disconnect().await;
+                    return Ok(Some(code));
                 }
             }
             _ => {}
+        }
+        Ok(None)
+    }
+}
+
+/// `send` from the command line: settings, flags, then [`send`]; the exit
+/// code is the answer's.
+pub(super) fn run(args: &super::SendArgs) -> ExitCode {
+    let overrides = Overrides {
+        config: args.config.clone(),
+        mqtt_host: args.mqtt_host.clone(),
+        mqtt_port: args.mqtt_port,
+        ..Overrides::default()
+    };
+    let settings = match Settings::load(&overrides, &Environment::from_process()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            eprintln!("error: --timeout must be a positive number of seconds, got {t}");
+            return ExitCode::FAILURE;
+        }
+        t => t.map(std::time::Duration::from_secs_f64),
+    };
+    let request = SendRequest {
+        command: args.command.clone(),
+        params: args.params.clone(),
+        request_id: args.request_id.clone(),
+        node: args.node.clone(),
+        wait: args.wait,
+        follow_logs: args.follow_logs,
+        json: args.json,
+        timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(send(&settings, request)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

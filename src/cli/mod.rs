@@ -1,4 +1,12 @@
-//! The command line: clap definitions, logging set-up, dispatch, exit codes.
+//! The command line: clap definitions, dispatch, exit codes. Each command's
+//! body is a module of its own: `start`, [`send`], [`run_model`], `local`
+//! (`status` and `logs`), `man`; logging is set up by [`crate::logging`].
+
+mod local;
+mod man;
+pub mod run_model;
+pub mod send;
+mod start;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +14,6 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Environment, Overrides, Settings};
-use crate::shutdown::Shutdown;
 
 const TOKEN_HELP: &str = "\
 API TOKEN
@@ -77,8 +84,8 @@ enum CliCommand {
         follow: bool,
     },
     /// Load a model and run it once in this process (no node, no broker)
-    #[command(after_long_help = crate::runners::run_model::RUN_MODEL_HELP)]
-    RunModel(crate::runners::run_model::RunModelArgs),
+    #[command(after_long_help = run_model::RUN_MODEL_HELP)]
+    RunModel(run_model::RunModelArgs),
     /// Inspect the node's settings
     Config {
         #[command(subcommand)]
@@ -145,7 +152,7 @@ struct SendArgs {
     node: Option<String>,
     /// How long to wait: none, started (the immediate response), done (a workload's end)
     #[arg(long, value_enum, default_value = "started")]
-    wait: crate::send::Wait,
+    wait: send::Wait,
     /// Print the workload's live output as it arrives (with --wait done)
     #[arg(long)]
     follow_logs: bool,
@@ -216,23 +223,23 @@ pub fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    crate::logging::init_cli_logging(cli.verbose);
     let outcome = match &cli.command {
-        CliCommand::Start(args) => start(args),
+        CliCommand::Start(args) => start::run(args),
         CliCommand::Config {
             action: ConfigAction::Show(args),
         } => config_show(args),
-        CliCommand::Send(args) => return send(args),
+        CliCommand::Send(args) => return send::run(args),
         CliCommand::Info { json } => info(*json),
-        CliCommand::Status { json } => local_status(*json),
+        CliCommand::Status { json } => local::status(*json),
         CliCommand::Logs {
             request_id,
             stderr,
             follow,
-        } => local_logs(request_id, *stderr, *follow),
-        CliCommand::RunModel(args) => crate::runners::run_model::run(args),
+        } => local::logs(request_id, *stderr, *follow),
+        CliCommand::RunModel(args) => run_model::run(args),
         CliCommand::Completions { shell } => completions(*shell),
-        CliCommand::Man => man_page(),
+        CliCommand::Man => man::page(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,75 +257,10 @@ fn load_settings(args: &SettingsArgs) -> anyhow::Result<Settings> {
     )?)
 }
 
-fn start(args: &SettingsArgs) -> anyhow::Result<()> {
-    let settings = load_settings(args)?;
-    // One thread is plenty for a node that mostly waits, and keeps the idle
-    // footprint small; blocking work goes to tokio's blocking pool.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let shutdown = Shutdown::new();
-        shutdown.listen_for_signals()?;
-        crate::node::run(settings, shutdown).await?;
-        Ok(())
-    })
-}
-
 fn config_show(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = load_settings(args)?;
     print!("{}", config::render_table(&settings));
     Ok(())
-}
-
-fn send(args: &SendArgs) -> ExitCode {
-    let overrides = Overrides {
-        config: args.config.clone(),
-        mqtt_host: args.mqtt_host.clone(),
-        mqtt_port: args.mqtt_port,
-        ..Overrides::default()
-    };
-    let settings = match Settings::load(&overrides, &Environment::from_process()) {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let timeout = match args.timeout {
-        Some(t) if !(t > 0.0 && t.is_finite()) => {
-            eprintln!("error: --timeout must be a positive number of seconds, got {t}");
-            return ExitCode::FAILURE;
-        }
-        t => t.map(std::time::Duration::from_secs_f64),
-    };
-    let request = crate::send::SendRequest {
-        command: args.command.clone(),
-        params: args.params.clone(),
-        request_id: args.request_id.clone(),
-        node: args.node.clone(),
-        wait: args.wait,
-        follow_logs: args.follow_logs,
-        json: args.json,
-        timeout,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::send::send(&settings, request)) {
-        Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(error.exit_code())
-        }
-    }
 }
 
 fn info(json: bool) -> anyhow::Result<()> {
@@ -328,32 +270,6 @@ fn info(json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", crate::telemetry::hardware::render(&hardware));
     }
-    Ok(())
-}
-
-/// The workload log dir of the node that would run here.
-fn local_logs_dir() -> anyhow::Result<PathBuf> {
-    let settings = Settings::load(&Overrides::default(), &Environment::from_process())?;
-    Ok(crate::workload::paths::logs_dir(&settings.config_dir.value))
-}
-
-fn local_status(json: bool) -> anyhow::Result<()> {
-    print!(
-        "{}",
-        crate::workload::local::status(&local_logs_dir()?, json)
-    );
-    Ok(())
-}
-
-fn local_logs(request_id: &str, stderr: bool, follow: bool) -> anyhow::Result<()> {
-    let dir = local_logs_dir()?;
-    crate::workload::local::logs(
-        &dir,
-        request_id,
-        stderr,
-        follow,
-        &mut std::io::stdout().lock(),
-    )?;
     Ok(())
 }
 
@@ -368,150 +284,10 @@ fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
     write_stdout(&script)
 }
 
-/// Prints the man page, for packaging (`man > cyberwave-cloud-node.1`). One
-/// page for the whole program: clap_mangen's top-level sections, a COMMANDS
-/// section with each command's synopsis, description, options and notes, then
-/// the top level's notes (API TOKEN and so on) as sections of their own.
-/// (clap_mangen's own page would point at a cyberwave-cloud-node-start(1) and
-/// so on, which nobody installs.)
-fn man_page() -> anyhow::Result<()> {
-    let mut command = Cli::command();
-    command.build();
-    let man = clap_mangen::Man::new(command.clone());
-    let mut page = Vec::new();
-    man.render_title(&mut page)?;
-    man.render_name_section(&mut page)?;
-    man.render_synopsis_section(&mut page)?;
-    man.render_description_section(&mut page)?;
-    man.render_options_section(&mut page)?;
-    page.extend_from_slice(b".SH COMMANDS\n");
-    let top_notes = command.get_after_long_help().map(ToString::to_string);
-    for sub in leaf_commands(&command) {
-        let name = sub.get_bin_name().unwrap_or_else(|| sub.get_name());
-        page.extend_from_slice(format!(".SS \"{name}\"\n").as_bytes());
-        // -v and -h are in the top-level OPTIONS already.
-        let sub = sub.clone().mut_args(|arg| {
-            let hide = arg.is_hide_set() || arg.is_global_set() || arg.get_id() == "help";
-            arg.hide(hide)
-        });
-        let man = clap_mangen::Man::new(sub.clone());
-        let mut section = Vec::new();
-        man.render_synopsis_section(&mut section)?;
-        man.render_description_section(&mut section)?;
-        man.render_options_section(&mut section)?;
-        // Its sections become paragraphs of this subsection.
-        for line in String::from_utf8(section)?.lines() {
-            let line = if line.starts_with(".SH ") {
-                ".PP"
-            } else {
-                line
-            };
-            page.extend_from_slice(line.as_bytes());
-            page.push(b'\n');
-        }
-        let notes = sub.get_after_long_help().map(ToString::to_string);
-        if let Some(notes) = notes.filter(|notes| Some(notes) != top_notes.as_ref()) {
-            page.extend_from_slice(roff_notes(&notes, false).as_bytes());
-        }
-    }
-    if let Some(notes) = &top_notes {
-        page.extend_from_slice(roff_notes(notes, true).as_bytes());
-    }
-    man.render_version_section(&mut page)?;
-    write_stdout(&page)
-}
-
-/// The commands that run something (`config show`, not `config`), in --help
-/// order, without the hidden ones and `help`.
-fn leaf_commands(command: &clap::Command) -> Vec<&clap::Command> {
-    command
-        .get_subcommands()
-        .filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
-        .flat_map(|sub| {
-            if sub.has_subcommands() {
-                leaf_commands(sub)
-            } else {
-                vec![sub]
-            }
-        })
-        .collect()
-}
-
-/// An `after_long_help` text in roff: its unindented lines are headings
-/// (sections at the top level, bold lines in a command's subsection), the
-/// indented ones are kept as they are, unfilled.
-fn roff_notes(text: &str, top_level: bool) -> String {
-    let mut roff = String::new();
-    let mut unfilled = false;
-    for line in text.lines().filter(|line| !line.trim().is_empty()) {
-        let line = line.replace('\\', "\\e").replace('-', "\\-");
-        if line.starts_with(' ') {
-            if !unfilled {
-                roff.push_str(".nf\n");
-                unfilled = true;
-            }
-            roff.push_str(&line);
-        } else {
-            if unfilled {
-                roff.push_str(".fi\n");
-                unfilled = false;
-            }
-            if top_level {
-                roff.push_str(&format!(".SH \"{line}\""));
-            } else {
-                roff.push_str(&format!(".PP\n\\fB{line}\\fR"));
-            }
-        }
-        roff.push('\n');
-    }
-    if unfilled {
-        roff.push_str(".fi\n");
-    }
-    roff
-}
-
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(bytes)?;
     stdout.flush()?;
     Ok(())
-}
-
-/// Logging of the model server: its stderr is its log file, so plain text
-/// at info level (CYBERWAVE_LOG overrides, as for the node).
-pub fn init_server_logging() {
-    let filter = std::env::var("CYBERWAVE_LOG")
-        .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new("warn,cyberwave_cloud_node=info,ort=warn")
-        });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
-}
-
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        // The embedded broker reports every client that hangs up as an
-        // error; the node reports its own problems.
-        0 => "warn,cyberwave_cloud_node=info,install=info,rumqttd=off",
-        1 => "warn,cyberwave_cloud_node=debug,install=info,rumqttd=warn",
-        _ => "warn,cyberwave_cloud_node=trace,install=trace",
-    };
-    let filter = std::env::var("CYBERWAVE_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }
