@@ -53,7 +53,7 @@ pub mod lock;
 pub mod logging;
 pub mod mqtt;
 pub mod node;
-pub mod outbox;
+
 pub mod protocol;
 pub mod runners;
 mod secret;

@@ -19,6 +19,7 @@
 
 mod acks;
 mod ledger;
+pub mod outbox;
 mod queue;
 pub mod topics;
 
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use acks::Seq;
 pub use ledger::Tracked;
+pub use outbox::{Outbox, OutboxEntry};
 pub use topics::Topics;
 
 use queue::Queue;
