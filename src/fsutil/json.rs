@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{read_whole, Contents, Links, ReadError};
+use super::{read_whole, Contents, Durability, Links, ReadError};
 
 /// The most the node reads of one of its own state files (records, started
 /// and exit files, offsets, deployment state): far more than any of them
@@ -16,8 +16,17 @@ pub const STATE_FILE_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// Writes `value` as JSON, atomically, mode 0600.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_json_with(path, value, Durability::Synced)
+}
+
+/// [`write_json`], as durable as `durability` says.
+pub fn write_json_with<T: Serialize>(
+    path: &Path,
+    value: &T,
+    durability: Durability,
+) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    super::write_atomic(path, &bytes, 0o600)
+    super::atomic::write_file(path, &bytes, 0o600, durability)
 }
 
 /// Why a state file could not be used.

@@ -120,9 +120,11 @@ fn write_initial_files(
     ] {
         let _ = std::fs::remove_file(stale);
     }
-    fsutil::write_atomic(&paths.params(), params_json.as_bytes(), 0o600)
+    // Neither is synced yet: see `WorkloadRecord::save_unsynced`.
+    let params = params_json.as_bytes();
+    fsutil::atomic::write_file(&paths.params(), params, 0o600, fsutil::Durability::Atomic)
         .map_err(|e| fail("the params file", e))?;
     record
-        .save(paths)
+        .save_unsynced(paths)
         .map_err(|e| fail("the workload record", e))
 }

@@ -118,6 +118,13 @@ impl WorkloadRecord {
         })
     }
 
+    /// Saves the record before the workload runs: whole, not yet synced.
+    /// A power loss then ends the process too, and the command, not yet
+    /// acknowledged, comes again; the record is synced once it runs.
+    pub fn save_unsynced(&self, paths: &WorkloadPaths) -> std::io::Result<()> {
+        fsutil::write_json_with(&paths.record(), self, fsutil::Durability::Atomic)
+    }
+
     pub fn save(&self, paths: &WorkloadPaths) -> std::io::Result<()> {
         write_json(&paths.record(), self)
     }
