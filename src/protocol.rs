@@ -15,6 +15,8 @@ pub mod fit;
 mod kind;
 pub mod quote;
 
+use std::fmt;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -51,53 +53,85 @@ pub enum Incoming {
 
 const EXAMPLE: &str = r#"{"command": "status", "request_id": "r-1", "params": {}}"#;
 
+/// Why a payload is not a command. Its text is the `error` of the response
+/// (made into a string once, in [`parse_command`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("payload is not valid JSON ({0}); send an object like {example}", example = EXAMPLE)]
+    NotJson(#[source] serde_json::Error),
+    #[error("payload must be a JSON object, got {got}; send an object like {example}", example = EXAMPLE)]
+    NotObject { got: &'static str },
+    #[error("field \"request_id\" must be a string, got {got}")]
+    RequestIdType { got: &'static str },
+    #[error("field \"request_id\" must not be empty")]
+    RequestIdEmpty,
+    #[error("field \"request_id\" is {len} bytes long; the limit is {limit}", limit = MAX_REQUEST_ID_LEN)]
+    RequestIdTooLong { len: usize },
+    #[error(
+        "field \"request_id\" must not contain control characters; found {found:?} at byte {at}"
+    )]
+    RequestIdControl { found: char, at: usize },
+    #[error("missing required field \"command\"; send an object like {example}", example = EXAMPLE)]
+    MissingCommand,
+    #[error("unknown command {}; this node supports: {}", quote(.name), supported_commands())]
+    UnknownCommand { name: String },
+    #[error("field \"command\" must be a string, got {got}")]
+    CommandType { got: &'static str },
+    #[error("field \"params\" must be a JSON object, got {got}")]
+    ParamsType { got: &'static str },
+}
+
+/// Every command name, for the refusal of an unknown one.
+fn supported_commands() -> String {
+    let known: Vec<&str> = CommandKind::ALL.iter().map(|k| k.name()).collect();
+    known.join(", ")
+}
+
 /// Parses one MQTT payload. `new_id` makes a request_id when none was given.
 pub fn parse_command(payload: &[u8], new_id: impl FnOnce() -> String) -> Incoming {
-    let invalid =
-        |request_id: Option<String>, error: String| Incoming::Invalid { request_id, error };
-    let value: Value = match serde_json::from_slice(payload) {
-        Ok(value) => value,
-        Err(e) => {
-            return invalid(
-                None,
-                format!("payload is not valid JSON ({e}); send an object like {EXAMPLE}"),
-            )
-        }
-    };
+    match read_command(payload, new_id) {
+        Ok(Some(command)) => Incoming::Command(command),
+        Ok(None) => Incoming::Echo,
+        Err((request_id, error)) => Incoming::Invalid {
+            request_id,
+            error: error.to_string(),
+        },
+    }
+}
+
+/// The command; `None` for an echo; the error with the request_id to
+/// answer on, where one could be read.
+fn read_command(
+    payload: &[u8],
+    new_id: impl FnOnce() -> String,
+) -> Result<Option<Command>, (Option<String>, CommandError)> {
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| (None, CommandError::NotJson(e)))?;
     let Value::Object(mut object) = value else {
-        let kind = json_kind(&value);
-        return invalid(
-            None,
-            format!("payload must be a JSON object, got {kind}; send an object like {EXAMPLE}"),
-        );
+        let got = json_kind(&value);
+        return Err((None, CommandError::NotObject { got }));
     };
     if object.contains_key("status") {
-        return Incoming::Echo;
+        return Ok(None);
     }
-    let request_id = match read_request_id(object.remove("request_id"), new_id) {
-        Ok(id) => id,
-        Err((id, error)) => return invalid(id, error),
-    };
+    let request_id = read_request_id(object.remove("request_id"), new_id)?;
     let kind = match read_kind(object.remove("command")) {
         Ok(kind) => kind,
-        Err(error) => return invalid(Some(request_id), error),
+        Err(error) => return Err((Some(request_id), error)),
     };
     let params = match object.remove("params") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(params)) => params,
         Some(other) => {
-            let error = format!(
-                "field \"params\" must be a JSON object, got {}",
-                json_kind(&other)
-            );
-            return invalid(Some(request_id), error);
+            let got = json_kind(&other);
+            return Err((Some(request_id), CommandError::ParamsType { got }));
         }
     };
-    Incoming::Command(Command {
+    Ok(Some(Command {
         kind,
         request_id,
         params,
-    })
+    }))
 }
 
 /// The request_id, or the error with the id as sent (cut past the limit;
@@ -105,15 +139,14 @@ pub fn parse_command(payload: &[u8], new_id: impl FnOnce() -> String) -> Incomin
 fn read_request_id(
     value: Option<Value>,
     new_id: impl FnOnce() -> String,
-) -> Result<String, (Option<String>, String)> {
+) -> Result<String, (Option<String>, CommandError)> {
     let id = match value {
         None | Some(Value::Null) => return Ok(new_id()),
         Some(Value::String(id)) => id,
         Some(other) => {
-            let error = format!(
-                "field \"request_id\" must be a string, got {}",
-                json_kind(&other)
-            );
+            let error = CommandError::RequestIdType {
+                got: json_kind(&other),
+            };
             let sent = match other {
                 Value::Number(n) => n.to_string(),
                 other => echoed_request_id(&other.to_string()),
@@ -122,48 +155,29 @@ fn read_request_id(
         }
     };
     let problem = if id.trim().is_empty() {
-        Some("must not be empty".to_owned())
+        Some(CommandError::RequestIdEmpty)
     } else if id.len() > MAX_REQUEST_ID_LEN {
-        Some(format!(
-            "is {} bytes long; the limit is {MAX_REQUEST_ID_LEN}",
-            id.len()
-        ))
+        Some(CommandError::RequestIdTooLong { len: id.len() })
     } else {
         id.char_indices()
             .find(|(_, c)| c.is_control())
-            .map(|(at, c)| {
-                format!(
-                    "must not contain control characters; found {:?} at byte {at}",
-                    c
-                )
-            })
+            .map(|(at, found)| CommandError::RequestIdControl { found, at })
     };
     match problem {
         None => Ok(id),
-        Some(problem) => Err((
-            Some(echoed_request_id(&id)),
-            format!("field \"request_id\" {problem}"),
-        )),
+        Some(problem) => Err((Some(echoed_request_id(&id)), problem)),
     }
 }
 
-fn read_kind(value: Option<Value>) -> Result<CommandKind, String> {
+fn read_kind(value: Option<Value>) -> Result<CommandKind, CommandError> {
     match value {
-        None | Some(Value::Null) => Err(format!(
-            "missing required field \"command\"; send an object like {EXAMPLE}"
-        )),
-        Some(Value::String(name)) => CommandKind::from_name(&name).ok_or_else(|| {
-            let known: Vec<&str> = CommandKind::ALL.iter().map(|k| k.name()).collect();
-            format!(
-                "unknown command {}; this node supports: {}",
-                quote(&name),
-                known.join(", ")
-            )
+        None | Some(Value::Null) => Err(CommandError::MissingCommand),
+        Some(Value::String(name)) => {
+            CommandKind::from_name(&name).ok_or(CommandError::UnknownCommand { name })
+        }
+        Some(other) => Err(CommandError::CommandType {
+            got: json_kind(&other),
         }),
-        Some(other) => Err(format!(
-            "field \"command\" must be a string, got {}",
-            json_kind(&other)
-        )),
     }
 }
 
@@ -217,7 +231,7 @@ impl Response {
     /// An error; `request_id` is `""` only when none was sent or the payload
     /// could not be read as an object, so the backend still sees that
     /// something it sent was refused.
-    pub fn error(node: &NodeRef, request_id: Option<&str>, error: impl Into<String>) -> Response {
+    pub fn error(node: &NodeRef, request_id: Option<&str>, error: impl fmt::Display) -> Response {
         Response {
             status: "error",
             request_id: request_id.unwrap_or_default().to_owned(),
@@ -225,7 +239,7 @@ impl Response {
             instance_uuid: node.uuid.clone(),
             event: None,
             output: None,
-            error: Some(error.into()),
+            error: Some(error.to_string()),
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::files::{DeployState, DeploymentRecord};
 use super::listing::{format_of, listing};
-use super::manager::{DeployEvent, Deployments};
+use super::manager::{DeployError, DeployEvent, Deployments};
 use super::{request, wire};
 
 /// How long `deployments` waits for each server's figures.
@@ -17,33 +17,29 @@ const INFO_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Deployments {
     /// Forwards an `infer` to its server; the answer comes as `Answer`.
-    pub fn infer(&self, request_id: &str, params: &Map<String, Value>) -> Result<(), String> {
+    pub fn infer(&self, request_id: &str, params: &Map<String, Value>) -> Result<(), DeployError> {
         let id = request::deployment_id(params)?;
         let timeout = request::infer_timeout(params)?;
         let Some((paths, record)) = self.entries.get(&id) else {
-            return Err(format!(
-                "no deployment {id} on this node (deployments: {})",
-                self.known_ids()
-            ));
+            return Err(DeployError::NotFound {
+                deployment_id: id,
+                known: self.known_ids(),
+            });
         };
         match record.state {
             DeployState::Ready => {}
-            DeployState::Starting => {
-                return Err(format!(
-                    "deployment {id} is still loading its model; wait for its ready event"
-                ))
-            }
+            DeployState::Starting => return Err(DeployError::Loading { deployment_id: id }),
             DeployState::Failed => {
-                return Err(format!(
-                    "deployment {id} failed: {}",
-                    record.error.as_deref().unwrap_or("unknown error")
-                ))
+                return Err(DeployError::Failed {
+                    deployment_id: id,
+                    error: record.error.clone(),
+                })
             }
-            state => {
-                return Err(format!(
-                    "deployment {id} is {}; deploy it again to use it",
-                    state.name()
-                ))
+            state @ (DeployState::Stopping | DeployState::Stopped) => {
+                return Err(DeployError::Ended {
+                    deployment_id: id,
+                    state: state.name(),
+                })
             }
         }
         let mut forwarded = params.clone();
@@ -60,16 +56,19 @@ impl Deployments {
             };
             let outcome = wire::call_streaming(&socket, &call, timeout, on_event)
                 .await
+                .map_err(DeployError::from)
                 .and_then(|reply| {
                     if reply["ok"] == true {
                         let mut output = reply["output"].clone();
                         output["deployment_id"] = json!(id);
                         Ok(output)
                     } else {
-                        Err(reply["error"]
-                            .as_str()
-                            .unwrap_or("the model server refused the request")
-                            .to_owned())
+                        Err(DeployError::Refused(
+                            reply["error"]
+                                .as_str()
+                                .unwrap_or("the model server refused the request")
+                                .to_owned(),
+                        ))
                     }
                 });
             events.send(DeployEvent::Answer {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::fsutil::names::{fnv1a, rid};
-use crate::fsutil::{read_json, write_json};
+use crate::fsutil::{load_json, write_json};
 use crate::protocol::Event;
 use crate::supervised::StartedFile;
 use crate::supervised::{logs_dir, UnitFiles};
@@ -219,7 +219,7 @@ pub fn scan(config_dir: &Path) -> Vec<(DeployPaths, DeploymentRecord)> {
         if !is_record {
             continue;
         }
-        match read_json::<DeploymentRecord>(&path) {
+        match load_json::<DeploymentRecord>(&path) {
             Ok(Some(record)) => {
                 let paths = DeployPaths::new(config_dir, &record.deployment_id);
                 found.push((paths, record));
@@ -232,18 +232,27 @@ pub fn scan(config_dir: &Path) -> Vec<(DeployPaths, DeploymentRecord)> {
     found
 }
 
+/// A file of a new deployment (`what`, in `dir`) could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {what} in {}: {source}; check free space and permissions of the config dir", dir.display())]
+pub struct FilesError {
+    what: &'static str,
+    dir: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
 /// Writes the record and the spec of a new deployment, clearing the files
 /// an ended deployment of the same id left.
 pub fn prepare_files(
     paths: &DeployPaths,
     record: &DeploymentRecord,
     spec: &DeploySpec,
-) -> Result<(), String> {
-    let fail = |what: &str, e: std::io::Error| {
-        format!(
-            "cannot write {what} in {}: {e}; check free space and permissions of the config dir",
-            paths.dir().display()
-        )
+) -> Result<(), FilesError> {
+    let fail = |what: &'static str, source: std::io::Error| FilesError {
+        what,
+        dir: paths.dir().to_owned(),
+        source,
     };
     crate::fsutil::create_private_dir(paths.dir()).map_err(|e| fail("the deployments dir", e))?;
     if let Some(logs) = paths.supervised.base().parent() {

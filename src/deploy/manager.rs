@@ -17,13 +17,14 @@ use tokio::sync::mpsc;
 
 use super::files::{
     prepare_files, remove_files, scan, DeployPaths, DeploySpec, DeployState, DeploymentRecord,
-    ServerState,
+    FilesError, ServerState,
 };
-use super::request;
-use crate::fsutil::{read_json, tail_text};
+use super::request::{self, RequestError};
+use super::wire::WireError;
+use crate::fsutil::{load_json, tail_text};
 use crate::protocol::{Answer, Event, Outgoing};
 use crate::supervised::{
-    launch::{self, shell_quote},
+    launch::{self, shell_quote, LaunchError},
     now_unix_ms, ExitStatus, Notifier, ProcessEvent, ShimEnd, StartedFile, Unit,
 };
 
@@ -52,7 +53,7 @@ pub enum DeployEvent {
     Launched {
         deployment_id: String,
         request_id: String,
-        outcome: Result<StartedFile, String>,
+        outcome: Result<StartedFile, LaunchError>,
     },
     /// The server wrote its state file.
     Loaded {
@@ -66,8 +67,58 @@ pub enum DeployEvent {
     /// The one response of an `infer` or `deployments` command.
     Answer {
         request_id: String,
-        outcome: Result<Value, String>,
+        outcome: Result<Value, DeployError>,
     },
+}
+
+/// Why a deployment command was refused, or a call to a model server
+/// failed. Its text is the response's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error("request_id {request_id} already started deployment {deployment_id} (state {state}); a redelivered deploy never starts a second server")]
+    Redelivered {
+        request_id: String,
+        deployment_id: String,
+        state: &'static str,
+    },
+    #[error("deployment {deployment_id} already exists (state {state}, model {}); undeploy it first or choose another deployment_id", model.display())]
+    Exists {
+        deployment_id: String,
+        state: &'static str,
+        model: PathBuf,
+    },
+    /// `known`: the ids this node has, or "none".
+    #[error("no deployment {deployment_id} on this node (deployments: {known})")]
+    NotFound {
+        deployment_id: String,
+        known: String,
+    },
+    #[error("deployment {deployment_id} is still loading its model; wait for its ready event")]
+    Loading { deployment_id: String },
+    #[error("deployment {deployment_id} failed: {}", error.as_deref().unwrap_or("unknown error"))]
+    Failed {
+        deployment_id: String,
+        error: Option<String>,
+    },
+    /// Stopping or stopped.
+    #[error("deployment {deployment_id} is {state}; deploy it again to use it")]
+    Ended {
+        deployment_id: String,
+        state: &'static str,
+    },
+    #[error("deployment {deployment_id} vanished while starting")]
+    Vanished { deployment_id: String },
+    #[error("the model server could not be started: {0}")]
+    Launch(#[source] LaunchError),
+    /// The model server answered with an error of its own.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
 }
 
 pub struct Deployments {
@@ -90,9 +141,15 @@ impl Deployments {
             if record.supervisor_pid.is_none() {
                 // The node died between the launch and saving the pids: the
                 // shim's started file has them.
-                if let Ok(Some(started)) = read_json::<StartedFile>(&paths.supervised.started()) {
-                    record.apply_started(&started);
-                    record.save_or_log(&paths);
+                match load_json::<StartedFile>(&paths.supervised.started()) {
+                    Ok(Some(started)) => {
+                        record.apply_started(&started);
+                        record.save_or_log(&paths);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(deployment_id = %record.deployment_id, "{e}; the model server's pid stays unknown")
+                    }
                 }
             }
             if record.state.is_active() {
@@ -112,17 +169,21 @@ impl Deployments {
     }
 
     /// Checks a `deploy` and starts its server; `Launched` follows.
-    pub fn deploy(&mut self, request_id: &str, params: &Map<String, Value>) -> Result<(), String> {
+    pub fn deploy(
+        &mut self,
+        request_id: &str,
+        params: &Map<String, Value>,
+    ) -> Result<(), DeployError> {
         if let Some((_, existing)) = self
             .entries
             .values()
             .find(|(_, r)| r.request_id == request_id)
         {
-            return Err(format!(
-                "request_id {request_id} already started deployment {} (state {}); a redelivered deploy never starts a second server",
-                existing.deployment_id,
-                existing.state.name()
-            ));
+            return Err(DeployError::Redelivered {
+                request_id: request_id.to_owned(),
+                deployment_id: existing.deployment_id.clone(),
+                state: existing.state.name(),
+            });
         }
         let config = &self.config;
         let checked = request::deploy(params, &config.working_dir, &config.model_roots, || {
@@ -130,12 +191,11 @@ impl Deployments {
         })?;
         if let Some((_, existing)) = self.entries.get(&checked.deployment_id) {
             if existing.state.is_active() {
-                return Err(format!(
-                    "deployment {} already exists (state {}, model {}); undeploy it first or choose another deployment_id",
-                    existing.deployment_id,
-                    existing.state.name(),
-                    existing.model.display()
-                ));
+                return Err(DeployError::Exists {
+                    deployment_id: existing.deployment_id.clone(),
+                    state: existing.state.name(),
+                    model: existing.model.clone(),
+                });
             }
         }
         let paths = DeployPaths::new(&config.config_dir, &checked.deployment_id);
@@ -197,7 +257,7 @@ impl Deployments {
             .await;
             let (outcome, child) = match launched {
                 Ok((started, child)) => (Ok(started), Some(child)),
-                Err(error) => (Err(error.to_string()), None),
+                Err(error) => (Err(error), None),
             };
             units.send(DeployEvent::Launched {
                 deployment_id: deployment_id.clone(),
@@ -251,12 +311,12 @@ impl Deployments {
     fn on_launched(
         &mut self,
         deployment_id: &str,
-        outcome: Result<StartedFile, String>,
-    ) -> Result<Value, String> {
+        outcome: Result<StartedFile, LaunchError>,
+    ) -> Result<Value, DeployError> {
         let Some((paths, record)) = self.entries.get_mut(deployment_id) else {
-            return Err(format!(
-                "deployment {deployment_id} vanished while starting"
-            ));
+            return Err(DeployError::Vanished {
+                deployment_id: deployment_id.to_owned(),
+            });
         };
         match outcome {
             Ok(started) => {
@@ -275,10 +335,10 @@ impl Deployments {
             }
             Err(error) => {
                 record.state = DeployState::Failed;
-                record.error = Some(error.clone());
+                record.error = Some(error.to_string());
                 record.ended_unix_ms = Some(now_unix_ms());
                 record.save_or_log(paths);
-                Err(format!("the model server could not be started: {error}"))
+                Err(DeployError::Launch(error))
             }
         }
     }
@@ -292,7 +352,9 @@ impl Deployments {
             tokio::spawn(async move {
                 let mut pause = Duration::from_millis(2);
                 loop {
-                    if let Ok(Some(state)) = read_json::<ServerState>(&state_file) {
+                    // Missing until the server writes it; never torn (written
+                    // atomically), so an unreadable one is not waited on.
+                    if let Ok(Some(state)) = load_json::<ServerState>(&state_file) {
                         events.send(DeployEvent::Loaded {
                             deployment_id: id,
                             state,
@@ -362,7 +424,7 @@ impl Deployments {
                 report(paths, record, Event::Stopped, output, None)
             }
             state => {
-                let loader_error = match read_json::<ServerState>(&paths.state()) {
+                let loader_error = match load_json::<ServerState>(&paths.state()) {
                     Ok(Some(ServerState::Failed { error })) if state == DeployState::Starting => {
                         Some(error)
                     }
@@ -391,13 +453,14 @@ impl Deployments {
     }
 
     /// `undeploy`: stops a running server, or forgets an ended deployment.
-    pub fn undeploy(&mut self, params: &Map<String, Value>) -> Result<Value, String> {
+    pub fn undeploy(&mut self, params: &Map<String, Value>) -> Result<Value, DeployError> {
         let id = request::deployment_id(params)?;
         let known = self.known_ids();
         let Some((paths, record)) = self.entries.get_mut(&id) else {
-            return Err(format!(
-                "no deployment {id} on this node (deployments: {known})"
-            ));
+            return Err(DeployError::NotFound {
+                deployment_id: id,
+                known,
+            });
         };
         if !record.state.is_active() {
             let (paths, record) = self.entries.remove(&id).expect("present");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::protocol::{json_kind, quote, quote_json};
-use crate::runners::{self, roots, Format};
+use crate::runners::{self, roots, Format, RunnerError};
 
 /// The longest `model` path accepted: Linux's PATH_MAX.
 const MAX_MODEL_PATH: usize = 4096;
@@ -24,42 +24,73 @@ pub struct DeployRequest {
     pub options: Map<String, Value>,
 }
 
+/// Why the params of `deploy`, `infer` or `undeploy` are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("missing \"model\": give the path of the model file (inside model_roots)")]
+    MissingModel,
+    #[error("\"model\" must be a path string, got {got}")]
+    ModelType { got: &'static str },
+    #[error(
+        "\"model\" {} is longer than the {MAX_MODEL_PATH} bytes a path may have",
+        quote(model)
+    )]
+    ModelTooLong { model: String },
+    #[error("\"{key}\" must be a string, got {got}")]
+    NotString {
+        key: &'static str,
+        got: &'static str,
+    },
+    #[error("\"options\" must be an object, got {got}")]
+    OptionsType { got: &'static str },
+    #[error("bad options: \"max_concurrency\" must be at least 1")]
+    NoConcurrency,
+    #[error("missing \"deployment_id\": give the id the deploy command returned")]
+    MissingId,
+    #[error(
+        "\"deployment_id\" {} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)",
+        quote(id)
+    )]
+    BadId { id: String },
+    #[error(
+        "\"timeout_seconds\" must be a number of seconds between 0 and 86400, got {}",
+        quote_json(value)
+    )]
+    Timeout { value: Value },
+    /// The format, the options or the model path, as the runners judge them.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+}
+
 /// Reads `deploy` params; `new_id` names a deployment that has no id given.
 pub fn deploy(
     params: &Map<String, Value>,
     working_dir: &Path,
     model_roots: &[PathBuf],
     new_id: impl FnOnce() -> String,
-) -> Result<DeployRequest, String> {
+) -> Result<DeployRequest, RequestError> {
     let model = match params.get("model") {
         Some(Value::String(model)) => model,
         Some(other) => {
-            return Err(format!(
-                "\"model\" must be a path string, got {}",
-                json_kind(other)
-            ))
+            return Err(RequestError::ModelType {
+                got: json_kind(other),
+            })
         }
-        None => {
-            return Err(
-                "missing \"model\": give the path of the model file (inside model_roots)".into(),
-            )
-        }
+        None => return Err(RequestError::MissingModel),
     };
     if model.len() > MAX_MODEL_PATH {
-        return Err(format!(
-            "\"model\" {} is longer than the {MAX_MODEL_PATH} bytes a path may have",
-            quote(model)
-        ));
+        return Err(RequestError::ModelTooLong {
+            model: model.clone(),
+        });
     }
     let format = optional_string(params, "format")?;
     if let Some(name) = &format {
-        let format = Format::parse(name).map_err(|e| e.to_string())?;
+        let format = Format::parse(name)?;
         if !format.is_built() {
-            return Err(runners::RunnerError::NotBuilt {
+            return Err(RequestError::Runner(RunnerError::NotBuilt {
                 format: format.name(),
                 feature: format.feature(),
-            }
-            .to_string());
+            }));
         }
     }
     let deployment_id = match optional_string(params, "deployment_id")? {
@@ -70,20 +101,18 @@ pub fn deploy(
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(options)) => options.clone(),
         Some(other) => {
-            return Err(format!(
-                "\"options\" must be an object, got {}",
-                json_kind(other)
-            ))
+            return Err(RequestError::OptionsType {
+                got: json_kind(other),
+            })
         }
     };
     for key in super::server::SERVER_OPTIONS {
-        let value = runners::usize_option(&options, key).map_err(|e| e.to_string())?;
+        let value = runners::usize_option(&options, key)?;
         if *key == "max_concurrency" && value == Some(0) {
-            return Err("bad options: \"max_concurrency\" must be at least 1".into());
+            return Err(RequestError::NoConcurrency);
         }
     }
-    let model =
-        roots::resolve_model_path(model, working_dir, model_roots).map_err(|e| e.to_string())?;
+    let model = roots::resolve_model_path(model, working_dir, model_roots)?;
     Ok(DeployRequest {
         deployment_id,
         model,
@@ -94,43 +123,43 @@ pub fn deploy(
 
 /// The `deployment_id` of `infer` and `undeploy`: the same alphabet as a
 /// deploy's, so a refusal never echoes more than a short quote.
-pub fn deployment_id(params: &Map<String, Value>) -> Result<String, String> {
+pub fn deployment_id(params: &Map<String, Value>) -> Result<String, RequestError> {
     match optional_string(params, "deployment_id")? {
         Some(id) => checked_id(&id),
-        None => Err("missing \"deployment_id\": give the id the deploy command returned".into()),
+        None => Err(RequestError::MissingId),
     }
 }
 
 /// `infer`'s wait for the model server.
-pub fn infer_timeout(params: &Map<String, Value>) -> Result<Duration, String> {
+pub fn infer_timeout(params: &Map<String, Value>) -> Result<Duration, RequestError> {
     match params.get("timeout_seconds") {
         None | Some(Value::Null) => Ok(DEFAULT_INFER_TIMEOUT),
         Some(value) => value
             .as_f64()
             .filter(|s| *s > 0.0 && *s <= 86_400.0)
             .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                format!(
-                    "\"timeout_seconds\" must be a number of seconds between 0 and 86400, got {}",
-                    quote_json(value)
-                )
+            .ok_or_else(|| RequestError::Timeout {
+                value: value.clone(),
             }),
     }
 }
 
-fn optional_string(params: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+fn optional_string(
+    params: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<String>, RequestError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!(
-            "\"{key}\" must be a string, got {}",
-            json_kind(other)
-        )),
+        Some(other) => Err(RequestError::NotString {
+            key,
+            got: json_kind(other),
+        }),
     }
 }
 
 /// Deployment ids name files and appear in logs: a plain, short alphabet.
-fn checked_id(id: &str) -> Result<String, String> {
+fn checked_id(id: &str) -> Result<String, RequestError> {
     let plain = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
@@ -140,10 +169,7 @@ fn checked_id(id: &str) -> Result<String, String> {
     if plain {
         Ok(id.to_owned())
     } else {
-        Err(format!(
-            "\"deployment_id\" {} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot)",
-            quote(id)
-        ))
+        Err(RequestError::BadId { id: id.to_owned() })
     }
 }
 
@@ -193,7 +219,7 @@ mod tests {
             (json!({"model": "/etc/passwd"}), "outside the model roots"),
         ];
         for (value, expected) in cases {
-            let error = check(value.clone()).unwrap_err();
+            let error = check(value.clone()).unwrap_err().to_string();
             assert!(error.contains(expected), "{value}: {error}");
         }
     }
@@ -202,6 +228,7 @@ mod tests {
     fn infer_params() {
         assert!(deployment_id(&params(json!({})))
             .unwrap_err()
+            .to_string()
             .contains("missing \"deployment_id\""));
         assert_eq!(
             infer_timeout(&params(json!({}))).unwrap(),

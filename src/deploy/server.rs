@@ -27,7 +27,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::files::{DeploySpec, ServerState};
 use super::stats::Stats;
 use super::wire;
-use crate::fsutil::{now_unix_ms, read_json, write_json};
+use crate::fsutil::{load_json, now_unix_ms, write_json};
 use crate::runners::{self, Model, RunnerError, RuntimePaths};
 
 /// The hidden subcommand's name.
@@ -57,7 +57,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
         return ExitCode::from(2);
     };
     crate::logging::init_server_logging();
-    let spec = match read_json::<DeploySpec>(Path::new(spec_path)) {
+    let spec = match load_json::<DeploySpec>(Path::new(spec_path)) {
         Ok(Some(spec)) => spec,
         Ok(None) => {
             return fail_early(&format!("the deployment spec {spec_path:?} does not exist"))
@@ -79,24 +79,43 @@ pub fn main(args: &[OsString]) -> ExitCode {
         }
         Err(error) => {
             tracing::error!(deployment_id = %spec.deployment_id, "{error}");
+            // The state file is how the node learns why: its text is the
+            // `failed` event's error.
+            let error = error.to_string();
             let _ = write_json(&spec.state_file, &ServerState::Failed { error });
             ExitCode::from(LOAD_FAILED)
         }
     }
 }
 
-fn fail_early(problem: &str) -> ExitCode {
+fn fail_early(problem: &dyn std::fmt::Display) -> ExitCode {
     tracing::error!("{problem}");
     ExitCode::from(LOAD_FAILED)
 }
 
+/// Why a model server could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The options or the model, as the runners judge them.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    #[error("bad options: \"max_concurrency\" must be at least 1")]
+    NoConcurrency,
+    #[error("cannot listen on {}: {source}", socket.display())]
+    Listen {
+        socket: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Loads the model and binds the socket (before `ready` is written, so the
 /// node can connect as soon as it reads it).
-fn load(spec: &DeploySpec) -> Result<(Arc<Server>, std::os::unix::net::UnixListener), String> {
+fn load(spec: &DeploySpec) -> Result<(Arc<Server>, std::os::unix::net::UnixListener), LoadError> {
     let max_concurrency = option(&spec.options, "max_concurrency", 1)?;
     let max_queue = option(&spec.options, "max_queue", DEFAULT_MAX_QUEUE)?;
     if max_concurrency == 0 {
-        return Err("bad options: \"max_concurrency\" must be at least 1".into());
+        return Err(LoadError::NoConcurrency);
     }
     let runtimes = RuntimePaths {
         onnxruntime: spec.onnxruntime_path.clone(),
@@ -107,11 +126,14 @@ fn load(spec: &DeploySpec) -> Result<(Arc<Server>, std::os::unix::net::UnixListe
         &spec.options,
         SERVER_OPTIONS,
         &runtimes,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let _ = std::fs::remove_file(&spec.socket);
-    let listener = std::os::unix::net::UnixListener::bind(&spec.socket)
-        .map_err(|e| format!("cannot listen on {}: {e}", spec.socket.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(&spec.socket).map_err(|source| {
+        LoadError::Listen {
+            socket: spec.socket.clone(),
+            source,
+        }
+    })?;
     let _ = std::fs::set_permissions(&spec.socket, std::fs::Permissions::from_mode(0o600));
     let mut loaded = model.describe();
     loaded["deployment_id"] = json!(spec.deployment_id);
@@ -131,10 +153,8 @@ fn load(spec: &DeploySpec) -> Result<(Arc<Server>, std::os::unix::net::UnixListe
     Ok((Arc::new(server), listener))
 }
 
-fn option(options: &Map<String, Value>, key: &str, default: usize) -> Result<usize, String> {
-    runners::usize_option(options, key)
-        .map(|v| v.unwrap_or(default))
-        .map_err(|e| e.to_string())
+fn option(options: &Map<String, Value>, key: &str, default: usize) -> Result<usize, LoadError> {
+    Ok(runners::usize_option(options, key)?.unwrap_or(default))
 }
 
 fn serve(server: Arc<Server>, listener: std::os::unix::net::UnixListener) {
@@ -171,7 +191,9 @@ async fn connection(server: Arc<Server>, stream: UnixStream) {
         let reply = match wire::read_line(&mut reader).await {
             Ok(None) => return,
             Ok(Some(request)) => handle(&server, request, &mut write).await,
-            Err(problem) => json!({"ok": false, "kind": "bad_request", "error": problem}),
+            Err(problem) => {
+                json!({"ok": false, "kind": "bad_request", "error": problem.to_string()})
+            }
         };
         if write_line(&mut write, &reply).await.is_err() {
             return;

@@ -7,7 +7,8 @@
 //! The node opens one connection per request (a Unix connect costs
 //! microseconds), so concurrent requests never wait on each other's replies.
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -21,8 +22,33 @@ pub const MAX_LINE: usize = 256 * 1024 * 1024;
 /// hundreds of small reads.
 pub const READ_BUFFER: usize = 1024 * 1024;
 
+/// Why a call to a model server got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("cannot reach the model server at {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Encode(serde_json::Error),
+    #[error("the model server closed the connection: {0}")]
+    Write(#[source] io::Error),
+    #[error("the model server closed the connection without answering (did it crash?)")]
+    Closed,
+    #[error("the model server did not answer within {} s", timeout.as_secs_f64())]
+    Timeout { timeout: Duration },
+    #[error("reading from the model server socket failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("a message is longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("a message is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
 /// Sends one request and reads its reply.
-pub async fn call(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
+pub async fn call(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, WireError> {
     call_streaming(socket, request, timeout, |_| {}).await
 }
 
@@ -33,24 +59,21 @@ pub async fn call_streaming(
     request: &Value,
     timeout: Duration,
     mut on_event: impl FnMut(Value),
-) -> Result<Value, String> {
+) -> Result<Value, WireError> {
     let exchange = async {
         let stream = UnixStream::connect(socket)
             .await
-            .map_err(|e| format!("cannot reach the model server at {}: {e}", socket.display()))?;
+            .map_err(|source| WireError::Connect {
+                socket: socket.to_owned(),
+                source,
+            })?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        let mut line = serde_json::to_vec(request).map_err(WireError::Encode)?;
         line.push(b'\n');
-        write
-            .write_all(&line)
-            .await
-            .map_err(|e| format!("the model server closed the connection: {e}"))?;
+        write.write_all(&line).await.map_err(WireError::Write)?;
         let mut reader = BufReader::with_capacity(READ_BUFFER, read);
         loop {
-            let line = read_line(&mut reader).await?.ok_or_else(|| {
-                "the model server closed the connection without answering (did it crash?)"
-                    .to_owned()
-            })?;
+            let line = read_line(&mut reader).await?.ok_or(WireError::Closed)?;
             match line {
                 Value::Object(mut fields) if fields.contains_key("event") => {
                     on_event(fields.remove("event").unwrap_or_default())
@@ -61,30 +84,27 @@ pub async fn call_streaming(
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "the model server did not answer within {} s",
-            timeout.as_secs_f64()
-        )),
+        Err(_) => Err(WireError::Timeout { timeout }),
     }
 }
 
 /// Reads one JSON line; `Ok(None)` at end of stream.
 pub async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
-) -> Result<Option<Value>, String> {
+) -> Result<Option<Value>, WireError> {
     let mut buffer = Vec::new();
     let read = (&mut *reader)
         .take(MAX_LINE as u64)
         .read_until(b'\n', &mut buffer)
         .await
-        .map_err(|e| format!("reading from the model server socket failed: {e}"))?;
+        .map_err(WireError::Read)?;
     if read == 0 {
         return Ok(None);
     }
     if buffer.last() != Some(&b'\n') && read as usize >= MAX_LINE {
-        return Err(format!("a message is longer than {MAX_LINE} bytes"));
+        return Err(WireError::TooLong);
     }
     serde_json::from_slice(&buffer)
         .map(Some)
-        .map_err(|e| format!("a message is not valid JSON: {e}"))
+        .map_err(WireError::NotJson)
 }

@@ -71,8 +71,3 @@ pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateFil
             source,
         })
 }
-
-/// [`load_json`] with the error as text, for callers that report it as is.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
-    load_json(path).map_err(|e| e.to_string())
-}

@@ -2,6 +2,8 @@
 //! request_id, and how it must go out. The node adds who it is
 //! ([`super::Response::answer`]) and publishes; it decides nothing else.
 
+use std::fmt;
+
 use serde_json::Value;
 
 use super::Event;
@@ -25,17 +27,19 @@ impl Answer {
         }
     }
 
-    pub fn error(request_id: &str, error: impl Into<String>) -> Answer {
+    /// An error answer: a typed error becomes its text here, where it
+    /// goes on the wire.
+    pub fn error(request_id: &str, error: impl fmt::Display) -> Answer {
         Answer {
             request_id: request_id.to_owned(),
             event: None,
             output: None,
-            error: Some(error.into()),
+            error: Some(error.to_string()),
         }
     }
 
     /// `Ok` output or error text, as one answer.
-    pub fn of(request_id: &str, outcome: Result<Value, String>) -> Answer {
+    pub fn of<E: fmt::Display>(request_id: &str, outcome: Result<Value, E>) -> Answer {
         match outcome {
             Ok(output) => Answer::ok(request_id, output),
             Err(error) => Answer::error(request_id, error),

@@ -47,7 +47,7 @@ pub enum LaunchError {
     #[error("the workload supervisor did not report in time")]
     Silent,
     #[error("the workload supervisor reported something unreadable: {0}")]
-    Garbled(String),
+    Garbled(#[source] serde_json::Error),
     /// The shim ran, the process could not be started (its reason).
     #[error("{0}")]
     Spawn(String),
@@ -85,7 +85,7 @@ pub async fn spawn(spec: Spec<'_>) -> Result<(StartedFile, Child), LaunchError> 
         Ok(Report::Failed { error }) => Err(LaunchError::Spawn(error)),
         Err(e) => {
             let _ = child.start_kill();
-            Err(LaunchError::Garbled(e.to_string()))
+            Err(LaunchError::Garbled(e))
         }
     }
 }

@@ -35,21 +35,57 @@ pub struct CancelParams {
     pub grace: Duration,
 }
 
+/// Why a `cancel` command's params are refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CancelParamsError {
+    #[error("params.signal must be one of {}, got {got}", signal_names())]
+    Signal { got: String },
+    #[error("params.grace_seconds must be a number of seconds between 0 and 86400, got {got}")]
+    Grace { got: String },
+    #[error("params.pid must be a positive integer, got {got}")]
+    Pid { got: String },
+    #[error("params.workload_request_id must be a non-empty string, got {got}")]
+    RequestId { got: &'static str },
+    #[error("cancel needs params.pid or params.workload_request_id to say which workload to stop")]
+    NoTarget,
+}
+
+/// Why a `cancel` signalled nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error(transparent)]
+    Params(#[from] CancelParamsError),
+    #[error("workload {request_id} is still starting; retry the cancel in a moment")]
+    Starting { request_id: String },
+    /// Its processes were gone when the signal was sent.
+    #[error("workload {request_id} (pid {pid}) has already ended; nothing was signalled")]
+    Gone { request_id: String, pid: i32 },
+    /// Its record says it has ended.
+    #[error("workload {request_id} already ended ({state}); nothing was signalled")]
+    Ended {
+        request_id: String,
+        state: &'static str,
+    },
+    #[error("no running workload with {target} was started by this node; nothing was signalled")]
+    NotFound { target: CancelTarget },
+}
+
+/// "SIGTERM, SIGINT, SIGKILL".
+fn signal_names() -> String {
+    let names: Vec<&str> = CANCEL_SIGNALS.iter().map(|s| s.as_str()).collect();
+    names.join(", ")
+}
+
 impl CancelParams {
     /// Validates the params of a `cancel` command.
-    pub fn parse(params: &Map<String, Value>) -> Result<CancelParams, String> {
-        let names: Vec<&str> = CANCEL_SIGNALS.iter().map(|s| s.as_str()).collect();
+    pub fn parse(params: &Map<String, Value>) -> Result<CancelParams, CancelParamsError> {
         let signal = match params.get("signal") {
             None | Some(Value::Null) => Signal::SIGTERM,
             Some(value) => value
                 .as_str()
                 .and_then(|name| CANCEL_SIGNALS.into_iter().find(|s| s.as_str() == name))
-                .ok_or_else(|| {
-                    format!(
-                        "params.signal must be one of {}, got {}",
-                        names.join(", "),
-                        quote_json(value)
-                    )
+                .ok_or_else(|| CancelParamsError::Signal {
+                    got: quote_json(value),
                 })?,
         };
         let grace = match params.get("grace_seconds") {
@@ -58,32 +94,26 @@ impl CancelParams {
                 .as_f64()
                 .filter(|g| (0.0..=86_400.0).contains(g))
                 .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    format!("params.grace_seconds must be a number of seconds between 0 and 86400, got {}", quote_json(value))
+                .ok_or_else(|| CancelParamsError::Grace {
+                    got: quote_json(value),
                 })?,
         };
         let target = match (params.get("pid"), params.get("workload_request_id")) {
             (Some(pid), _) if !pid.is_null() => match pid.as_u64() {
                 Some(pid) if (1..=i32::MAX as u64).contains(&pid) => CancelTarget::Pid(pid as i32),
                 _ => {
-                    return Err(format!(
-                        "params.pid must be a positive integer, got {}",
-                        quote_json(pid)
-                    ))
+                    return Err(CancelParamsError::Pid {
+                        got: quote_json(pid),
+                    })
                 }
             },
             (_, Some(Value::String(id))) if !id.is_empty() => CancelTarget::RequestId(id.clone()),
             (_, Some(other)) if !other.is_null() => {
-                return Err(format!(
-                    "params.workload_request_id must be a non-empty string, got {}",
-                    json_kind(other)
-                ))
+                return Err(CancelParamsError::RequestId {
+                    got: json_kind(other),
+                })
             }
-            _ => {
-                return Err(
-                    "cancel needs params.pid or params.workload_request_id to say which workload to stop".into(),
-                )
-            }
+            _ => return Err(CancelParamsError::NoTarget),
         };
         Ok(CancelParams {
             target,
@@ -98,7 +128,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(value: Value) -> Result<CancelParams, String> {
+    fn parse(value: Value) -> Result<CancelParams, CancelParamsError> {
         CancelParams::parse(value.as_object().unwrap())
     }
 
@@ -114,13 +144,18 @@ mod tests {
                 .unwrap();
         assert_eq!(p.target, CancelTarget::RequestId("r".into()));
         assert_eq!(p.grace, Duration::from_millis(500));
-        assert!(parse(json!({})).unwrap_err().contains("params.pid or"));
+        assert!(parse(json!({}))
+            .unwrap_err()
+            .to_string()
+            .contains("params.pid or"));
         assert!(parse(json!({"pid": -1}))
             .unwrap_err()
+            .to_string()
             .contains("positive integer"));
         assert!(parse(json!({"pid": "12"})).is_err());
         assert!(parse(json!({"pid": 1, "signal": "SIGHUP"}))
             .unwrap_err()
+            .to_string()
             .contains("SIGTERM, SIGINT, SIGKILL"));
         assert!(parse(json!({"workload_request_id": 5})).is_err());
         assert!(parse(json!({"pid": 3, "grace_seconds": -2})).is_err());

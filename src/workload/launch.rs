@@ -1,17 +1,23 @@
-//! Launching one workload: files first, then the supervisor, then the pid.
+//! Launching one workload: files first, then the supervisor, then the pid;
+//! and why a workload command may start nothing ([`StartRefusal`]) or a
+//! launch fail ([`LaunchFailure`]).
 //!
 //! The record is on disk (state `starting`) before the supervisor exists,
 //! and updated with the pid before the node answers `started`, so a node
 //! that dies at any point leaves enough behind for the next one to find the
 //! workload and never start it twice.
 
+use std::io;
 use std::path::PathBuf;
 
 use tokio::process::Child;
+use tokio::task::JoinError;
 
 use super::paths::WorkloadPaths;
 use super::record::{StartedFile, WorkloadRecord, WorkloadState};
+use super::template::RenderError;
 use crate::fsutil;
+use crate::protocol::WorkloadKind;
 use crate::supervised::{cgroup, launch};
 
 pub struct LaunchSpec {
@@ -27,6 +33,90 @@ pub struct LaunchSpec {
     pub cgroup: Option<PathBuf>,
 }
 
+/// Why a workload could not be launched.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchFailure {
+    /// One of the files the launch writes first (`what`, in `dir`).
+    #[error(
+        "cannot write {what} in {}: {source}; check free space and permissions of the config dir",
+        dir.display()
+    )]
+    Files {
+        what: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Shim(#[from] launch::LaunchError),
+    /// The record with the pid, written before `started` is answered.
+    #[error("cannot write the workload record {}: {source}", path.display())]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The blocking task that wrote a file did not finish.
+    #[error(transparent)]
+    Task(#[from] JoinError),
+}
+
+/// Why a workload command starts nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartRefusal {
+    #[error(
+        "no {kind} command is configured on this node: set `{kind}:` in cyberwave.yml or CYBERWAVE_{}_CMD",
+        kind.name().to_ascii_uppercase()
+    )]
+    NotConfigured { kind: WorkloadKind },
+    /// The request_id is a known workload's (`rebuilt`: its damaged record).
+    #[error(
+        "request_id {request_id:?} already started a {kind} workload (pid {}, {state}){}; it is not started again",
+        pid.map_or_else(|| "not yet known".to_owned(), |p| p.to_string()),
+        rebuilt.as_ref().map_or_else(String::new, |file| format!(
+            " (its record {} was damaged and has been rebuilt from the files beside it)",
+            file.display()
+        ))
+    )]
+    Duplicate {
+        request_id: String,
+        kind: WorkloadKind,
+        pid: Option<i32>,
+        state: &'static str,
+        rebuilt: Option<PathBuf>,
+    },
+    /// The request_id's record cannot be read (`problem`); `story` is what
+    /// the files beside it tell.
+    #[error(
+        "request_id {request_id:?} already has a {workload_type} workload whose record cannot be read ({problem}); \
+         {story}. It is not started again: the files are kept for the operator, remove {} to allow \
+         this request_id again",
+        file.display()
+    )]
+    Damaged {
+        request_id: String,
+        workload_type: String,
+        problem: String,
+        story: String,
+        file: PathBuf,
+    },
+    #[error(
+        "the node is busy: {active} of {max} workloads running (max_concurrent_workloads); retry later or send it to another node"
+    )]
+    Busy { active: usize, max: usize },
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+/// Why a launched workload is not `started`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the workload vanished while starting")]
+    Vanished,
+    #[error(transparent)]
+    Launch(#[from] LaunchFailure),
+}
+
 /// Fills in what the supervisor reported.
 pub fn apply_started(record: &mut WorkloadRecord, started: &StartedFile) {
     record.state = WorkloadState::Running;
@@ -39,7 +129,7 @@ pub fn apply_started(record: &mut WorkloadRecord, started: &StartedFile) {
 }
 
 /// Runs the launch; `Ok` carries the running record and the supervisor.
-pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String> {
+pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), LaunchFailure> {
     let LaunchSpec {
         shim,
         paths,
@@ -53,7 +143,7 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
     let (p, r) = (paths.clone(), record.clone());
     let written = tokio::task::spawn_blocking(move || write_initial_files(&p, &r, &params_json))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(LaunchFailure::from)
         .and_then(|written| written);
     let launched = match written {
         Ok(()) => launch::spawn(launch::Spec {
@@ -65,7 +155,7 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
             cgroup: cgroup.as_deref(),
         })
         .await
-        .map_err(|e| e.to_string()),
+        .map_err(LaunchFailure::from),
         Err(e) => Err(e),
     };
     // An unused cgroup goes at once (a failed launch runs nothing).
@@ -85,13 +175,10 @@ pub async fn launch(spec: LaunchSpec) -> Result<(WorkloadRecord, Child), String>
     apply_started(&mut record, &started);
     let (p, r) = (paths.clone(), record.clone());
     tokio::task::spawn_blocking(move || r.save(&p))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| {
-            format!(
-                "cannot write the workload record {}: {e}",
-                paths.record().display()
-            )
+        .await?
+        .map_err(|source| LaunchFailure::Record {
+            path: paths.record(),
+            source,
         })?;
     Ok((record, child))
 }
@@ -100,13 +187,12 @@ fn write_initial_files(
     paths: &WorkloadPaths,
     record: &WorkloadRecord,
     params_json: &str,
-) -> Result<(), String> {
+) -> Result<(), LaunchFailure> {
     let dir = paths.base().parent().map(PathBuf::from).unwrap_or_default();
-    let fail = |what: &str, e: std::io::Error| {
-        format!(
-            "cannot write {what} in {}: {e}; check free space and permissions of the config dir",
-            dir.display()
-        )
+    let fail = |what: &'static str, source: io::Error| LaunchFailure::Files {
+        what,
+        dir: dir.clone(),
+        source,
     };
     fsutil::create_private_dir(&dir).map_err(|e| fail("the workload log dir", e))?;
     // Stale files of an earlier workload with the same name (its record

@@ -17,14 +17,14 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::cancel::{CancelParams, CancelTarget};
-use super::launch::{launch, LaunchSpec};
+use super::cancel::{CancelError, CancelParams, CancelTarget};
+use super::launch::{launch, LaunchFailure, LaunchSpec, StartError, StartRefusal};
 use super::output::{classify, terminal_output, Ending};
 use super::paths::{rid, WorkloadPaths};
-use super::record::{now_unix_ms, read_json, scan, Damaged, WorkloadRecord, WorkloadState};
+use super::record::{load_json, now_unix_ms, scan, Damaged, WorkloadRecord, WorkloadState};
 use super::tail::{OutputTail, TailMessage};
 use super::template::{render, take_workload_token};
-use crate::protocol::{Answer, Event, Outgoing};
+use crate::protocol::{Answer, Event, Outgoing, WorkloadKind};
 use crate::supervised::cgroup::{self, CgroupRoot};
 use crate::supervised::containment::{Kind, Unit};
 use crate::supervised::{procfs, ExitStatus, Notifier, ProcessEvent, ShimEnd};
@@ -35,7 +35,7 @@ pub struct WorkloadConfig {
     pub logs_dir: PathBuf,
     pub working_dir: PathBuf,
     /// Workload type → template.
-    pub templates: HashMap<crate::protocol::WorkloadKind, String>,
+    pub templates: HashMap<WorkloadKind, String>,
     pub max_concurrent: usize,
     /// The environment every workload starts from (secrets withheld).
     pub base_env: Vec<(String, String)>,
@@ -54,7 +54,7 @@ pub struct WorkloadConfig {
 pub enum WorkloadEvent {
     Started {
         request_id: String,
-        outcome: Result<Box<WorkloadRecord>, String>,
+        outcome: Result<Box<WorkloadRecord>, LaunchFailure>,
     },
     /// Its shim ended, or a stop finished.
     Process(String, ProcessEvent),
@@ -72,7 +72,8 @@ pub enum Handled {
 /// A refused workload command.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub error: String,
+    /// Boxed: the refusals that name a workload carry its details.
+    pub error: Box<StartRefusal>,
     /// Names the existing workload when the request_id was seen before.
     pub output: Option<Value>,
 }
@@ -212,9 +213,15 @@ impl Workloads {
     fn adopt(&mut self, paths: WorkloadPaths, mut record: WorkloadRecord) {
         let request_id = record.request_id.clone();
         if record.state == WorkloadState::Starting {
-            if let Ok(Some(started)) = read_json::<super::record::StartedFile>(&paths.started()) {
-                super::launch::apply_started(&mut record, &started);
-                let _ = record.save(&paths);
+            match load_json::<super::record::StartedFile>(&paths.started()) {
+                Ok(Some(started)) => {
+                    super::launch::apply_started(&mut record, &started);
+                    let _ = record.save(&paths);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(request_id = %request_id, "{e}; the workload's pid stays unknown")
+                }
             }
         }
         let active = record.state.is_active();
@@ -339,19 +346,16 @@ impl Workloads {
     /// Checks and begins a workload; the outcome arrives as `Started`.
     pub fn start(
         &mut self,
-        kind: crate::protocol::WorkloadKind,
+        kind: WorkloadKind,
         request_id: &str,
         mut params: Map<String, Value>,
     ) -> Result<(), Refusal> {
-        let refuse = |error: String| Refusal {
-            error,
+        let refuse = |error: StartRefusal| Refusal {
+            error: Box::new(error),
             output: None,
         };
         let Some(template) = self.config.templates.get(&kind).cloned() else {
-            return Err(refuse(format!(
-                "no {kind} command is configured on this node: set `{kind}:` in cyberwave.yml or CYBERWAVE_{}_CMD",
-                kind.name().to_ascii_uppercase()
-            )));
+            return Err(refuse(StartRefusal::NotConfigured { kind }));
         };
         if let Some(existing) = self.entries.get(request_id) {
             return Err(duplicate(existing));
@@ -360,17 +364,16 @@ impl Workloads {
             return Err(refuse_damaged(request_id, damaged));
         }
         if self.is_busy() {
-            return Err(refuse(format!(
-                "the node is busy: {} of {} workloads running (max_concurrent_workloads); retry later or send it to another node",
-                self.active_count(),
-                self.config.max_concurrent
-            )));
+            return Err(refuse(StartRefusal::Busy {
+                active: self.active_count(),
+                max: self.config.max_concurrent,
+            }));
         }
         let token = take_workload_token(&mut params);
         let params_json = Value::Object(params).to_string();
         let paths = WorkloadPaths::new(&self.config.logs_dir, kind.name(), request_id);
-        let command =
-            render(&template, &params_json, &paths.params().to_string_lossy()).map_err(refuse)?;
+        let command = render(&template, &params_json, &paths.params().to_string_lossy())
+            .map_err(|e| refuse(e.into()))?;
         let record = WorkloadRecord::starting(request_id, kind, &paths);
         let cgroup = self.new_cgroup(&paths, &record);
         let spec = LaunchSpec {
@@ -457,7 +460,7 @@ impl Workloads {
     /// one), and the five `CYBERWAVE_*` variables of the contract.
     fn workload_env(
         &self,
-        kind: crate::protocol::WorkloadKind,
+        kind: WorkloadKind,
         request_id: &str,
         paths: &WorkloadPaths,
         token: Option<String>,
@@ -488,10 +491,10 @@ impl Workloads {
     fn on_started(
         &mut self,
         request_id: &str,
-        outcome: Result<Box<WorkloadRecord>, String>,
-    ) -> Result<Value, String> {
+        outcome: Result<Box<WorkloadRecord>, LaunchFailure>,
+    ) -> Result<Value, StartError> {
         let Some(entry) = self.entries.get_mut(request_id) else {
-            return Err("the workload vanished while starting".into());
+            return Err(StartError::Vanished);
         };
         match outcome {
             Ok(record) => {
@@ -515,7 +518,7 @@ impl Workloads {
                     let _ = std::fs::remove_file(entry.paths.record());
                 }
                 tracing::warn!(request_id, "workload did not start: {error}");
-                Err(error)
+                Err(error.into())
             }
         }
     }
@@ -523,27 +526,14 @@ impl Workloads {
 
 fn duplicate(entry: &Entry) -> Refusal {
     let record = &entry.record;
-    let rebuilt = entry
-        .rebuilt
-        .as_ref()
-        .map(|file| {
-            format!(
-                " (its record {} was damaged and has been rebuilt from the files beside it)",
-                file.display()
-            )
-        })
-        .unwrap_or_default();
     Refusal {
-        error: format!(
-            "request_id {:?} already started a {} workload (pid {}, {}){rebuilt}; it is not started again",
-            record.request_id,
-            record.workload_type,
-            record
-                .pid
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "not yet known".into()),
-            record.state.name()
-        ),
+        error: Box::new(StartRefusal::Duplicate {
+            request_id: record.request_id.clone(),
+            kind: record.workload_type,
+            pid: record.pid,
+            state: record.state.name(),
+            rebuilt: entry.rebuilt.clone(),
+        }),
         output: Some(json!({
             "workload_request_id": record.request_id,
             "workload_type": record.workload_type,
@@ -557,15 +547,13 @@ fn duplicate(entry: &Entry) -> Refusal {
 fn refuse_damaged(request_id: &str, damaged: &Damaged) -> Refusal {
     let file = damaged.paths.record();
     Refusal {
-        error: format!(
-            "request_id {request_id:?} already has a {} workload whose record cannot be read ({}); \
-             {}. It is not started again: the files are kept for the operator, remove {} to allow \
-             this request_id again",
-            damaged.workload_type,
-            damaged.problem,
-            damaged.story(),
-            file.display()
-        ),
+        error: Box::new(StartRefusal::Damaged {
+            request_id: request_id.to_owned(),
+            workload_type: damaged.workload_type.clone(),
+            problem: damaged.problem.to_string(),
+            story: damaged.story(),
+            file: file.clone(),
+        }),
         output: Some(json!({
             "workload_request_id": request_id,
             "workload_type": damaged.workload_type,

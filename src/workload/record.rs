@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::paths::{self, WorkloadPaths};
 use crate::fsutil::{self, Contents, Links};
-pub use crate::fsutil::{load_json, read_json, write_json, StateFileError, STATE_FILE_LIMIT};
+pub use crate::fsutil::{load_json, write_json, StateFileError, STATE_FILE_LIMIT};
 use crate::supervised::procfs;
 pub use crate::supervised::{now_unix_ms, ExitFile, StartedFile};
 

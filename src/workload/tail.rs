@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::paths::WorkloadPaths;
-use super::record::{read_json, write_json, WorkloadRecord};
+use super::record::{load_json, write_json, WorkloadRecord};
 use crate::fsutil::{self, Links};
 
 /// Largest `data` in one logs message.
@@ -80,7 +80,7 @@ pub struct OutputTail {
 impl OutputTail {
     /// Resumes from the saved offsets, if any.
     pub fn load(paths: &WorkloadPaths) -> OutputTail {
-        let offsets = read_json::<Offsets>(&paths.offsets())
+        let offsets = load_json::<Offsets>(&paths.offsets())
             .ok()
             .flatten()
             .unwrap_or_default();

@@ -15,16 +15,24 @@ pub const MAX_COMMAND_BYTES: usize = 128 * 1024 - 1;
 /// The param the backend uses to hand a workload its own short-lived token.
 pub const WORKLOAD_TOKEN_PARAM: &str = "cyberwave_workload_token";
 
+/// Why a template could not become a command line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RenderError {
+    #[error(
+        "the rendered command is {len} bytes, over the {limit} bytes Linux allows for one argument; \
+         use {{params_file}} instead of {{body}} in the template so the params are passed as a file",
+        limit = MAX_COMMAND_BYTES
+    )]
+    TooLong { len: usize },
+}
+
 /// Renders `template`; errors say how far over the limit it went.
-pub fn render(template: &str, params_json: &str, params_file: &str) -> Result<String, String> {
+pub fn render(template: &str, params_json: &str, params_file: &str) -> Result<String, RenderError> {
     let rendered = expand_placeholders(template, params_json, params_file);
     if rendered.len() > MAX_COMMAND_BYTES {
-        return Err(format!(
-            "the rendered command is {} bytes, over the {} bytes Linux allows for one argument; \
-             use {{params_file}} instead of {{body}} in the template so the params are passed as a file",
-            rendered.len(),
-            MAX_COMMAND_BYTES
-        ));
+        return Err(RenderError::TooLong {
+            len: rendered.len(),
+        });
     }
     Ok(rendered)
 }
@@ -112,7 +120,7 @@ mod tests {
     #[test]
     fn oversized_body_points_to_params_file() {
         let big = "x".repeat(MAX_COMMAND_BYTES);
-        let err = render("run {body}", &big, "/p").unwrap_err();
+        let err = render("run {body}", &big, "/p").unwrap_err().to_string();
         assert!(err.contains("{params_file}"), "{err}");
         assert!(render("run {params_file}", &big, "/p").is_ok());
     }

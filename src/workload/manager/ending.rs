@@ -169,24 +169,26 @@ impl Workloads {
 
     /// Signals every process of the workload (its cgroup, or its process
     /// tree); `Ok` is the `cancel` output.
-    pub fn cancel(&mut self, params: &Map<String, Value>) -> Result<Value, String> {
+    pub fn cancel(&mut self, params: &Map<String, Value>) -> Result<Value, CancelError> {
         let cancel = CancelParams::parse(params)?;
         let entry = self.find(&cancel.target)?;
         let record = &entry.record;
-        let mut unit = record.process().as_ref().map(Unit::of).ok_or_else(|| {
-            format!(
-                "workload {} is still starting; retry the cancel in a moment",
-                record.request_id
-            )
-        })?;
+        let mut unit =
+            record
+                .process()
+                .as_ref()
+                .map(Unit::of)
+                .ok_or_else(|| CancelError::Starting {
+                    request_id: record.request_id.clone(),
+                })?;
         let pid = record.pid.unwrap_or_default();
         // Only processes this node started: the workload's cgroup, or the
         // supervisor's descendants identified by pid and start time.
         if unit.signal(cancel.signal) == 0 {
-            return Err(format!(
-                "workload {} (pid {pid}) has already ended; nothing was signalled",
-                record.request_id
-            ));
+            return Err(CancelError::Gone {
+                request_id: record.request_id.clone(),
+                pid,
+            });
         }
         let signal = cancel.signal.as_str();
         tracing::info!(pid, request_id = %record.request_id, "cancelled with {signal}");
@@ -216,21 +218,20 @@ impl Workloads {
         Ok(output)
     }
 
-    fn find(&mut self, target: &CancelTarget) -> Result<&mut Entry, String> {
+    fn find(&mut self, target: &CancelTarget) -> Result<&mut Entry, CancelError> {
         let found = self.entries.values_mut().find(|e| match target {
             CancelTarget::Pid(pid) => e.record.pid == Some(*pid),
             CancelTarget::RequestId(id) => e.record.request_id == *id,
         });
         match found {
             Some(entry) if entry.record.state.is_active() => Ok(entry),
-            Some(entry) => Err(format!(
-                "workload {} already ended ({}); nothing was signalled",
-                entry.record.request_id,
-                entry.record.state.name()
-            )),
-            None => Err(format!(
-                "no running workload with {target} was started by this node; nothing was signalled"
-            )),
+            Some(entry) => Err(CancelError::Ended {
+                request_id: entry.record.request_id.clone(),
+                state: entry.record.state.name(),
+            }),
+            None => Err(CancelError::NotFound {
+                target: target.clone(),
+            }),
         }
     }
 
