@@ -132,6 +132,7 @@ fn main() -> ExitCode {
             ExitCode::from(status)
         }
         Err(error) => {
+            let error = error.to_string();
             files.log(&error);
             let exit = spawn_failure(error.clone());
             if let Err(e) = write_json(&files.exit(), &exit, Durability::Synced) {
@@ -186,6 +187,21 @@ fn open_log(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Why the process could not be started.
+#[derive(Debug, thiserror::Error)]
+enum SpawnError {
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start /bin/sh in {}: {source}", cwd.display())]
+    Shell {
+        cwd: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Starts the process, in `cgroup` when given and possible; returns its
 /// pid and the cgroup it runs in.
 fn spawn<'a>(
@@ -193,7 +209,7 @@ fn spawn<'a>(
     cwd: &Path,
     command: &OsString,
     cgroup: Option<&'a Path>,
-) -> Result<(i32, Option<&'a Path>), String> {
+) -> Result<(i32, Option<&'a Path>), SpawnError> {
     if let Some(dir) = cgroup {
         // Any failure here (no right to move processes, the cgroup gone)
         // only costs the cgroup: the node then tracks the processes
@@ -211,11 +227,9 @@ fn spawn_in(
     cwd: &Path,
     command: &OsString,
     cgroup: Option<&Path>,
-) -> Result<i32, String> {
-    let stdout = open_log(&files.stdout())
-        .map_err(|e| format!("cannot open {}: {e}", files.stdout().display()))?;
-    let stderr = open_log(&files.stderr())
-        .map_err(|e| format!("cannot open {}: {e}", files.stderr().display()))?;
+) -> Result<i32, SpawnError> {
+    let open = |path: PathBuf| open_log(&path).map_err(|source| SpawnError::Open { path, source });
+    let (stdout, stderr) = (open(files.stdout())?, open(files.stderr())?);
     let mut shell = Command::new("/bin/sh");
     shell
         .arg("-c")
@@ -229,7 +243,10 @@ fn spawn_in(
         let procs = OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"))
-            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+            .map_err(|source| SpawnError::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
         // The child moves itself before it runs anything, so every process
         // it ever starts is born in the cgroup.
         // SAFETY: only write(2) between fork and exec.
@@ -244,9 +261,10 @@ fn spawn_in(
             });
         }
     }
-    let child = shell
-        .spawn()
-        .map_err(|e| format!("cannot start /bin/sh in {}: {e}", cwd.display()))?;
+    let child = shell.spawn().map_err(|source| SpawnError::Shell {
+        cwd: cwd.to_owned(),
+        source,
+    })?;
     Ok(child.id() as i32)
 }
 
