@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::scenario::Scenario;
-use cyberwave_cloud_node::telemetry::{NodeFigures, Sampler};
+use cyberwave_cloud_node::{NodeFigures, Sampler};
 use serde_json::json;
 
 fn cpu_time() -> Duration {

@@ -9,9 +9,7 @@
 //! files, the given cyberwave.yml, credentials.json); `Overrides` plays the
 //! part of the command-line flags.
 
-use cyberwave_cloud_node::config::{Environment, Overrides, Settings};
-use cyberwave_cloud_node::node;
-use cyberwave_cloud_node::shutdown::Shutdown;
+use cyberwave_cloud_node::{Environment, Overrides, Settings, Shutdown};
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     // Models are served by this same executable in a hidden mode. Ship
@@ -42,6 +40,6 @@ async fn run() -> anyhow::Result<()> {
     // `Shutdown` can be triggered from anywhere (`shutdown.trigger()`).
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals()?;
-    node::run(settings, shutdown).await?;
+    cyberwave_cloud_node::run(settings, shutdown).await?;
     Ok(())
 }

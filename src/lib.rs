@@ -1,68 +1,88 @@
 //! `cyberwave-cloud-node` turns a computer into a compute node of the
 //! Cyberwave platform: it registers with the backend over REST, connects out
 //! to an MQTT broker (no open ports) and answers the commands the backend
-//! publishes. The wire contract is PROTOCOL.md; the README says how to run it.
+//! publishes. The wire contract is `docs/protocol.md`, the architecture and
+//! its reasons `docs/design.md`; the README says how to run it.
 //!
 //! # Layout
 //!
-//! A newcomer can read the modules in this order:
+//! Layers point one way, from the top down; no module imports one above it
+//! and there is no import cycle (`docs/design.md`, "Layers"):
 //!
-//! - [`cli`]: clap definitions, dispatch and each command's body (`start`,
+//! - `cli`: clap definitions, dispatch, and one file per command (`start`,
 //!   `send`, `run-model`, `status`/`logs`, `man`); `main.rs` only calls it.
-//!   [`logging`] sets up `tracing` for it and for the model server.
-//! - [`config`]: every setting, from flags, the environment, `.env` files,
-//!   `cyberwave.yml` and `credentials.json`, each value with its origin.
-//! - [`identity`]: the config dir's `instance_identity.json`.
-//! - [`backend`]: the REST client (validate, create, register, heartbeat,
-//!   terminated, failed) with errors the node's policy can match on.
-//! - [`mqtt`]: the broker connection (TLS, last will, reconnect, resubscribe)
-//!   and topic names.
-//! - [`protocol`]: command parsing and the response and presence payloads.
-//! - [`node`]: start-up, the event loop that owns the node's state, the
-//!   heartbeat policy, command handling and the graceful stop.
-//! - [`install`]: the install script run before registration.
-//! - [`shutdown`]: the one token every loop watches, and signal handling.
-//! - [`workload`]: detached, supervised workloads and their one terminal event.
-//! - [`runners`]: built-in model runners (ONNX) and the tensor JSON.
-//! - [`deploy`]: resident models, one model-server process each.
-//! - [`telemetry`]: hardware detection and the periodic metrics sample.
-//! - [`backoff`], [`fsutil`]: capped exponential backoff; atomic file writes.
+//!   `logging` sets up `tracing` for it and for the model server.
+//! - `node`: start-up, the event loop that owns the node's state, one
+//!   exhaustive match over the commands (`node/commands.rs`), the heartbeat
+//!   policy, registration, the graceful stop. It only publishes what the
+//!   owners below return.
+//! - The owners of work, each handling its own events:
+//!   - `workload`: what a workload means (templates, its files and record,
+//!     live output, the terminal event, retention);
+//!   - `deploy`: resident models, one model server each (its socket, infer
+//!     routing, listings); the server mode itself;
+//!   - `terminal`: PTY sessions over MQTT.
+//! - `supervised`: the one supervised-process core both owners use: the
+//!   shim handoff, launch, process identity, exit watching, containment
+//!   (cgroup v2 or process tree), the one stop (grace, then SIGKILL),
+//!   adoption after a restart, the exit status.
+//! - Below them: `config` (every setting with its origin), `identity`,
+//!   `backend` (REST), `mqtt` (the link, its queue and acks, topics, the
+//!   outbox), `protocol` (commands in, answers and events out), `runners`
+//!   (ONNX, GGUF, TorchScript), `telemetry`, `standalone`, `install`,
+//!   `lock`, `shutdown`, `backoff`, `secret`, and `fsutil` (atomic writes,
+//!   bounded reads, JSON state files, file names from ids).
+//!
+//! The shim is a binary of its own (`src/shim/main.rs`), which compiles
+//! `supervised/handoff.rs`, `supervised/procfs.rs` and `fsutil/atomic.rs`
+//! and nothing else of the library.
 //!
 //! # Embedding
 //!
+//! The public API is what this page re-exports. A program that embeds the
+//! node ships `cyberwave-cloud-node-shim` beside its executable and calls
+//! [`run_model_server_if_asked`] first thing in `main`.
+//!
 //! ```no_run
-//! use cyberwave_cloud_node::{config::{Environment, Overrides, Settings}, node, shutdown::Shutdown};
+//! use cyberwave_cloud_node::{Environment, Overrides, Settings, Shutdown};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let settings = Settings::load(&Overrides::default(), &Environment::from_process())?;
 //! let shutdown = Shutdown::new();
 //! shutdown.listen_for_signals()?;
-//! node::run(settings, shutdown).await?;
+//! cyberwave_cloud_node::run(settings, shutdown).await?;
 //! # Ok(()) }
 //! ```
 
-pub mod backend;
-pub mod backoff;
-pub mod cli;
-pub mod config;
-pub mod deploy;
-pub mod fsutil;
-pub mod identity;
-pub mod install;
-pub mod lock;
-pub mod logging;
-pub mod mqtt;
-pub mod node;
-
-pub mod protocol;
-pub mod runners;
+mod backend;
+mod backoff;
+mod cli;
+mod config;
+mod deploy;
+mod fsutil;
+mod identity;
+mod install;
+mod lock;
+mod logging;
+mod mqtt;
+mod node;
+mod protocol;
+mod runners;
 mod secret;
-pub mod shutdown;
-pub mod standalone;
-pub mod supervised;
-pub mod telemetry;
-pub mod terminal;
-pub mod workload;
+mod shutdown;
+mod standalone;
+mod supervised;
+mod telemetry;
+mod terminal;
+mod workload;
+
+pub use cli::main as run_cli;
+pub use config::{ConfigError, Environment, Overrides, Settings};
+pub use node::{run, NodeError};
+pub use shutdown::Shutdown;
+/// The metrics sampler, for `benches/telemetry.rs`; not an embedding API.
+#[doc(hidden)]
+pub use telemetry::{NodeFigures, Sampler};
 
 /// Models are served by the node's own executable in a hidden mode (the
 /// runners are in it). A program that embeds the node must call this first

@@ -3,5 +3,5 @@
 //! code.
 
 fn main() -> std::process::ExitCode {
-    cyberwave_cloud_node::cli::main()
+    cyberwave_cloud_node::run_cli()
 }

@@ -259,10 +259,6 @@ impl Response {
             error: answer.error,
         }
     }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("responses serialize")
-    }
 }
 
 /// The retained message on the presence topic.
@@ -399,15 +395,14 @@ mod tests {
             slug: "s".into(),
         };
         let ok: Value = serde_json::from_slice(
-            &Response::ok(&node, "r", serde_json::json!({"a":1})).to_bytes(),
+            &serde_json::to_vec(&Response::ok(&node, "r", serde_json::json!({"a":1}))).unwrap(),
         )
         .unwrap();
         assert_eq!(
             ok,
             serde_json::json!({"status":"ok","request_id":"r","slug":"s","instance_uuid":"u","output":{"a":1}})
         );
-        let err: Value =
-            serde_json::from_slice(&Response::error(&node, Some("r"), "bad").to_bytes()).unwrap();
+        let err: Value = serde_json::to_value(Response::error(&node, Some("r"), "bad")).unwrap();
         assert_eq!(err["status"], "error");
         assert_eq!(err["error"], "bad");
         assert!(err.get("output").is_none());

@@ -155,10 +155,6 @@ impl Terminals {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.config.enabled
-    }
-
     pub fn open(
         &mut self,
         request_id: &str,

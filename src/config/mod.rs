@@ -25,9 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::secret::Secret;
-pub use parse::ValueError;
 pub use show::render_table;
-pub use sources::{Credentials, CredentialsError, DotEnvFile, Environment};
+pub use sources::{Credentials, DotEnvFile, Environment};
 pub use yaml::YamlFile;
 
 use crate::backoff::RetryUnit;

@@ -133,14 +133,6 @@ impl Outbox {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -170,6 +162,6 @@ mod tests {
         let (id, _) = again.pending()[0].clone();
         again.delivered(id);
         reopened.files.clear();
-        assert!(Outbox::open(dir.path()).unwrap().is_empty());
+        assert!(Outbox::open(dir.path()).unwrap().pending().is_empty());
     }
 }

@@ -25,7 +25,6 @@ use crate::protocol::{self, Incoming, NodeRef, Response};
 use crate::shutdown::Shutdown;
 
 pub use registration::{register_with_retry, RegistrationError, RegistrationRequest};
-pub use report::{status_output, CommandContext};
 
 /// Consecutive rejected heartbeats after which the node gives up.
 pub const HEARTBEAT_AUTH_TRIES: u32 = 5;

@@ -240,10 +240,6 @@ impl TensorSpec {
 }
 
 impl Tensor {
-    pub fn element_count(&self) -> usize {
-        self.shape.iter().product()
-    }
-
     /// `float32 [1, 3]`.
     pub fn describe(&self) -> String {
         let dims: Vec<String> = self.shape.iter().map(usize::to_string).collect();

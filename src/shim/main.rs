@@ -46,11 +46,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use supervised::handoff::{
-    self, now_unix_ms, signal_name, write_json, Durability, ExitFile, Report, StartedFile,
-    SPAWN_FAILED, USAGE, WAIT_FAILED,
-};
+use fsutil::atomic::{write_file, Durability};
+use supervised::handoff::{self, now_unix_ms, signal_name, ExitFile, Report, StartedFile};
 use supervised::procfs;
+
+/// The exit status when the process could not be started: what a shell
+/// reports for a command it cannot run.
+const SPAWN_FAILED: u8 = 127;
+/// The exit status when waiting for the process failed.
+const WAIT_FAILED: u8 = 125;
+/// The exit status for a wrong command line.
+const USAGE: u8 = 2;
+
+/// Writes `value` as JSON to `path` through a temp file and a rename,
+/// mode 0600.
+fn write_json<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    durability: Durability,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    write_file(path, &bytes, 0o600, durability)
+}
 
 /// Process group the forwarded signals go to (0 until the process exists).
 static PROCESS_GROUP: AtomicI32 = AtomicI32::new(0);

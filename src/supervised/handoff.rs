@@ -4,23 +4,14 @@
 //! binary (`src/shim/main.rs`), so the format has one definition; it
 //! therefore uses only std, libc, serde and `fsutil::atomic`.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::fsutil::atomic::{now_unix_ms, write_file, Durability};
+pub use crate::fsutil::atomic::now_unix_ms;
 
 /// The shim's file name: installed beside the node's executable.
 pub const SHIM_NAME: &str = "cyberwave-cloud-node-shim";
-/// The shim's exit status when the process could not be started: what a
-/// shell reports for a command it cannot run.
-pub const SPAWN_FAILED: u8 = 127;
-/// The shim's exit status when waiting for the process failed.
-pub const WAIT_FAILED: u8 = 125;
-/// The shim's exit status for a wrong command line.
-pub const USAGE: u8 = 2;
-
 /// The one line the shim prints on its stdout, as JSON: the process runs,
 /// or it could not be started. The node reads this, not the files, while
 /// it launches; the files are for a node that restarts later.
@@ -74,13 +65,6 @@ impl ExitFile {
             error: None,
         }
     }
-}
-
-/// Writes `value` as JSON to `path` through a temp file and a rename,
-/// mode 0600.
-pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    write_file(path, &bytes, 0o600, durability)
 }
 
 /// The name of a signal number (`SIGTERM`), or `signal N`.
@@ -137,22 +121,16 @@ mod tests {
     }
 
     #[test]
-    fn writes_replace_whole_files_with_mode_0600() {
-        use std::fs;
-        use std::os::unix::fs::PermissionsExt;
+    fn exit_files_read_back_as_written() {
+        use crate::fsutil::atomic::{write_file, Durability};
         let dir = std::env::temp_dir().join(format!("handoff-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x.json");
-        for durability in [Durability::Atomic, Durability::Synced] {
-            write_json(&path, &ExitFile::from_shim_status(0), durability).unwrap();
-            let back: ExitFile = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-            assert_eq!(back.exit_code, Some(0));
-            assert_eq!(
-                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
-        }
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp file left");
-        fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.exit.json");
+        let exit = ExitFile::from_shim_status(3);
+        let bytes = serde_json::to_vec_pretty(&exit).unwrap();
+        write_file(&path, &bytes, 0o600, Durability::Synced).unwrap();
+        let back: ExitFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, exit);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,7 +7,7 @@
 pub mod hardware;
 pub mod metrics;
 
-pub use hardware::{detect, Hardware};
+pub use hardware::detect;
 pub use metrics::{NodeFigures, Sampler};
 
 /// NVML when the driver is installed; why not otherwise, for `-v`.

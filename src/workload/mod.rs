@@ -19,6 +19,4 @@ pub mod record;
 pub mod tail;
 pub mod template;
 
-pub use manager::{
-    Handled, Refusal, Terminal, WorkloadConfig, WorkloadEvent, WorkloadStats, Workloads,
-};
+pub use manager::{Handled, Terminal, WorkloadConfig, WorkloadEvent, Workloads};

@@ -30,11 +30,6 @@ impl WorkloadPaths {
         })
     }
 
-    /// From the stem every file shares (the supervisor gets it this way).
-    pub fn from_base(base: PathBuf) -> WorkloadPaths {
-        WorkloadPaths { base }
-    }
-
     /// `<type>_<rid>`, the stem every file shares.
     pub fn base(&self) -> &Path {
         &self.base

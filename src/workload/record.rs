@@ -9,7 +9,7 @@
 //!
 //! These files are always written by `fsutil::write_atomic`, so they are
 //! read as regular files only, never through a link, and never past
-//! [`STATE_FILE_LIMIT`].
+//! `fsutil`'s state-file limit.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::paths::{self, WorkloadPaths};
 use crate::fsutil::{self, Contents, Links};
-pub use crate::fsutil::{load_json, write_json, StateFileError, STATE_FILE_LIMIT};
+pub use crate::fsutil::{load_json, write_json, StateFileError};
 use crate::supervised::procfs;
 pub use crate::supervised::{now_unix_ms, ExitFile, StartedFile};
 
