@@ -14,6 +14,7 @@ mod event;
 pub mod fit;
 mod kind;
 pub mod quote;
+mod stream;
 
 use std::fmt;
 
@@ -24,6 +25,7 @@ pub use answer::{Answer, Outgoing};
 pub use event::Event;
 pub use kind::{CommandKind, DeployCommand, TerminalCommand, WorkloadKind};
 pub use quote::{echoed_request_id, quote, quote_json};
+pub use stream::Stream;
 
 /// The longest request_id the node accepts, in bytes. Ids name files only
 /// in their sanitized-plus-hash form (`workload::paths::rid`), never

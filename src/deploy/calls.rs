@@ -98,7 +98,10 @@ impl Deployments {
                                 .await
                                 .ok()
                         }
-                        _ => None,
+                        DeployState::Starting
+                        | DeployState::Stopping
+                        | DeployState::Stopped
+                        | DeployState::Failed => None,
                     };
                     (index, listing(&record, info.as_ref().map(|i| &i["info"])))
                 });

@@ -17,6 +17,7 @@
 //! bounded, so a slow or absent broker pushes back on their sources instead
 //! of filling the request queue that responses and acks need.
 
+use crate::protocol::Stream;
 use std::collections::{HashMap, VecDeque};
 
 /// Bulk publishes in flight at most (queued, sent, not yet acknowledged).
@@ -37,7 +38,7 @@ pub enum Tracked {
     /// so its stream goes on again from `offset`.
     Output {
         request_id: String,
-        stream: String,
+        stream: Stream,
         offset: u64,
     },
 }
@@ -253,7 +254,7 @@ mod tests {
         l.on_connected(false);
         let chunk = Tracked::Output {
             request_id: "r".into(),
-            stream: "stdout".into(),
+            stream: Stream::Stdout,
             offset: 64,
         };
         l.queued(Token {

@@ -282,7 +282,7 @@ impl RunningNode {
                     let tracked = match message.position() {
                         Some((request_id, stream, offset)) => Tracked::Output {
                             request_id: request_id.to_owned(),
-                            stream: stream.to_owned(),
+                            stream,
                             offset,
                         },
                         None => Tracked::Untracked,
@@ -318,7 +318,7 @@ impl RunningNode {
                     request_id,
                     stream,
                     offset,
-                } => self.workloads.rewind_output(&request_id, &stream, offset),
+                } => self.workloads.rewind_output(&request_id, stream, offset),
                 Tracked::Untracked => {}
             }
         }

@@ -24,7 +24,7 @@ use super::paths::{rid, WorkloadPaths};
 use super::record::{load_json, now_unix_ms, scan, Damaged, WorkloadRecord, WorkloadState};
 use super::tail::{OutputTail, TailMessage};
 use super::template::{render, take_workload_token};
-use crate::protocol::{Answer, Event, Outgoing, WorkloadKind};
+use crate::protocol::{Answer, Event, Outgoing, Stream, WorkloadKind};
 use crate::supervised::cgroup::{self, CgroupRoot};
 use crate::supervised::containment::{Kind, Unit};
 use crate::supervised::{procfs, ExitStatus, Notifier, ProcessEvent, ShimEnd};

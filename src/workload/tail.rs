@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use super::paths::WorkloadPaths;
 use super::record::{load_json, write_json, WorkloadRecord};
 use crate::fsutil::{self, Links};
+use crate::protocol::Stream;
 
 /// Largest `data` in one logs message.
 pub const MAX_CHUNK: usize = 64 * 1024;
@@ -45,6 +46,15 @@ pub struct Offsets {
     pub progress: u64,
 }
 
+impl Offsets {
+    fn of(&mut self, stream: Stream) -> &mut u64 {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
+    }
+}
+
 /// Something to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TailMessage {
@@ -56,11 +66,11 @@ pub enum TailMessage {
 
 impl TailMessage {
     /// Where a logs message starts: `(request_id, stream, offset)`.
-    pub fn position(&self) -> Option<(&str, &str, u64)> {
+    pub fn position(&self) -> Option<(&str, Stream, u64)> {
         match self {
             TailMessage::Log(value) => Some((
                 value["request_id"].as_str()?,
-                value["stream"].as_str()?,
+                Stream::from_name(value["stream"].as_str()?)?,
                 value["offset"].as_u64()?,
             )),
             TailMessage::Progress { .. } => None,
@@ -102,11 +112,11 @@ impl OutputTail {
         last: bool,
     ) -> Vec<TailMessage> {
         let mut out = Vec::new();
-        for (stream, path) in [("stdout", paths.stdout()), ("stderr", paths.stderr())] {
-            let offset = match stream {
-                "stdout" => &mut self.offsets.stdout,
-                _ => &mut self.offsets.stderr,
-            };
+        for (stream, path) in [
+            (Stream::Stdout, paths.stdout()),
+            (Stream::Stderr, paths.stderr()),
+        ] {
+            let offset = self.offsets.of(stream);
             for (at, chunk) in read_chunks(&path, offset, last) {
                 out.push(TailMessage::Log(log_message(record, stream, at, &chunk)));
             }
@@ -131,12 +141,8 @@ impl OutputTail {
 
     /// The chunk of `stream` from `offset` on was not published: the next
     /// poll reads it again.
-    pub fn rewind(&mut self, stream: &str, offset: u64) {
-        let current = match stream {
-            "stdout" => &mut self.offsets.stdout,
-            "stderr" => &mut self.offsets.stderr,
-            _ => return,
-        };
+    pub fn rewind(&mut self, stream: Stream, offset: u64) {
+        let current = self.offsets.of(stream);
         *current = (*current).min(offset);
     }
 
@@ -163,11 +169,11 @@ impl OutputTail {
     }
 }
 
-fn log_message(record: &WorkloadRecord, stream: &str, offset: u64, chunk: &[u8]) -> Value {
+fn log_message(record: &WorkloadRecord, stream: Stream, offset: u64, chunk: &[u8]) -> Value {
     let mut message = json!({
         "request_id": record.request_id,
         "workload_type": record.workload_type,
-        "stream": stream,
+        "stream": stream.name(),
         "offset": offset,
     });
     match std::str::from_utf8(chunk) {
@@ -307,17 +313,17 @@ mod tests {
         let record = WorkloadRecord::starting("r", WorkloadKind::Training, &paths);
         let mut tail = OutputTail::load(&paths);
         let first = tail.poll(&record, &paths, false);
-        assert_eq!(first[0].position(), Some(("r", "stdout", 0)));
+        assert_eq!(first[0].position(), Some(("r", Stream::Stdout, 0)));
         assert!(tail.poll(&record, &paths, false).is_empty());
-        tail.rewind("stdout", 4);
+        tail.rewind(Stream::Stdout, 4);
         let again = tail.poll(&record, &paths, false);
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0].position(), Some(("r", "stdout", 4)));
+        assert_eq!(again[0].position(), Some(("r", Stream::Stdout, 4)));
         let TailMessage::Log(value) = &again[0] else {
             panic!("a log message")
         };
         assert_eq!(value["data"], "two\n");
-        tail.rewind("stdout", 9);
+        tail.rewind(Stream::Stdout, 9);
         assert!(
             tail.poll(&record, &paths, false).is_empty(),
             "never forward"

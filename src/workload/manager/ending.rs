@@ -93,7 +93,9 @@ impl Workloads {
                 state: WorkloadState::Failed,
                 error: Some(format!("the workload's outcome is unknown: {reason}")),
             },
-            _ => classify(&entry.record, exit.as_ref()),
+            ExitStatus::Unknown(_) | ExitStatus::File(_) | ExitStatus::ShimStatus(_) => {
+                classify(&entry.record, exit.as_ref())
+            }
         };
         let messages = match entry.tail.as_mut() {
             Some(tail) => tail.poll(&entry.record, &entry.paths, true),
@@ -150,7 +152,11 @@ impl Workloads {
         match ending.state {
             WorkloadState::Completed => self.stats.completed += 1,
             WorkloadState::Cancelled => self.stats.cancelled += 1,
-            _ => self.stats.failed += 1,
+            // `classify` ends a workload only as one of the three; an
+            // active state here would be a bug, counted as a failure.
+            WorkloadState::Failed | WorkloadState::Starting | WorkloadState::Running => {
+                self.stats.failed += 1
+            }
         }
         // The tail stays until its last output is out (`end_output`).
         if let Some(tail) = entry.tail.as_mut() {

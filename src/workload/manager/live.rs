@@ -56,7 +56,7 @@ impl Workloads {
 
     /// Output of `stream` from `offset` on never reached the broker (a
     /// fresh broker session dropped it): publish it again.
-    pub fn rewind_output(&mut self, request_id: &str, stream: &str, offset: u64) {
+    pub fn rewind_output(&mut self, request_id: &str, stream: Stream, offset: u64) {
         if let Some(tail) = self.tail_of(request_id) {
             tail.rewind(stream, offset);
         }
