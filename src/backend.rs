@@ -1,4 +1,4 @@
-//! The REST client for the Cyberwave backend (PROTOCOL.md, "REST").
+//! The REST client for the Cyberwave backend (docs/protocol.md, "REST").
 //!
 //! Each call maps the HTTP outcome onto [`BackendError`] so the node's policy
 //! (exit at once, retry with backoff, re-register) is decided by matching on

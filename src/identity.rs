@@ -18,7 +18,7 @@ pub struct Identity {
     pub uuid: String,
     pub slug: String,
     /// Written as `null` when unknown: the file always has its four keys
-    /// (PROTOCOL.md), so tools reading it need no special case.
+    /// (docs/protocol.md), so tools reading it need no special case.
     #[serde(default)]
     pub workspace_slug: Option<String>,
     #[serde(default)]

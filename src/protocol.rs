@@ -1,4 +1,4 @@
-//! The MQTT payloads of PROTOCOL.md: commands in, responses and presence out.
+//! The MQTT payloads of docs/protocol.md: commands in, responses and presence out.
 //! The command kinds and response events are enums ([`CommandKind`],
 //! [`Event`]) with the wire's names.
 //!

@@ -2,7 +2,7 @@
 //!
 //! Every loop in the node watches the same [`Shutdown`]; tripping it (a
 //! signal, a fatal error, or an embedding program) starts the graceful
-//! sequence of PROTOCOL.md. A second Ctrl+C is for an operator who does not
+//! sequence of docs/protocol.md. A second Ctrl+C is for an operator who does not
 //! want to wait for it.
 
 use tokio::signal::unix::{signal, SignalKind};

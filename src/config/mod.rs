@@ -1,6 +1,6 @@
 //! Settings: what the node is told, and where each value came from.
 //!
-//! Precedence, highest first (PROTOCOL.md): command-line flag, process
+//! Precedence, highest first (docs/protocol.md): command-line flag, process
 //! environment, `.env` in the working directory, `.env` in the config dir,
 //! `cyberwave.yml`, `credentials.json`, built-in default. Each resolved value
 //! is a [`Sourced`] so `config show` and every error can name its origin.
@@ -171,7 +171,7 @@ pub struct Settings {
     pub mqtt_port: Sourced<u16>,
     pub mqtt_use_tls: Sourced<bool>,
     pub mqtt_tls_ca_certs: Option<Sourced<PathBuf>>,
-    /// `None` means "the instance uuid" (PROTOCOL.md default).
+    /// `None` means "the instance uuid" (docs/protocol.md default).
     pub mqtt_username: Option<Sourced<String>>,
     /// `None` means "the API token".
     pub mqtt_password: Option<Sourced<Secret>>,

@@ -12,7 +12,7 @@ fn flag<'a>(value: &'a Option<String>, name: &'static str) -> Option<(&'a str, &
     value.as_deref().map(|v| (v, name))
 }
 
-// Where each setting is looked for, as in PROTOCOL.md's table.
+// Where each setting is looked for, as in docs/protocol.md's table.
 const API_URL: Spec = spec(
     "API URL",
     &["CYBERWAVE_API_URL", "CYBERWAVE_BASE_URL"],

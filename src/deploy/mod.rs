@@ -1,5 +1,5 @@
 //! Resident model deployments: a model loaded once in a model server of its
-//! own and served over a Unix socket (DESIGN.md "Built-in runners").
+//! own and served over a Unix socket (docs/design.md "Built-in runners").
 //!
 //! - [`files`]: the record, spec, state and socket of each deployment.
 //! - [`server`]: the hidden `__serve-model` mode, one process per model.

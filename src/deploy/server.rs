@@ -1,6 +1,6 @@
 //! `cyberwave-cloud-node __serve-model <spec.json>`: the model server.
 //!
-//! One process per deployment (DESIGN.md "Built-in runners"): it loads the
+//! One process per deployment (docs/design.md "Built-in runners"): it loads the
 //! model once, writes `ready` (or `failed`) to its state file, and answers
 //! requests on its Unix socket until `shutdown` or SIGTERM. It runs under a
 //! workload supervisor, so it outlives the node and its exit status is kept;

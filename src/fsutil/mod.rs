@@ -7,7 +7,7 @@
 //!
 //! Every file the node reads on a workload's behalf (result, progress, logs)
 //! or from its own state goes through [`open_regular`] and the bounded reads
-//! built on it (DESIGN.md, "Every read has a limit"): the path is checked to
+//! built on it (docs/design.md, "Every read has a limit"): the path is checked to
 //! be a regular file before it is opened (opening a device can have effects
 //! of its own), opened with `O_NONBLOCK` (a FIFO swapped in meanwhile cannot
 //! block the open) and checked again with `fstat`, then read up to a limit.

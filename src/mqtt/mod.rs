@@ -163,7 +163,7 @@ impl MqttLink {
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let mut network = eventloop.network_options();
         // Without TCP_NODELAY a reply that follows a PUBACK waits ~40 ms for
-        // the broker's delayed ACK (DESIGN.md, "Latency").
+        // the broker's delayed ACK (docs/design.md, "Latency").
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
         let (events_tx, events_rx) = mpsc::unbounded_channel();

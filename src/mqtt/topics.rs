@@ -1,4 +1,4 @@
-//! Topic names (PROTOCOL.md, "MQTT"). The prefix is concatenated as is:
+//! Topic names (docs/protocol.md, "MQTT"). The prefix is concatenated as is:
 //! `dev` gives `devcyberwave/...`, which is what the backend expects.
 //! [`parse_topic_segment`] checks a name before it becomes part of a topic;
 //! settings, the identity file and terminal sessions all use it, so it lives

@@ -1,5 +1,5 @@
 //! What the node publishes as bulk besides live output: metrics, and what
-//! waits for the MQTT link to have room again (DESIGN.md, "Nothing the event
+//! waits for the MQTT link to have room again (docs/design.md, "Nothing the event
 //! loop publishes may block it").
 
 use super::running::RunningNode;

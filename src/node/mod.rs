@@ -1,6 +1,6 @@
 //! The node: start-up, the event loop that owns all state, and the stop.
 //!
-//! Start-up is a straight line (PROTOCOL.md): validate the token, register,
+//! Start-up is a straight line (docs/protocol.md): validate the token, register,
 //! save the identity, run the install script, connect to the broker. Then
 //! one task owns everything and reacts to messages: MQTT events, heartbeat
 //! deadlines, results of background REST calls, and the shutdown token. Slow

@@ -20,7 +20,7 @@ pub struct CommandContext<'a> {
     pub metrics: Option<&'a Value>,
 }
 
-/// The `status` output of PROTOCOL.md, every field.
+/// The `status` output of docs/protocol.md, every field.
 pub fn status_output(ctx: &CommandContext<'_>) -> Value {
     let settings = ctx.settings;
     json!({
@@ -42,7 +42,7 @@ pub fn status_output(ctx: &CommandContext<'_>) -> Value {
     })
 }
 
-/// The heartbeat body: a short status summary (PROTOCOL.md allows one).
+/// The heartbeat body: a short status summary (docs/protocol.md allows one).
 pub fn heartbeat_summary(ctx: &CommandContext<'_>) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),

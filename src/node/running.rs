@@ -24,7 +24,7 @@ use crate::workload::{WorkloadEvent, Workloads};
 
 /// How often running workloads' output is checked ("within about a second").
 const OUTPUT_POLL: Duration = Duration::from_millis(250);
-/// How often old workload files are swept (PROTOCOL.md retention: daily).
+/// How often old workload files are swept (docs/protocol.md retention: daily).
 const RETENTION_SWEEP: Duration = Duration::from_secs(24 * 3600);
 /// Terminal output batches waiting for the node; a full channel stops the
 /// PTY readers (src/terminal.rs), so a flood costs no memory.
@@ -353,7 +353,7 @@ impl RunningNode {
         });
     }
 
-    /// Applies the heartbeat policy of PROTOCOL.md; `Err` is fatal.
+    /// Applies the heartbeat policy of docs/protocol.md; `Err` is fatal.
     async fn on_background(&mut self, done: Background) -> Result<(), NodeError> {
         let interval = self.settings.heartbeat_interval.value;
         match done {
@@ -452,7 +452,7 @@ impl RunningNode {
         Ok(())
     }
 
-    /// PROTOCOL.md's graceful stop; for a fatal error the failed endpoint is
+    /// docs/protocol.md's graceful stop; for a fatal error the failed endpoint is
     /// called instead of terminated. Commands that arrive meanwhile are
     /// answered with "shutting down".
     async fn stop(mut self, exit: Exit) -> Result<(), NodeError> {

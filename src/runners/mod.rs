@@ -1,5 +1,5 @@
 //! Built-in model runners: models the node runs itself, without a script of
-//! the user's (the ModelLoader of the C++ node, DESIGN.md "Built-in runners").
+//! the user's (the ModelLoader of the C++ node, docs/design.md "Built-in runners").
 //!
 //! - [`ModelRunner`]: one loaded model; [`load`] picks the runner by format.
 //! - [`tensor`]: the tensor JSON every tensor runner speaks.

@@ -1,4 +1,4 @@
-//! One cgroup v2 per workload, where the node may create one (DESIGN.md,
+//! One cgroup v2 per workload, where the node may create one (docs/design.md,
 //! "Containment"): process groups and sessions are advisory, any
 //! descendant can `setsid` away, but nothing leaves its cgroup on its own,
 //! and `cgroup.kill` reaches every process in it at once.

@@ -2,7 +2,7 @@
 //! grace period, then SIGKILL. The one implementation of that stop, for a
 //! cancel and for a cancel a restarted node resumes.
 //!
-//! Two kinds of containment (DESIGN.md, "Containment"):
+//! Two kinds of containment (docs/design.md, "Containment"):
 //! - `cgroup`: the workload runs in a cgroup v2 of its own ([`super::cgroup`]);
 //!   its processes are exactly the cgroup's, `setsid` or not, and
 //!   `cgroup.kill` ends them all.

@@ -7,7 +7,7 @@
 //! name no other process can share, so the node never signals or adopts a
 //! process it did not start.
 //!
-//! Zombies are dead (DESIGN.md, "Containment"): a process that has exited
+//! Zombies are dead (docs/design.md, "Containment"): a process that has exited
 //! but whose parent has not collected its status yet is never "running",
 //! whoever is late to reap it.
 

@@ -1,5 +1,5 @@
 //! Workloads: the repository's inference, training and simulate commands,
-//! run as detached processes that outlive the node (DESIGN.md).
+//! run as detached processes that outlive the node (docs/design.md).
 //!
 //! - [`paths`]: file names under `workload_logs/`, safe for any request_id.
 //! - [`record`]: the node's record and the supervisor's started/exit files.

@@ -1,4 +1,4 @@
-//! The terminal event of a workload: which one, and its output (PROTOCOL.md,
+//! The terminal event of a workload: which one, and its output (docs/protocol.md,
 //! "Terminal output").
 //!
 //! Everything here is read from files the workload controls, so every read
