@@ -182,14 +182,12 @@ impl DeploymentRecord {
 
     /// The model server's process under its shim, once reported.
     pub fn process(&self) -> Option<StartedFile> {
-        Some(StartedFile {
-            supervisor_pid: self.supervisor_pid?,
-            supervisor_start_time: self.supervisor_start_time?,
-            pid: self.pid?,
-            start_time: self.start_time?,
-            started_unix_ms: self.created_unix_ms,
-            cgroup: None,
-        })
+        StartedFile::from_ids(
+            self.supervisor_pid.zip(self.supervisor_start_time),
+            self.pid.zip(self.start_time),
+            self.created_unix_ms,
+            None,
+        )
     }
 
     /// Fills in what the shim reported.

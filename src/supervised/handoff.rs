@@ -36,6 +36,27 @@ pub struct StartedFile {
     pub cgroup: Option<PathBuf>,
 }
 
+impl StartedFile {
+    /// What the shim reported, as an owner's record keeps it: `None`
+    /// until both the shim's and the process's (pid, start time) are known.
+    pub fn from_ids(
+        shim: Option<(i32, u64)>,
+        process: Option<(i32, u64)>,
+        started_unix_ms: u64,
+        cgroup: Option<PathBuf>,
+    ) -> Option<StartedFile> {
+        let ((supervisor_pid, supervisor_start_time), (pid, start_time)) = (shim?, process?);
+        Some(StartedFile {
+            supervisor_pid,
+            supervisor_start_time,
+            pid,
+            start_time,
+            started_unix_ms,
+            cgroup,
+        })
+    }
+}
+
 /// Written by the shim when the process has ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExitFile {

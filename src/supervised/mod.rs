@@ -58,7 +58,8 @@ impl UnitFiles {
         &self.base
     }
 
-    fn with(&self, suffix: &str) -> PathBuf {
+    /// `<base><suffix>`: an owner's own files sit beside the shim's.
+    pub fn with(&self, suffix: &str) -> PathBuf {
         let mut name = self.base.as_os_str().to_owned();
         name.push(suffix);
         PathBuf::from(name)

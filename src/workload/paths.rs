@@ -8,17 +8,19 @@ use std::path::{Path, PathBuf};
 
 pub use crate::fsutil::names::rid;
 pub use crate::supervised::logs_dir;
+use crate::supervised::UnitFiles;
 
 /// All files of one workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadPaths {
-    base: PathBuf,
+    /// The shim's files, and the stem the workload's own ones share.
+    unit: UnitFiles,
 }
 
 impl WorkloadPaths {
     pub fn new(logs_dir: &Path, workload_type: &str, request_id: &str) -> WorkloadPaths {
         WorkloadPaths {
-            base: logs_dir.join(format!("{workload_type}_{}", rid(request_id))),
+            unit: UnitFiles::new(logs_dir, &format!("{workload_type}_{}", rid(request_id))),
         }
     }
 
@@ -26,26 +28,24 @@ impl WorkloadPaths {
     pub fn from_record_file(path: &Path) -> Option<WorkloadPaths> {
         let name = path.file_name()?.to_str()?.strip_suffix(".record.json")?;
         Some(WorkloadPaths {
-            base: path.with_file_name(name),
+            unit: UnitFiles::new(path.parent()?, name),
         })
     }
 
     /// `<type>_<rid>`, the stem every file shares.
     pub fn base(&self) -> &Path {
-        &self.base
+        self.unit.base()
     }
 
     fn with(&self, suffix: &str) -> PathBuf {
-        let mut name = self.base.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
+        self.unit.with(suffix)
     }
 
     pub fn stdout(&self) -> PathBuf {
-        self.with(".stdout.log")
+        self.unit.stdout()
     }
     pub fn stderr(&self) -> PathBuf {
-        self.with(".stderr.log")
+        self.unit.stderr()
     }
     /// The params JSON (`{params_file}`, `CYBERWAVE_PARAMS_FILE`).
     pub fn params(&self) -> PathBuf {
@@ -63,13 +63,11 @@ impl WorkloadPaths {
     pub fn record(&self) -> PathBuf {
         self.with(".record.json")
     }
-    /// Written by the supervisor once the workload process exists.
     pub fn started(&self) -> PathBuf {
-        self.with(".started.json")
+        self.unit.started()
     }
-    /// Written by the supervisor when the workload has ended.
     pub fn exit(&self) -> PathBuf {
-        self.with(".exit.json")
+        self.unit.exit()
     }
     /// How far live output and progress have been published.
     pub fn offsets(&self) -> PathBuf {

@@ -108,14 +108,12 @@ impl WorkloadRecord {
 
     /// The supervised process, once the shim has reported it.
     pub fn process(&self) -> Option<StartedFile> {
-        Some(StartedFile {
-            supervisor_pid: self.supervisor_pid?,
-            supervisor_start_time: self.supervisor_start_time?,
-            pid: self.pid?,
-            start_time: self.start_time?,
-            started_unix_ms: self.started_unix_ms.unwrap_or(self.created_unix_ms),
-            cgroup: self.cgroup.clone(),
-        })
+        StartedFile::from_ids(
+            self.supervisor_pid.zip(self.supervisor_start_time),
+            self.pid.zip(self.start_time),
+            self.started_unix_ms.unwrap_or(self.created_unix_ms),
+            self.cgroup.clone(),
+        )
     }
 
     /// Saves the record before the workload runs: whole, not yet synced.
