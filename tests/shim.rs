@@ -102,3 +102,47 @@ fn a_wrong_command_line_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: cyberwave-cloud-node-shim"));
 }
+
+/// The shim maps libc and nothing of the node: no LibTorch (with
+/// `--features torch` the node does), no ONNX Runtime, no TLS. This is what
+/// keeps it small beside every running workload.
+#[test]
+fn the_shim_maps_no_library_but_libc() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("w");
+    let mut shim = Command::new(SHIM)
+        .arg(&base)
+        .arg(dir.path())
+        .arg("sleep 5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The report line: the shim is past its start-up and waits.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(shim.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", shim.id())).unwrap();
+    let report: Value = serde_json::from_str(&line).unwrap();
+    let workload = report["started"]["pid"].as_i64().unwrap() as i32;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-workload),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = shim.wait();
+    let libraries: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.contains(".so"))
+        .collect();
+    let allowed = ["libc.so", "ld-linux", "libgcc_s.so"];
+    let strangers: Vec<&&str> = libraries
+        .iter()
+        .filter(|path| !allowed.iter().any(|name| path.contains(name)))
+        .collect();
+    assert!(!libraries.is_empty(), "no libraries mapped at all?\n{maps}");
+    assert!(strangers.is_empty(), "the shim maps {strangers:?}");
+}

@@ -66,12 +66,16 @@ pub fn main(args: &[OsString]) -> ExitCode {
     };
     match load(&spec) {
         Ok((server, listener)) => {
-            let _ = write_json(
-                &spec.state_file,
-                &ServerState::Ready {
-                    model: server.loaded.clone(),
-                },
-            );
+            let ready = ServerState::Ready {
+                model: server.loaded.clone(),
+            };
+            if let Err(e) = write_json(&spec.state_file, &ready) {
+                // The node would wait for `ready` for ever: fail instead,
+                // and say why in the log the `failed` event points to.
+                tracing::error!(deployment_id = %spec.deployment_id, "cannot write the state file {}: {e}; the node cannot learn that the model is ready, so this server stops", spec.state_file.display());
+                let _ = std::fs::remove_file(&spec.socket);
+                return ExitCode::from(LOAD_FAILED);
+            }
             tracing::info!(deployment_id = %spec.deployment_id, "model loaded; serving on {}", spec.socket.display());
             serve(server, listener);
             let _ = std::fs::remove_file(&spec.socket);
@@ -82,7 +86,9 @@ pub fn main(args: &[OsString]) -> ExitCode {
             // The state file is how the node learns why: its text is the
             // `failed` event's error.
             let error = error.to_string();
-            let _ = write_json(&spec.state_file, &ServerState::Failed { error });
+            if let Err(e) = write_json(&spec.state_file, &ServerState::Failed { error }) {
+                tracing::error!(deployment_id = %spec.deployment_id, "cannot write the state file {}: {e}", spec.state_file.display());
+            }
             ExitCode::from(LOAD_FAILED)
         }
     }

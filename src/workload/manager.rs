@@ -216,7 +216,9 @@ impl Workloads {
             match load_json::<super::record::StartedFile>(&paths.started()) {
                 Ok(Some(started)) => {
                     super::launch::apply_started(&mut record, &started);
-                    let _ = record.save(&paths);
+                    if let Err(e) = record.save(&paths) {
+                        tracing::warn!(request_id = %request_id, "cannot save the record {}: {e}; the workload is adopted from its started file all the same", paths.record().display());
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => {
