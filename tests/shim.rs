@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod common;
+
 const SHIM: &str = env!("CARGO_BIN_EXE_cyberwave-cloud-node-shim");
 
 fn run_shim(base: &Path, cwd: &Path, command: &str) -> Output {
@@ -145,4 +147,44 @@ fn the_shim_maps_no_library_but_libc() {
         .collect();
     assert!(!libraries.is_empty(), "no libraries mapped at all?\n{maps}");
     assert!(strangers.is_empty(), "the shim maps {strangers:?}");
+}
+
+/// A node installed without its shim still starts and answers; a workload
+/// it cannot start is refused with the path it tried, and the start-up log
+/// says what is missing.
+#[test]
+fn a_node_without_its_shim_answers_and_says_where_it_looked() {
+    let bin = tempfile::tempdir().unwrap();
+    let node = bin.path().join("cyberwave-cloud-node");
+    if std::fs::hard_link(common::node::NODE_BIN, &node).is_err() {
+        std::fs::copy(common::node::NODE_BIN, &node).unwrap();
+    }
+    // Nor on PATH (a machine with the package installed has one there).
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs =
+        std::env::split_paths(&path).filter(|d| !d.join("cyberwave-cloud-node-shim").exists());
+    let path = std::env::join_paths(dirs).unwrap().into_string().unwrap();
+    let s = common::scenario::Scenario::start(|n| {
+        n.binary(&node)
+            .env_var("PATH", path)
+            .env_var("CYBERWAVE_TRAINING_CMD", "echo never")
+    });
+    let status = s.status();
+    assert_eq!(status["status"], "ok", "{status}");
+    let refused = s.request(serde_json::json!({"command": "training", "request_id": "no-shim"}));
+    assert_eq!(refused["status"], "error", "{refused}");
+    let shim = bin.path().join("cyberwave-cloud-node-shim");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("the workload could not be started")
+            && error.contains(&shim.display().to_string()),
+        "{error}"
+    );
+    assert!(
+        s.node
+            .stderr()
+            .contains("no cyberwave-cloud-node-shim beside"),
+        "{}",
+        s.node.stderr()
+    );
 }

@@ -11,14 +11,17 @@ use crate::deploy::{DeployConfig, DeployEvent};
 use crate::protocol::{CommandKind, DeployCommand, Response};
 
 /// The deployment settings.
-pub(super) fn deploy_config(settings: &Settings) -> Result<DeployConfig, NodeError> {
+pub(super) fn deploy_config(
+    settings: &Settings,
+    shim: &std::path::Path,
+) -> Result<DeployConfig, NodeError> {
     Ok(DeployConfig {
         config_dir: settings.config_dir.value.clone(),
         working_dir: settings.working_dir.clone(),
         model_roots: settings.model_roots(),
         onnxruntime_path: settings.onnxruntime_path.as_ref().map(|p| p.value.clone()),
         exe: std::env::current_exe().map_err(NodeError::OwnExecutable)?,
-        shim: super::workloads::shim_path()?,
+        shim: shim.to_owned(),
         base_env: inherited_env(settings),
     })
 }

@@ -12,7 +12,7 @@ use super::deployments::deploy_config;
 use super::registration::{register_with_retry, RegistrationError, RegistrationRequest};
 use super::report::{self, CommandContext};
 use super::terminal::terminal_config;
-use super::workloads::{workload_config, HeldEvent};
+use super::workloads::{shim_path, workload_config, HeldEvent};
 use super::*;
 use crate::deploy::{DeployEvent, Deployments};
 use crate::mqtt::Outbox;
@@ -113,11 +113,12 @@ impl RunningNode {
             source,
         })?;
         let (workload_tx, workload_events) = mpsc::unbounded_channel();
-        let workloads = Workloads::open(workload_config(&settings)?, workload_tx);
+        let shim = shim_path()?;
+        let workloads = Workloads::open(workload_config(&settings, &shim), workload_tx);
         let (terminal_tx, terminal_events) = mpsc::channel(TERMINAL_EVENTS);
         let terminals = Terminals::new(terminal_config(&settings), terminal_tx);
         let (deploy_tx, deploy_events) = mpsc::unbounded_channel();
-        let deployments = Deployments::open(deploy_config(&settings)?, deploy_tx);
+        let deployments = Deployments::open(deploy_config(&settings, &shim)?, deploy_tx);
         Ok(RunningNode {
             settings,
             backend,

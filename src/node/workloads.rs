@@ -2,6 +2,7 @@
 //! each cut to the broker's packet limit on its way ([`RunningNode::fit`]).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use super::running::RunningNode;
 use super::NodeError;
@@ -27,12 +28,12 @@ pub(super) struct HeldEvent {
 }
 
 /// The workload settings, and what a workload may inherit.
-pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, NodeError> {
+pub(super) fn workload_config(settings: &Settings, shim: &Path) -> WorkloadConfig {
     let templates: HashMap<WorkloadKind, String> = WorkloadKind::ALL
         .into_iter()
         .filter_map(|kind| Some((kind, settings.template(kind)?.value.clone())))
         .collect();
-    Ok(WorkloadConfig {
+    WorkloadConfig {
         logs_dir: crate::workload::paths::logs_dir(&settings.config_dir.value),
         working_dir: settings.working_dir.clone(),
         templates,
@@ -42,16 +43,16 @@ pub(super) fn workload_config(settings: &Settings) -> Result<WorkloadConfig, Nod
             .api_token
             .as_ref()
             .map(|t| t.value.expose().to_owned()),
-        shim: shim_path()?,
+        shim: shim.to_owned(),
         retention: settings.log_retention.value,
         max_result_bytes: settings.max_result_bytes.value,
-    })
+    }
 }
 
 /// The shim beside the node's executable. A node without one still runs
 /// (status, terminal, everything but processes): each launch then fails
 /// with the path it tried, and the start-up log says how to fix it.
-pub(super) fn shim_path() -> Result<std::path::PathBuf, NodeError> {
+pub(super) fn shim_path() -> Result<PathBuf, NodeError> {
     let exe = std::env::current_exe().map_err(NodeError::OwnExecutable)?;
     Ok(crate::supervised::find_shim(&exe).unwrap_or_else(|| {
         let beside = exe.with_file_name(crate::supervised::handoff::SHIM_NAME);

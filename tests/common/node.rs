@@ -44,6 +44,8 @@ pub struct Node {
     env: Vec<(String, String)>,
     args: Vec<String>,
     pre_exec: Vec<PreExec>,
+    /// The node's executable: the one cargo built, unless a test moved it.
+    binary: PathBuf,
 }
 
 /// Runs in the forked child just before the node's binary is executed.
@@ -64,7 +66,16 @@ impl Node {
             env: Vec::new(),
             args: Vec::new(),
             pre_exec: Vec::new(),
+            binary: PathBuf::from(NODE_BIN),
         }
+    }
+
+    /// Runs this executable instead of the one cargo built (a copy placed
+    /// somewhere else, to see what it finds beside itself).
+    #[allow(dead_code)] // not every test file moves the node
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Node {
+        self.binary = path.into();
+        self
     }
 
     /// Runs `hook` in the child between fork and exec (a prctl, a mount
@@ -136,7 +147,7 @@ impl Node {
         let stdout = fs::File::create(&stdout_path).expect("create stdout log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr log");
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_string());
-        let mut cmd = Command::new(NODE_BIN);
+        let mut cmd = Command::new(&self.binary);
         cmd.args(&self.args)
             .current_dir(self.workdir.path())
             .env_clear()
@@ -155,7 +166,7 @@ impl Node {
         }
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {NODE_BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
         let config_dir = self
             .env
             .iter()
