@@ -64,9 +64,10 @@ pub enum DeployCommand {
     List,
 }
 
-/// A command the node knows. A new variant (here or in a family) must also
-/// go into [`CommandKind::ALL`] to be parsed; the `name` match and the
-/// node's dispatch do not compile without it.
+/// A command the node knows. A new variant (here or in a family) does not
+/// compile until it is named ([`CommandKind::name`]), placed in the order
+/// ([`CommandKind::after`], from which [`CommandKind::ALL`] is built) and
+/// dispatched by the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandKind {
     Workload(WorkloadKind),
@@ -76,22 +77,46 @@ pub enum CommandKind {
     Deployment(DeployCommand),
 }
 
+/// How many commands there are: [`CommandKind::ALL`] does not compile
+/// while this disagrees with the chain of [`CommandKind::after`].
+const COMMANDS: usize = 12;
+
 impl CommandKind {
-    /// Every command, in the order an "unknown command" error lists them.
-    pub const ALL: [CommandKind; 12] = [
-        CommandKind::Workload(WorkloadKind::Inference),
-        CommandKind::Workload(WorkloadKind::Training),
-        CommandKind::Workload(WorkloadKind::Simulate),
-        CommandKind::Status,
-        CommandKind::Cancel,
-        CommandKind::Terminal(TerminalCommand::Open),
-        CommandKind::Terminal(TerminalCommand::Resize),
-        CommandKind::Terminal(TerminalCommand::Close),
-        CommandKind::Deployment(DeployCommand::Deploy),
-        CommandKind::Deployment(DeployCommand::Infer),
-        CommandKind::Deployment(DeployCommand::Undeploy),
-        CommandKind::Deployment(DeployCommand::List),
-    ];
+    /// Every command, in the order an "unknown command" error lists them:
+    /// the chain of [`CommandKind::after`], built at compile time.
+    pub const ALL: [CommandKind; COMMANDS] = {
+        let mut all = [CommandKind::Status; COMMANDS];
+        let mut next = Some(CommandKind::Workload(WorkloadKind::Inference));
+        let mut count = 0;
+        while let Some(kind) = next {
+            // Out of bounds (a compile error) when COMMANDS is too small.
+            all[count] = kind;
+            count += 1;
+            next = kind.after();
+        }
+        assert!(count == COMMANDS, "COMMANDS is larger than the chain");
+        all
+    };
+
+    /// The command listed after this one. An exhaustive match: a new
+    /// command does not compile until it has its place in the chain.
+    const fn after(self) -> Option<CommandKind> {
+        use CommandKind::{Deployment, Terminal, Workload};
+        Some(match self {
+            Workload(WorkloadKind::Inference) => Workload(WorkloadKind::Training),
+            Workload(WorkloadKind::Training) => Workload(WorkloadKind::Simulate),
+            Workload(WorkloadKind::Simulate) => CommandKind::Status,
+            CommandKind::Status => CommandKind::Cancel,
+            CommandKind::Cancel => Terminal(TerminalCommand::Open),
+            Terminal(TerminalCommand::Open) => Terminal(TerminalCommand::Resize),
+            Terminal(TerminalCommand::Resize) => Terminal(TerminalCommand::Close),
+            Terminal(TerminalCommand::Close) => Deployment(DeployCommand::Deploy),
+            Deployment(DeployCommand::Deploy) => Deployment(DeployCommand::Infer),
+            Deployment(DeployCommand::Infer) => Deployment(DeployCommand::Undeploy),
+            Deployment(DeployCommand::Undeploy) => Deployment(DeployCommand::List),
+            Deployment(DeployCommand::List) => return None,
+        })
+    }
 
     /// The `command` field's value.
     pub const fn name(self) -> &'static str {
