@@ -324,6 +324,11 @@ impl Deployments {
                 record.save_or_log(paths);
                 let (paths, record) = (paths.clone(), record.clone());
                 self.watch_loading(&paths, &record);
+                if record.state == DeployState::Stopping {
+                    // Undeployed while the shim was still starting it: the
+                    // stop found no process then; it has one now.
+                    self.stop(&record);
+                }
                 Ok(json!({
                     "message": format!("Deployment {deployment_id} is loading {}", record.model.display()),
                     "deployment_id": deployment_id,
