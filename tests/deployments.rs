@@ -676,3 +676,51 @@ fn a_record_the_disk_refuses_is_logged_and_the_stop_still_reported() {
         "the failed save is not logged:\n{log}"
     );
 }
+
+/// CUDA asked for where ONNX Runtime has no CUDA provider (the CPU-only pip
+/// package the tests use): the deployment fails and says why; with
+/// `allow_cpu_fallback` it serves on the CPU and its `ready` event carries
+/// the warning. The node's log is never the only place it shows (issue 13).
+#[test]
+fn cuda_without_a_cuda_provider_fails_unless_the_cpu_is_allowed() {
+    let s = start();
+    let reaper = Reaper::new(&s);
+    let started = ask(
+        &s,
+        &s.node,
+        "deploy-cuda",
+        json!({"command": "deploy", "params": {"model": "add_matmul.onnx", "deployment_id": "cuda",
+            "options": {"execution_provider": "cuda"}}}),
+    );
+    if let Some(pid) = started["output"]["pid"].as_i64() {
+        reaper.add(pid as i32);
+    }
+    let failed = event(&s, &s.node, "deploy-cuda", LOAD_TIMEOUT);
+    assert_eq!(failed["event"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("no CUDA provider") && error.contains("allow_cpu_fallback"),
+        "{error}"
+    );
+
+    let (_, ready) = deploy(
+        &s,
+        &s.node,
+        &reaper,
+        "cpu",
+        "add_matmul.onnx",
+        json!({"execution_provider": "cuda", "allow_cpu_fallback": true}),
+    );
+    let warnings = ready["output"]["warnings"].to_string();
+    assert!(
+        warnings.contains("no CUDA provider") && warnings.contains("running on the CPU"),
+        "{ready}"
+    );
+    let answer = ask(
+        &s,
+        &s.node,
+        "infer-cpu",
+        x_request("cpu", json!([1, 2, 3, 4])),
+    );
+    assert_eq!(answer["status"], "ok", "{answer}");
+}

@@ -258,3 +258,39 @@ fn deployed_model_streams_tokens_and_survives_a_node_restart() {
     );
     assert_eq!(still["status"], "ok", "{still}");
 }
+
+/// `gpu_layers` on a build without a GPU backend (CI's): refused, saying
+/// why and how to allow the CPU; with `allow_cpu_fallback` it runs and warns
+/// on stderr (issue 13: never a silent CPU fallback).
+#[test]
+fn gpu_layers_without_a_gpu_backend_fail_unless_the_cpu_is_allowed() {
+    let request = json!({"prompt": "a", "max_tokens": 2, "temperature": 0}).to_string();
+    let model = model();
+    let run_with = |extra: &[&str]| {
+        let mut args = vec![
+            "run-model",
+            "--model",
+            model.as_str(),
+            "--option",
+            "gpu_layers=4",
+        ];
+        args.extend(["--input", request.as_str()]);
+        for option in extra {
+            args.extend(["--option", *option]);
+        }
+        Node::new().args(args).run_to_exit(Duration::from_secs(30))
+    };
+    let (status, _, stderr) = run_with(&[]);
+    assert!(!status.success(), "a CPU run was not asked for:\n{stderr}");
+    assert!(
+        stderr.contains("no GPU backend") && stderr.contains("allow_cpu_fallback"),
+        "{stderr}"
+    );
+    let (status, stdout, stderr) = run_with(&["allow_cpu_fallback=true"]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("\"text\""), "{stdout}");
+    assert!(
+        stderr.contains("warning: gpu_layers 4 asked for") && stderr.contains("running on the CPU"),
+        "{stderr}"
+    );
+}

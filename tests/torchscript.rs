@@ -190,3 +190,38 @@ fn deployed_module_answers_over_mqtt_and_survives_a_bad_request() {
         "{good}"
     );
 }
+
+/// `device: cuda` where LibTorch sees no CUDA device (Debian's LibTorch is
+/// CPU-only): refused, saying why; with `allow_cpu_fallback` it runs on the
+/// CPU and warns (issue 13: never a silent CPU fallback).
+#[test]
+fn cuda_without_a_cuda_device_fails_unless_the_cpu_is_allowed() {
+    let request = json!({"inputs": {"x": tensor(&[1, 4], json!([1.5, -2, 0, 3]))}}).to_string();
+    let model = fixture("single.pt");
+    let run_with = |extra: &[&str]| {
+        let mut args = vec![
+            "run-model",
+            "--model",
+            model.as_str(),
+            "--option",
+            "device=cuda",
+        ];
+        args.extend(["--input", request.as_str()]);
+        for option in extra {
+            args.extend(["--option", *option]);
+        }
+        Node::new().args(args).run_to_exit(Duration::from_secs(30))
+    };
+    let (status, _, stderr) = run_with(&[]);
+    assert!(!status.success(), "a CPU run was not asked for:\n{stderr}");
+    assert!(
+        stderr.contains("sees no CUDA device") && stderr.contains("allow_cpu_fallback"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = run_with(&["allow_cpu_fallback=true"]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: device cuda asked for"),
+        "{stderr}"
+    );
+}

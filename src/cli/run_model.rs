@@ -81,6 +81,9 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
     let path = args.model.as_ref().expect("clap requires --model");
     let options = parse_options(&args.options)?;
     let model = load(path, args.format.as_deref(), &options, &[], &runtimes)?;
+    for warning in &model.warnings {
+        eprintln!("warning: {warning}");
+    }
     if args.info {
         println!("{}", serde_json::to_string_pretty(&model.describe())?);
         return Ok(());

@@ -19,6 +19,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use serde_json::{json, Map, Value};
 
 use super::generate::{self, GenerateRequest, Prompt};
+use super::gpu;
 use super::tensor::TensorSpec;
 use super::{
     check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
@@ -55,6 +56,7 @@ impl GgufRunner {
         path: &Path,
         options: &Map<String, Value>,
         ignored: &[&str],
+        warnings: &mut Vec<String>,
     ) -> Result<GgufRunner, RunnerError> {
         check_option_keys(options, OPTIONS, ignored)?;
         let load_error = |reason: String| RunnerError::Load {
@@ -63,9 +65,11 @@ impl GgufRunner {
         };
         expect_format(path, Format::Gguf)?;
         let backend = backend()?;
-        let gpu_layers = usize_option(options, "gpu_layers")?.unwrap_or(0) as u32;
+        let mut gpu_layers = usize_option(options, "gpu_layers")?.unwrap_or(0) as u32;
         if gpu_layers > 0 && !backend.supports_gpu_offload() {
-            tracing::warn!("gpu_layers {gpu_layers} asked for, but this build of llama.cpp has no GPU backend (that needs llama-cpp-2's `cuda` feature, which this build does not enable); running on the CPU");
+            let why = format!("gpu_layers {gpu_layers} asked for, but this build of llama.cpp has no GPU backend (build the node with `--features cuda` or `--features vulkan`)");
+            gpu::without_gpu(options, why, warnings)?;
+            gpu_layers = 0;
         }
         LAST_ERRORS
             .lock()

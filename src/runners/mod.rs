@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 mod generate;
 #[cfg(feature = "gguf")]
 pub mod gguf;
+mod gpu;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 pub mod roots;
@@ -179,6 +180,9 @@ pub enum RunnerError {
     Tensors(#[from] tensor::RequestError),
     #[error("inference failed: {0}")]
     Inference(String),
+    /// A GPU was asked for and cannot be used; the CPU was not allowed.
+    #[error("{0}; set \"allow_cpu_fallback\": true in the options to run on the CPU instead")]
+    NoGpu(String),
 }
 
 impl RunnerError {
@@ -191,7 +195,8 @@ impl RunnerError {
             | RunnerError::Runtime(_)
             | RunnerError::Load { .. }
             | RunnerError::Options(_)
-            | RunnerError::Inference(_) => false,
+            | RunnerError::Inference(_)
+            | RunnerError::NoGpu(_) => false,
         }
     }
 }
@@ -244,13 +249,15 @@ pub struct Model {
     /// Growth of the process's resident memory while loading.
     pub memory_bytes: u64,
     pub load_ms: f64,
+    /// What the load had to give up (a GPU, with `allow_cpu_fallback`).
+    pub warnings: Vec<String>,
 }
 
 impl Model {
     /// `{"format", "input_specs", "output_specs", "memory_bytes", "load_ms"}`.
     pub fn describe(&self) -> Value {
         let specs = |s: &[TensorSpec]| s.iter().map(TensorSpec::to_json).collect::<Vec<_>>();
-        json!({
+        let mut described = json!({
             "model": self.path,
             "format": self.format.name(),
             "input_specs": specs(self.runner.input_specs()),
@@ -258,7 +265,11 @@ impl Model {
             "memory_bytes": self.memory_bytes,
             "load_ms": self.load_ms,
             "details": self.runner.details(),
-        })
+        });
+        if !self.warnings.is_empty() {
+            described["warnings"] = json!(self.warnings);
+        }
+        described
     }
 }
 
@@ -284,13 +295,21 @@ pub fn load(
     }
     let before = resident_bytes();
     let started = Instant::now();
-    let runner = load_with(format, path, options, ignored, runtimes)?;
+    // Every runner takes the CPU-fallback option (`gpu`).
+    let ignored: Vec<&str> = ignored
+        .iter()
+        .copied()
+        .chain([gpu::ALLOW_CPU_FALLBACK])
+        .collect();
+    let mut warnings = Vec::new();
+    let runner = load_with(format, path, options, &ignored, runtimes, &mut warnings)?;
     Ok(Model {
         runner,
         format,
         path: path.to_owned(),
         memory_bytes: resident_bytes().saturating_sub(before),
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
+        warnings,
     })
 }
 
@@ -301,16 +320,21 @@ fn load_with(
     options: &Map<String, Value>,
     ignored: &[&str],
     runtimes: &RuntimePaths,
+    warnings: &mut Vec<String>,
 ) -> Result<Box<dyn ModelRunner>, RunnerError> {
     match format {
         #[cfg(feature = "onnx")]
         Format::Onnx => Ok(Box::new(onnx::OnnxRunner::load(
-            path, options, ignored, runtimes,
+            path, options, ignored, runtimes, warnings,
         )?)),
         #[cfg(feature = "gguf")]
-        Format::Gguf => Ok(Box::new(gguf::GgufRunner::load(path, options, ignored)?)),
+        Format::Gguf => Ok(Box::new(gguf::GgufRunner::load(
+            path, options, ignored, warnings,
+        )?)),
         #[cfg(feature = "torch")]
-        Format::TorchScript => Ok(Box::new(torch::TorchRunner::load(path, options, ignored)?)),
+        Format::TorchScript => Ok(Box::new(torch::TorchRunner::load(
+            path, options, ignored, warnings,
+        )?)),
         #[allow(unreachable_patterns)] // every format built in
         other => Err(RunnerError::NotBuilt {
             format: other.name(),

@@ -24,6 +24,7 @@ use ort::session::Session;
 use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 use serde_json::{json, Map, Value};
 
+use super::gpu;
 use super::tensor::{inputs_from_json, wants_base64, DType, RequestError, Tensor, TensorSpec};
 use super::{
     check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
@@ -105,11 +106,22 @@ impl OnnxRunner {
         options: &Map<String, Value>,
         ignored: &[&str],
         runtimes: &RuntimePaths,
+        warnings: &mut Vec<String>,
     ) -> Result<OnnxRunner, RunnerError> {
         check_option_keys(options, OPTIONS, ignored)?;
-        let options = parse_options(options)?;
+        let raw = options;
+        let mut options = parse_options(raw)?;
         expect_format(path, Format::Onnx)?;
-        let session = build_session(environment(runtimes)?, path, &options)?;
+        let environment = environment(runtimes)?;
+        let session = match build_session(environment, path, &options) {
+            Err(RunnerError::NoGpu(why)) => {
+                gpu::without_gpu(raw, why, warnings)?;
+                // Every later session of this model runs on the CPU too.
+                options.cuda = None;
+                build_session(environment, path, &options)?
+            }
+            built => built?,
+        };
         let inputs = session
             .inputs()
             .iter()
@@ -409,7 +421,7 @@ fn build_session(
             .map_err(|e| load_error(e.to_string()))?;
     }
     if let Some(device) = options.cuda {
-        builder = with_cuda(builder, device);
+        builder = with_cuda(builder, device)?;
     }
     builder.commit_from_file(path).map_err(|e| {
         let mut reason = e.to_string();
@@ -420,26 +432,25 @@ fn build_session(
     })
 }
 
-/// Adds the CUDA provider, or warns and stays on the CPU when it is missing.
+/// Adds the CUDA provider; `NoGpu` says why it cannot be had.
 fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
     device: i32,
-) -> ort::session::builder::SessionBuilder {
+) -> Result<ort::session::builder::SessionBuilder, RunnerError> {
     if !ep::CUDA::is_available().unwrap_or(false) {
-        tracing::warn!("CUDA asked for, but this ONNX Runtime has no CUDA provider (install onnxruntime-gpu); running on the CPU");
-        return builder;
+        return Err(RunnerError::NoGpu(
+            "execution_provider cuda asked for, but this ONNX Runtime has no CUDA provider (install onnxruntime-gpu)".into(),
+        ));
     }
     let cuda = ep::CUDA::default()
         .with_device_id(device)
         .build()
         .error_on_failure();
-    match builder.with_execution_providers([cuda]) {
-        Ok(builder) => builder,
-        Err(e) => {
-            tracing::warn!("the CUDA provider did not start ({e}); running on the CPU");
-            e.recover()
-        }
-    }
+    builder.with_execution_providers([cuda]).map_err(|e| {
+        RunnerError::NoGpu(format!(
+            "execution_provider cuda asked for, but the CUDA provider did not start on device {device} ({e})"
+        ))
+    })
 }
 
 fn spec(name: &str, value_type: &ValueType) -> TensorSpec {

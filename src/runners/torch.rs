@@ -12,6 +12,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 use tch::{CModule, Device, IValue, Kind, Tensor as TchTensor};
 
+use super::gpu;
 use super::tensor::{inputs_from_json, wants_base64, DType, Tensor, TensorSpec};
 use super::{
     check_option_keys, expect_format, usize_option, EventSink, Format, ModelRunner, RunnerError,
@@ -29,6 +30,7 @@ impl TorchRunner {
         path: &Path,
         options: &Map<String, Value>,
         ignored: &[&str],
+        warnings: &mut Vec<String>,
     ) -> Result<TorchRunner, RunnerError> {
         check_option_keys(options, OPTIONS, ignored)?;
         let load_error = |reason: String| RunnerError::Load {
@@ -43,9 +45,8 @@ impl TorchRunner {
             None | Some("cpu") => Device::Cpu,
             Some("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
             Some("cuda") => {
-                tracing::warn!(
-                    "CUDA asked for, but this LibTorch sees no CUDA device; running on the CPU"
-                );
+                let why = "device cuda asked for, but this LibTorch sees no CUDA device (a CPU-only LibTorch, or no GPU visible to the model server)";
+                gpu::without_gpu(options, why.into(), warnings)?;
                 Device::Cpu
             }
             Some(other) => {
