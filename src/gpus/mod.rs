@@ -17,6 +17,10 @@
 //! partly compiled into the shim; NVML has no business there.
 
 mod inventory;
+// The assignment half (assign, reserve, release, `Holder`,
+// `visible_devices`) is for workload and deployment starts, wired in next;
+// until then the tests, `status` and the heartbeat are its only callers.
+#[allow(dead_code)]
 mod pool;
 
 use std::fmt;
@@ -24,6 +28,7 @@ use std::fmt;
 use serde::Serialize;
 
 pub use inventory::{Inventory, InventoryError, Source};
+#[allow(unused_imports)]
 pub use pool::{GpuError, GpuPool};
 
 /// One GPU the node may hand out.
@@ -47,6 +52,7 @@ impl Gpu {
     /// What names it to CUDA and in a record: the UUID where known (stable
     /// across reboots and the only way to name a MIG instance), else the
     /// index.
+    #[allow(dead_code)] // see `mod pool`
     pub fn id(&self) -> String {
         match &self.uuid {
             Some(uuid) => uuid.clone(),
@@ -65,6 +71,7 @@ impl Gpu {
 }
 
 /// Who holds GPUs.
+#[allow(dead_code)] // see `mod pool`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Holder {
@@ -98,11 +105,13 @@ impl fmt::Display for Holder {
 
 /// `CUDA_VISIBLE_DEVICES` (and `NVIDIA_VISIBLE_DEVICES`) for `gpus`: their
 /// ids, comma-separated; empty for none, which CUDA reads as "no GPU".
+#[allow(dead_code)] // see `mod pool`
 pub fn visible_devices(gpus: &[Gpu]) -> String {
     gpus.iter().map(Gpu::id).collect::<Vec<_>>().join(",")
 }
 
 /// `GPU 0` or `GPUs 0, 1`, for messages.
+#[allow(dead_code)] // see `mod pool`
 fn gpu_labels<'a>(gpus: impl IntoIterator<Item = &'a Gpu>) -> String {
     let labels: Vec<String> = gpus.into_iter().map(Gpu::label).collect();
     let noun = if labels.len() == 1 { "GPU" } else { "GPUs" };
