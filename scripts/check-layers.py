@@ -20,7 +20,7 @@ LAYERS = {
     "cli": 6,
     "node": 5,
     "workload": 4, "deploy": 4, "terminal": 4, "install": 4,
-    "supervised": 3,
+    "supervised": 3, "gpus": 3,
     "config": 2, "identity": 2, "backend": 2, "mqtt": 2, "protocol": 2,
     "runners": 2, "telemetry": 2, "standalone": 2, "lock": 2, "shutdown": 2,
     "backoff": 2, "secret": 2, "logging": 2,

@@ -26,6 +26,9 @@
 //!   shim handoff, launch, process identity, exit watching, containment
 //!   (cgroup v2 or process tree), the one stop (grace, then SIGKILL),
 //!   adoption after a restart, the exit status.
+//! - `gpus`, beside it: the node's GPUs (NVML, restricted or declared by the
+//!   `gpus` setting) and the pool that says which workload or deployment
+//!   holds which.
 //! - Below them: `config` (every setting with its origin), `identity`,
 //!   `backend` (REST), `mqtt` (the link, its queue and acks, topics, the
 //!   outbox), `protocol` (commands in, answers and events out), `runners`
@@ -60,6 +63,7 @@ mod cli;
 mod config;
 mod deploy;
 mod fsutil;
+mod gpus;
 mod identity;
 mod install;
 mod lock;

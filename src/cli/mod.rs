@@ -264,13 +264,31 @@ fn config_show(args: &SettingsArgs) -> anyhow::Result<()> {
 }
 
 fn info(json: bool) -> anyhow::Result<()> {
-    let hardware = crate::telemetry::detect();
+    let mut hardware = crate::telemetry::detect();
+    node_gpus(&mut hardware);
     if json {
         println!("{}", serde_json::to_string_pretty(&hardware)?);
     } else {
         print!("{}", crate::telemetry::hardware::render(&hardware));
     }
     Ok(())
+}
+
+/// Narrows `hardware`'s GPUs to the node's own, as the `gpus` setting of
+/// this directory and environment makes them; on a settings problem NVML's
+/// list stays, with the problem on stderr (`start` would stop on it).
+fn node_gpus(hardware: &mut crate::telemetry::hardware::Hardware) {
+    let settings = match Settings::load(&Overrides::default(), &Environment::from_process()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::warn!("GPUs as NVML reports them; the settings cannot be read: {error}");
+            return;
+        }
+    };
+    match crate::gpus::Inventory::resolve(hardware.gpus.clone(), &settings.gpus) {
+        Ok(inventory) => hardware.gpus = inventory.describe(&hardware.gpus),
+        Err(error) => tracing::warn!("GPUs as NVML reports them: {error}"),
+    }
 }
 
 /// Prints the completion script for `shell`. clap_complete panics on a write

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::secret::Secret;
+pub use parse::{GpuRef, GpuSelection, GpusPerWorkload};
 pub use show::render_table;
 pub use sources::{Credentials, DotEnvFile, Environment};
 pub use yaml::YamlFile;
@@ -186,6 +187,10 @@ pub struct Settings {
     pub profile_slug: Sourced<String>,
     pub heartbeat_interval: Sourced<Duration>,
     pub max_concurrent_workloads: Sourced<u32>,
+    /// Which GPUs the node hands out (`gpus`); see `crate::gpus`.
+    pub gpus: Sourced<GpuSelection>,
+    /// How many GPUs a workload gets unless its request says.
+    pub gpus_per_workload: Sourced<GpusPerWorkload>,
     /// Seconds between metrics samples; zero turns them off.
     pub metrics_interval: Sourced<Duration>,
     /// The remote terminal (`terminal:` in cyberwave.yml); off by default.

@@ -19,7 +19,7 @@ pub const MAX_MQTT_PAYLOAD: u64 = 268_435_455;
 
 /// What is wrong with a setting's text; [`super::ConfigError::Invalid`] names
 /// the setting, the text and where it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
     #[error("a port must be between 1 and 65535")]
     PortRange,
@@ -69,6 +69,129 @@ pub enum ValueError {
     NotUuid,
     #[error("must not contain the MQTT wildcards '+' or '#'")]
     PrefixWildcard,
+    #[error(
+        "{0:?} is neither a GPU index (0, 1, ...) nor a GPU UUID (GPU-... or MIG-...); \
+         expected a comma list of them, all, or none"
+    )]
+    GpuEntry(String),
+    #[error("names GPU {0} twice")]
+    GpuTwice(String),
+    #[error("expected all or a whole number of GPUs from 0 to {MAX_GPUS_PER_WORKLOAD}")]
+    GpusPerWorkload,
+}
+
+/// The most GPUs `gpus_per_workload` may ask for.
+pub const MAX_GPUS_PER_WORKLOAD: u32 = 64;
+
+/// The `gpus` setting: which GPUs the node may hand out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// Unset (or `all`): every GPU NVML reports.
+    Detected,
+    /// `none`: no GPU, whatever NVML reports.
+    Off,
+    /// A list: these GPUs of NVML's; where NVML reports none, the list
+    /// declares them (how tests and GPU-less machines describe a node).
+    Only(Vec<GpuRef>),
+}
+
+/// One entry of a `gpus` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuRef {
+    /// NVML's index (`nvidia-smi`'s GPU number).
+    Index(u32),
+    /// `GPU-...` or `MIG-...`, as `nvidia-smi -L` prints them.
+    Uuid(String),
+}
+
+impl std::fmt::Display for GpuRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuRef::Index(index) => write!(f, "{index}"),
+            GpuRef::Uuid(uuid) => f.write_str(uuid),
+        }
+    }
+}
+
+impl std::fmt::Display for GpuSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuSelection::Detected => f.write_str("all"),
+            GpuSelection::Off => f.write_str("none"),
+            GpuSelection::Only(list) => {
+                let entries: Vec<String> = list.iter().map(GpuRef::to_string).collect();
+                f.write_str(&entries.join(","))
+            }
+        }
+    }
+}
+
+/// `gpus_per_workload`: how many GPUs a workload gets unless it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpusPerWorkload {
+    /// Every workload sees all the node's GPUs, none exclusively.
+    All,
+    /// This many, held by the workload alone (0: no GPU).
+    Count(u32),
+}
+
+impl std::fmt::Display for GpusPerWorkload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpusPerWorkload::All => f.write_str("all"),
+            GpusPerWorkload::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// `all`, `none`, or a comma list of indexes and UUIDs, each at most once.
+pub fn gpu_selection(text: &str) -> Result<GpuSelection, ValueError> {
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("all") {
+        return Ok(GpuSelection::Detected);
+    }
+    if trimmed.eq_ignore_ascii_case("none") {
+        return Ok(GpuSelection::Off);
+    }
+    let mut list: Vec<GpuRef> = Vec::new();
+    for entry in trimmed.split(',').map(str::trim) {
+        let parsed = if let Ok(index) = entry.parse::<u32>() {
+            GpuRef::Index(index)
+        } else if is_gpu_uuid(entry) {
+            GpuRef::Uuid(entry.to_owned())
+        } else {
+            return Err(ValueError::GpuEntry(entry.to_owned()));
+        };
+        if list.contains(&parsed) {
+            return Err(ValueError::GpuTwice(entry.to_owned()));
+        }
+        list.push(parsed);
+    }
+    Ok(GpuSelection::Only(list))
+}
+
+/// `GPU-<hex and dashes>` or `MIG-<...>`, as NVML writes UUIDs.
+fn is_gpu_uuid(entry: &str) -> bool {
+    let rest = ["GPU-", "MIG-"]
+        .iter()
+        .find_map(|prefix| entry.strip_prefix(prefix));
+    rest.is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '/')
+    })
+}
+
+pub fn gpus_per_workload(text: &str) -> Result<GpusPerWorkload, ValueError> {
+    let trimmed = text.trim();
+    if trimmed.eq_ignore_ascii_case("all") {
+        return Ok(GpusPerWorkload::All);
+    }
+    match trimmed.parse::<u32>() {
+        Ok(n) if n <= MAX_GPUS_PER_WORKLOAD => Ok(GpusPerWorkload::Count(n)),
+        _ => Err(ValueError::GpusPerWorkload),
+    }
 }
 
 /// What `mqtt_max_packet_bytes` may be, for its errors.
@@ -255,6 +378,45 @@ mod tests {
         assert_eq!(topic_prefix("production").unwrap(), "");
         assert_eq!(topic_prefix("dev").unwrap(), "dev");
         assert!(topic_prefix("a/#").is_err());
+    }
+
+    #[test]
+    fn gpu_lists() {
+        assert_eq!(gpu_selection(" all "), Ok(GpuSelection::Detected));
+        assert_eq!(gpu_selection("NONE"), Ok(GpuSelection::Off));
+        assert_eq!(
+            gpu_selection("0, 2,GPU-8f3e-11aa,MIG-1c2d"),
+            Ok(GpuSelection::Only(vec![
+                GpuRef::Index(0),
+                GpuRef::Index(2),
+                GpuRef::Uuid("GPU-8f3e-11aa".into()),
+                GpuRef::Uuid("MIG-1c2d".into()),
+            ]))
+        );
+        let bad = gpu_selection("0,gpu1").unwrap_err().to_string();
+        assert!(bad.contains("\"gpu1\" is neither"), "{bad}");
+        assert!(gpu_selection("0,,1").is_err());
+        assert!(gpu_selection("GPU-").is_err());
+        assert!(gpu_selection("-1").is_err());
+        assert_eq!(
+            gpu_selection("1,0,1").unwrap_err().to_string(),
+            "names GPU 1 twice"
+        );
+        assert_eq!(
+            gpu_selection("0,2").unwrap().to_string(),
+            "0,2",
+            "shown as written"
+        );
+    }
+
+    #[test]
+    fn gpus_per_workload_is_all_or_a_count() {
+        assert_eq!(gpus_per_workload("All"), Ok(GpusPerWorkload::All));
+        assert_eq!(gpus_per_workload("0"), Ok(GpusPerWorkload::Count(0)));
+        assert_eq!(gpus_per_workload("64"), Ok(GpusPerWorkload::Count(64)));
+        let bad = gpus_per_workload("65").unwrap_err().to_string();
+        assert!(bad.contains("all or a whole number"), "{bad}");
+        assert!(gpus_per_workload("two").is_err());
     }
 
     #[test]

@@ -128,6 +128,12 @@ const ONNXRUNTIME_PATH: Spec = spec(
     &["CYBERWAVE_ONNXRUNTIME_PATH"],
     Some("onnxruntime_path"),
 );
+const GPUS: Spec = spec("gpus", &["CYBERWAVE_GPUS"], Some("gpus"));
+const GPUS_PER_WORKLOAD: Spec = spec(
+    "gpus per workload",
+    &["CYBERWAVE_GPUS_PER_WORKLOAD"],
+    Some("gpus_per_workload"),
+);
 const MAX_WORKLOADS: Spec = spec(
     "max concurrent workloads",
     &["CYBERWAVE_MAX_CONCURRENT_WORKLOADS"],
@@ -293,6 +299,8 @@ impl Layers<'_> {
             profile_slug,
             heartbeat_interval: limits.heartbeat_interval,
             max_concurrent_workloads: limits.max_concurrent_workloads,
+            gpus: limits.gpus,
+            gpus_per_workload: limits.gpus_per_workload,
             terminal_enabled: limits.terminal.enabled,
             terminal_shell: limits.terminal.shell,
             terminal_max_sessions: limits.terminal.max_sessions,
@@ -412,6 +420,13 @@ impl Layers<'_> {
                 parse::positive_count,
                 1,
             )?,
+            gpus: self.get_or(&GPUS, None, parse::gpu_selection, GpuSelection::Detected)?,
+            gpus_per_workload: self.get_or(
+                &GPUS_PER_WORKLOAD,
+                None,
+                parse::gpus_per_workload,
+                GpusPerWorkload::All,
+            )?,
             terminal: self.terminal()?,
             metrics_interval: self.get_or(
                 &METRICS,
@@ -485,6 +500,8 @@ struct MqttSettings {
 struct Limits {
     heartbeat_interval: Sourced<Duration>,
     max_concurrent_workloads: Sourced<u32>,
+    gpus: Sourced<GpuSelection>,
+    gpus_per_workload: Sourced<GpusPerWorkload>,
     terminal: TerminalSettings,
     metrics_interval: Sourced<Duration>,
     log_retention: Sourced<Duration>,

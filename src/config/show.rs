@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use super::{Settings, Sourced};
+use super::{GpuSelection, GpusPerWorkload, Settings, Sourced};
 
 /// One printable row: name, value, origin.
 type Row = (&'static str, String, String);
@@ -113,6 +113,15 @@ fn workload_rows(s: &Settings) -> Vec<Row> {
             "max_concurrent_workloads",
             &s.max_concurrent_workloads,
             u32::to_string,
+        ),
+        row("gpus", &s.gpus, |g| match g {
+            GpuSelection::Detected => "all (every GPU NVML reports)".to_owned(),
+            GpuSelection::Off | GpuSelection::Only(_) => g.to_string(),
+        }),
+        row(
+            "gpus_per_workload",
+            &s.gpus_per_workload,
+            GpusPerWorkload::to_string,
         ),
     ]
 }

@@ -372,3 +372,71 @@ fn model_roots_from_a_yaml_list_or_the_environment() {
         vec![none.working_dir.clone(), config_dir.join("models")]
     );
 }
+
+#[test]
+fn gpus_default_to_every_detected_gpu_and_all_per_workload() {
+    let s = Fixture::new().load().unwrap();
+    assert_eq!(
+        s.gpus,
+        Sourced::new(GpuSelection::Detected, Origin::Default)
+    );
+    assert_eq!(
+        s.gpus_per_workload,
+        Sourced::new(GpusPerWorkload::All, Origin::Default)
+    );
+    let table = render_table(&s);
+    assert!(table.contains("every GPU NVML reports"), "{table}");
+}
+
+#[test]
+fn gpus_from_yaml_below_the_environment() {
+    let f = Fixture::new().cwd_file(
+        "cyberwave.yml",
+        "cyberwave:\n  gpus: [0, 2]\n  gpus_per_workload: 1\n",
+    );
+    let s = f.load().unwrap();
+    assert_eq!(
+        s.gpus.value,
+        GpuSelection::Only(vec![GpuRef::Index(0), GpuRef::Index(2)])
+    );
+    assert!(matches!(s.gpus.origin, Origin::Yaml { line: Some(2), .. }));
+    assert_eq!(s.gpus_per_workload.value, GpusPerWorkload::Count(1));
+    let s = f
+        .var("CYBERWAVE_GPUS", "none")
+        .var("CYBERWAVE_GPUS_PER_WORKLOAD", "all")
+        .load()
+        .unwrap();
+    assert_eq!(
+        s.gpus,
+        Sourced::new(GpuSelection::Off, Origin::Env("CYBERWAVE_GPUS"))
+    );
+    assert_eq!(s.gpus_per_workload.value, GpusPerWorkload::All);
+    let table = render_table(&s);
+    let row = table.lines().find(|l| l.starts_with("gpus ")).unwrap();
+    assert!(
+        row.contains("none") && row.contains("environment variable CYBERWAVE_GPUS"),
+        "{row}"
+    );
+}
+
+#[test]
+fn a_bad_gpus_entry_is_named_with_its_source() {
+    let err = Fixture::new()
+        .var("CYBERWAVE_GPUS", "0,first")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("environment variable CYBERWAVE_GPUS") && err.contains("\"first\""),
+        "{err}"
+    );
+    let err = Fixture::new()
+        .cwd_file("cyberwave.yml", "cyberwave:\n  gpus_per_workload: 65\n")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2 (gpus_per_workload)") && err.contains("from 0 to 64"),
+        "{err}"
+    );
+}

@@ -32,6 +32,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mqtt_password",
     "mqtt_max_packet_bytes",
     "max_concurrent_workloads",
+    "gpus",
+    "gpus_per_workload",
     "log_retention_days",
     "max_result_bytes",
     "metrics_interval",
@@ -170,14 +172,24 @@ impl YamlFile {
                 }
             },
         };
-        let listed = match (canonical, value) {
-            ("model_roots", Value::Sequence(items)) => {
+        // Lists are written the way the environment variable would be.
+        let separator = match canonical {
+            "model_roots" => ":",
+            "gpus" => ",",
+            _ => "",
+        };
+        let listed = match value {
+            Value::Sequence(items) if !separator.is_empty() => {
                 Some(items.iter().map(scalar_text).collect::<Result<Vec<_>, _>>())
             }
             _ => None,
         };
         if let Some(Ok(items)) = listed {
-            let text = items.into_iter().flatten().collect::<Vec<_>>().join(":");
+            let text = items
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(separator);
             self.entries.insert(canonical, YamlEntry { text, line });
             return Ok(());
         }
@@ -342,6 +354,18 @@ mod tests {
             text.contains("line 2") && text.contains("mqtt_host"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gpus_as_a_list_or_a_scalar() {
+        let file = parse("cyberwave:\n  gpus: [0, GPU-ab12]\n  gpus_per_workload: 1\n").unwrap();
+        assert_eq!(file.entries["gpus"].text, "0,GPU-ab12");
+        assert_eq!(file.entries["gpus"].line, Some(2));
+        assert_eq!(file.entries["gpus_per_workload"].text, "1");
+        let file = parse("cyberwave:\n  gpus: 0,2\n").unwrap();
+        assert_eq!(file.entries["gpus"].text, "0,2");
+        let file = parse("cyberwave:\n  gpus: 3\n").unwrap();
+        assert_eq!(file.entries["gpus"].text, "3");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub enum NodeError {
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
+    Gpus(#[from] crate::gpus::InventoryError),
+    #[error(transparent)]
     Standalone(#[from] crate::standalone::StandaloneError),
     #[error("cannot create the config dir {path}: {source}; set CYBERWAVE_CONFIG_DIR to a writable directory")]
     ConfigDir {

@@ -16,6 +16,7 @@ pub struct CommandContext<'a> {
     pub accepting: bool,
     pub workloads: &'a Workloads,
     pub deployments: &'a crate::deploy::Deployments,
+    pub gpus: &'a crate::gpus::GpuPool,
     /// The latest metrics sample, if metrics are on.
     pub metrics: Option<&'a Value>,
 }
@@ -38,6 +39,7 @@ pub fn status_output(ctx: &CommandContext<'_>) -> Value {
         "active_workloads": ctx.workloads.active_summaries(),
         "containment": ctx.workloads.containment(),
         "deployments": ctx.deployments.summary(),
+        "gpus": ctx.gpus.status(),
         "metrics": ctx.metrics,
     })
 }
@@ -50,6 +52,7 @@ pub fn heartbeat_summary(ctx: &CommandContext<'_>) -> Value {
         "accepting_commands": ctx.accepting,
         "active_workloads": ctx.workloads.active_count(),
         "uptime_seconds": ctx.started.elapsed().as_secs(),
+        "gpus": ctx.gpus.summary(),
         "metrics": ctx.metrics.map(crate::telemetry::metrics::summary),
     })
 }

@@ -15,6 +15,7 @@ use super::terminal::terminal_config;
 use super::workloads::{shim_path, workload_config, HeldEvent};
 use super::*;
 use crate::deploy::{DeployEvent, Deployments};
+use crate::gpus::{GpuPool, Inventory};
 use crate::mqtt::Outbox;
 use crate::mqtt::Seq;
 use crate::protocol::WorkloadKind;
@@ -90,6 +91,8 @@ pub(super) struct RunningNode {
     terminal_events: mpsc::Receiver<TerminalEvent>,
     pub(super) deployments: Deployments,
     deploy_events: mpsc::UnboundedReceiver<DeployEvent>,
+    /// The node's GPUs and who holds them.
+    pub(super) gpus: GpuPool,
 }
 
 impl RunningNode {
@@ -99,6 +102,8 @@ impl RunningNode {
         identity: Identity,
         shutdown: Shutdown,
     ) -> Result<RunningNode, NodeError> {
+        let inventory = Inventory::detect(&settings.gpus)?;
+        tracing::info!("{}", inventory.describe_line());
         let topics = Topics::new(&settings.topic_prefix.value);
         let (mqtt, mqtt_events) = MqttLink::start(mqtt_config(&settings, &identity, &topics))?;
         let (background_tx, background_rx) = mpsc::unbounded_channel();
@@ -152,6 +157,7 @@ impl RunningNode {
             terminal_events,
             deployments,
             deploy_events,
+            gpus: GpuPool::new(inventory),
         }
         .with_metrics())
     }
@@ -250,6 +256,7 @@ impl RunningNode {
             accepting: self.accepting,
             workloads: &self.workloads,
             deployments: &self.deployments,
+            gpus: &self.gpus,
             metrics: self.metrics.as_ref(),
         }
     }

@@ -30,12 +30,22 @@ pub struct DiskInfo {
     pub free_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One GPU as NVML reports it: a whole GPU, or one MIG instance of a GPU
+/// whose MIG mode is on (a MIG-enabled GPU is not usable whole, so its
+/// instances are listed instead of it). `info` shows the node's own list
+/// (see `crate::gpus`), where `declared` marks a GPU the `gpus` setting
+/// declared on a machine without NVML.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GpuInfo {
+    /// NVML's index; a MIG instance has its GPU's.
     pub index: u32,
     pub name: String,
-    pub uuid: String,
+    /// `GPU-...`, or `MIG-...` for a MIG instance; `None` when unknown.
+    pub uuid: Option<String>,
     pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    pub mig: bool,
+    pub declared: bool,
     pub driver_version: String,
     pub cuda_version: String,
     pub compute_capability: String,
@@ -70,7 +80,7 @@ pub fn detect() -> Hardware {
         logical_cores,
         memory_total_bytes,
         disks: disks(),
-        gpus: super::nvml().map(|nvml| gpus(&nvml)).unwrap_or_default(),
+        gpus: nvml_gpus(),
         model_formats: crate::runners::Format::ALL
             .into_iter()
             .filter(|f| f.is_built())
@@ -96,6 +106,15 @@ pub(crate) fn disks() -> Vec<DiskInfo> {
         .collect()
 }
 
+/// NVML's value for "MIG mode on" (nvml.h; nvml-wrapper does not re-export it).
+const NVML_DEVICE_MIG_ENABLE: u32 = 1;
+
+/// Every GPU NVML reports, MIG instances in place of their GPU; empty where
+/// NVML is absent. For `crate::gpus`, which builds the node's list from it.
+pub(crate) fn nvml_gpus() -> Vec<GpuInfo> {
+    super::nvml().map(|nvml| gpus(&nvml)).unwrap_or_default()
+}
+
 fn gpus(nvml: &Nvml) -> Vec<GpuInfo> {
     let driver = nvml.sys_driver_version().unwrap_or_default();
     let cuda = nvml
@@ -103,27 +122,76 @@ fn gpus(nvml: &Nvml) -> Vec<GpuInfo> {
         .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
         .unwrap_or_default();
     let count = nvml.device_count().unwrap_or(0);
-    (0..count)
-        .filter_map(|index| {
-            let device = nvml.device_by_index(index).ok()?;
-            Some(GpuInfo {
-                index,
-                name: device.name().unwrap_or_default(),
-                uuid: device.uuid().unwrap_or_default(),
-                memory_total_bytes: device.memory_info().map(|m| m.total).unwrap_or(0),
-                driver_version: driver.clone(),
-                cuda_version: cuda.clone(),
-                compute_capability: device
-                    .cuda_compute_capability()
-                    .map(|c| format!("{}.{}", c.major, c.minor))
-                    .unwrap_or_default(),
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for index in 0..count {
+        let Ok(device) = nvml.device_by_index(index) else {
+            continue;
+        };
+        let whole = describe(&device, index, false, &driver, &cuda);
+        let mig_on = device
+            .mig_mode()
+            .is_ok_and(|m| m.current == NVML_DEVICE_MIG_ENABLE);
+        if !mig_on {
+            out.push(whole);
+            continue;
+        }
+        // Slots without an instance answer NotFound: skipped.
+        for slot in 0..device.mig_device_count().unwrap_or(0) {
+            if let Ok(instance) = device.mig_device_by_index(slot) {
+                let mut mig = describe(&instance, index, true, &driver, &cuda);
+                mig.compute_capability = whole.compute_capability.clone();
+                out.push(mig);
+            }
+        }
+    }
+    out
+}
+
+fn describe(
+    device: &nvml_wrapper::Device<'_>,
+    index: u32,
+    mig: bool,
+    driver: &str,
+    cuda: &str,
+) -> GpuInfo {
+    let memory = device.memory_info().ok();
+    GpuInfo {
+        index,
+        name: device.name().unwrap_or_default(),
+        uuid: device.uuid().ok(),
+        memory_total_bytes: memory.as_ref().map(|m| m.total).unwrap_or(0),
+        memory_free_bytes: memory.as_ref().map(|m| m.free).unwrap_or(0),
+        mig,
+        declared: false,
+        driver_version: driver.to_owned(),
+        cuda_version: cuda.to_owned(),
+        compute_capability: device
+            .cuda_compute_capability()
+            .map(|c| format!("{}.{}", c.major, c.minor))
+            .unwrap_or_default(),
+    }
 }
 
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn render_gpu(gpu: &GpuInfo) -> String {
+    let uuid = gpu.uuid.as_deref().unwrap_or("");
+    if gpu.declared {
+        return format!("gpu {:<5} declared by the gpus setting {uuid}", gpu.index);
+    }
+    let kind = if gpu.mig { " MIG instance" } else { "" };
+    format!(
+        "gpu {:<5} {}{kind} {} ({} free; compute {}, driver {}, CUDA {}) {uuid}",
+        gpu.index,
+        gpu.name,
+        gib(gpu.memory_total_bytes),
+        gib(gpu.memory_free_bytes),
+        gpu.compute_capability,
+        gpu.driver_version,
+        gpu.cuda_version,
+    )
 }
 
 /// `info` for a person.
@@ -154,17 +222,7 @@ pub fn render(hw: &Hardware) -> String {
         let _ = writeln!(out, "gpus      none (no NVIDIA driver or no NVIDIA GPU)");
     }
     for gpu in &hw.gpus {
-        let _ = writeln!(
-            out,
-            "gpu {}     {} {} (compute {}, driver {}, CUDA {}) {}",
-            gpu.index,
-            gpu.name,
-            gib(gpu.memory_total_bytes),
-            gpu.compute_capability,
-            gpu.driver_version,
-            gpu.cuda_version,
-            gpu.uuid
-        );
+        let _ = writeln!(out, "{}", render_gpu(gpu));
     }
     let formats = if hw.model_formats.is_empty() {
         "none in this build".to_owned()
