@@ -186,6 +186,9 @@ pub struct Settings {
     pub profile_slug: Sourced<String>,
     pub heartbeat_interval: Sourced<Duration>,
     pub max_concurrent_workloads: Sourced<u32>,
+    /// How many workload commands may wait on disk for a free slot; 0
+    /// refuses them as busy.
+    pub max_queued_workloads: Sourced<u32>,
     /// Seconds between metrics samples; zero turns them off.
     pub metrics_interval: Sourced<Duration>,
     /// The remote terminal (`terminal:` in cyberwave.yml); off by default.

@@ -133,6 +133,11 @@ const MAX_WORKLOADS: Spec = spec(
     &["CYBERWAVE_MAX_CONCURRENT_WORKLOADS"],
     Some("max_concurrent_workloads"),
 );
+const MAX_QUEUED: Spec = spec(
+    "max queued workloads",
+    &["CYBERWAVE_MAX_QUEUED_WORKLOADS"],
+    Some("max_queued_workloads"),
+);
 
 impl Layers<'_> {
     /// The highest-precedence raw text for `spec`, with its origin.
@@ -293,6 +298,7 @@ impl Layers<'_> {
             profile_slug,
             heartbeat_interval: limits.heartbeat_interval,
             max_concurrent_workloads: limits.max_concurrent_workloads,
+            max_queued_workloads: limits.max_queued_workloads,
             terminal_enabled: limits.terminal.enabled,
             terminal_shell: limits.terminal.shell,
             terminal_max_sessions: limits.terminal.max_sessions,
@@ -412,6 +418,7 @@ impl Layers<'_> {
                 parse::positive_count,
                 1,
             )?,
+            max_queued_workloads: self.get_or(&MAX_QUEUED, None, parse::queue_length, 0)?,
             terminal: self.terminal()?,
             metrics_interval: self.get_or(
                 &METRICS,
@@ -485,6 +492,7 @@ struct MqttSettings {
 struct Limits {
     heartbeat_interval: Sourced<Duration>,
     max_concurrent_workloads: Sourced<u32>,
+    max_queued_workloads: Sourced<u32>,
     terminal: TerminalSettings,
     metrics_interval: Sourced<Duration>,
     log_retention: Sourced<Duration>,

@@ -114,6 +114,11 @@ fn workload_rows(s: &Settings) -> Vec<Row> {
             &s.max_concurrent_workloads,
             u32::to_string,
         ),
+        row(
+            "max_queued_workloads",
+            &s.max_queued_workloads,
+            u32::to_string,
+        ),
     ]
 }
 

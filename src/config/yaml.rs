@@ -32,6 +32,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mqtt_password",
     "mqtt_max_packet_bytes",
     "max_concurrent_workloads",
+    "max_queued_workloads",
     "log_retention_days",
     "max_result_bytes",
     "metrics_interval",

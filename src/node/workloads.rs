@@ -38,6 +38,7 @@ pub(super) fn workload_config(settings: &Settings, shim: &Path) -> WorkloadConfi
         working_dir: settings.working_dir.clone(),
         templates,
         max_concurrent: settings.max_concurrent_workloads.value as usize,
+        max_queued: settings.max_queued_workloads.value as usize,
         base_env: inherited_env(settings),
         api_token: settings
             .api_token
@@ -85,6 +86,10 @@ impl RunningNode {
             Some(Handled::Out(outgoing)) => self.send_outgoing(outgoing).await,
             Some(Handled::Ended(terminal)) => self.report(terminal).await,
             None => {}
+        }
+        // A slot may have freed (or the queue was loaded): start what waits.
+        for terminal in self.workloads.start_queued() {
+            self.report(terminal).await;
         }
     }
 

@@ -138,6 +138,9 @@ impl Workloads {
 
     /// The terminal event is safely in the outbox: record the end.
     pub fn reported(&mut self, request_id: &str, ending: &Ending) {
+        if self.forget_dequeued(request_id) {
+            return;
+        }
         let Some(entry) = self.entries.get_mut(request_id) else {
             return;
         };
@@ -177,6 +180,11 @@ impl Workloads {
     /// tree); `Ok` is the `cancel` output.
     pub fn cancel(&mut self, params: &Map<String, Value>) -> Result<Value, CancelError> {
         let cancel = CancelParams::parse(params)?;
+        if let CancelTarget::RequestId(id) = &cancel.target {
+            if !self.queue.is_launching(id) && self.queue.get(id).is_some() {
+                return self.cancel_queued(id);
+            }
+        }
         let entry = self.find(&cancel.target)?;
         let record = &entry.record;
         let mut unit =
