@@ -121,6 +121,16 @@ impl Workloads {
                 break;
             }
             let request_id = head.request_id.clone();
+            if self.entries.contains_key(&request_id) {
+                // Refused when it was queued, dropped at start: never here,
+                // and never started twice if it were.
+                tracing::warn!(
+                    request_id,
+                    "a queued request_id already has a workload; removed from the queue"
+                );
+                self.queue.launched(&request_id);
+                continue;
+            }
             let Some((file, token)) = self.queue.begin_launch(&request_id) else {
                 break;
             };
