@@ -82,13 +82,17 @@ pub(super) fn inherited_env(settings: &Settings) -> Vec<(String, String)> {
 
 impl RunningNode {
     pub(super) async fn on_workload(&mut self, event: WorkloadEvent) {
-        match self.workloads.handle(event) {
+        let handled = self.workloads.handle(event);
+        // A slot may have freed (or the queue was loaded): what waits starts
+        // now, its launch running while this event's end is reported. Its
+        // `started` comes back as an event, so after that report is out.
+        let unstarted = self.workloads.start_queued();
+        match handled {
             Some(Handled::Out(outgoing)) => self.send_outgoing(outgoing).await,
             Some(Handled::Ended(terminal)) => self.report(terminal).await,
             None => {}
         }
-        // A slot may have freed (or the queue was loaded): start what waits.
-        for terminal in self.workloads.start_queued() {
+        for terminal in unstarted {
             self.report(terminal).await;
         }
     }

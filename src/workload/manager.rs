@@ -112,6 +112,9 @@ struct Entry {
     settling: bool,
     /// The damaged record file this entry was rebuilt around.
     rebuilt: Option<PathBuf>,
+    /// Its terminal event is made and being reported: its process is gone,
+    /// so it holds no slot (the queue's next one may start meanwhile).
+    finished: bool,
 }
 
 impl Entry {
@@ -125,6 +128,7 @@ impl Entry {
             shim_end: None,
             settling: false,
             rebuilt: None,
+            finished: false,
         }
     }
 }

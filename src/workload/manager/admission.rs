@@ -23,7 +23,13 @@ impl Workloads {
     /// it waits for. The one check both a new command and the queue's head
     /// pass.
     pub fn can_start(&self, _params: &Map<String, Value>) -> Result<(), Wait> {
-        let active = self.active_count();
+        // A workload whose end is being reported holds no slot: its
+        // processes are gone.
+        let active = self
+            .entries
+            .values()
+            .filter(|e| e.record.state.is_active() && !e.finished)
+            .count();
         if active >= self.config.max_concurrent {
             return Err(Wait::Concurrency {
                 active,

@@ -81,6 +81,7 @@ impl Workloads {
             .entries
             .get_mut(request_id)
             .expect("checked by the caller");
+        entry.finished = true;
         let status = ExitStatus::read(
             &entry.paths.exit(),
             entry.record.process().as_ref(),
