@@ -534,3 +534,43 @@ fn crash_leftovers_in_the_queue_never_run_twice_and_a_cancel_is_still_reported()
     assert_eq!(seen.count("l2", "started"), 1);
     assert_eq!(seen.count("l9", "started"), 0);
 }
+
+/// A queued workload whose turn comes after a restart that removed its
+/// template: a `failed` event through the outbox, nothing run, the queue
+/// file gone.
+#[test]
+fn a_queued_workload_that_cannot_start_when_its_turn_comes_fails_without_running() {
+    let gates = Gates::new();
+    let s = start(&gates, 5);
+    let _reaper = Reaper::new(&s);
+    let mut seen = Seen::new(&s);
+    seen.training(&s.node, "t1");
+    seen.training(&s.node, "t2");
+    stop_gracefully(&s);
+
+    // Empty counts as unset: no training template on the next node.
+    let node = configure(again(&s, TEMPLATE), &gates, 5)
+        .env_var("CYBERWAVE_TRAINING_CMD", "")
+        .spawn();
+    assert!(node.wait_for_log(READY, WAIT), "{}", node.stderr());
+    finish(&mut seen, &node, &gates, "t1");
+    let at = seen.event(&node, "t2", "failed");
+    let failed = &seen.all[at];
+    assert_eq!(failed["status"], "error", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("could not be started"), "{failed}");
+    assert!(
+        error.contains("no training command is configured"),
+        "{failed}"
+    );
+    assert_eq!(failed["output"]["exit_code"], Value::Null, "{failed}");
+    assert_eq!(failed["output"]["pid"], Value::Null, "{failed}");
+    assert_eq!(seen.count("t2", "started"), 0);
+    assert_eq!(gates.run_ids(), ids(&["t1"]));
+    assert!(
+        wait_until(WAIT, || queue_files(&s).is_empty()),
+        "{:?}",
+        queue_files(&s)
+    );
+    assert!(queued_list(&seen.status(&node)).is_empty());
+}
