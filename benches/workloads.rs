@@ -1,5 +1,5 @@
 //! `cargo bench --bench workloads`: how fast workloads start, how fast their
-//! ends and cancels are reported, what a supervisor costs, and the node's
+//! ends and cancels are reported, how fast a queued one follows, what a supervisor costs, and the node's
 //! idle cost with 50 workloads running. Prints figures; asserts nothing.
 //!
 //! `BENCH_IDLE_SECONDS` (default 30) shortens the idle-CPU window.
@@ -34,6 +34,7 @@ fn main() {
     command_to_running(&s);
     exit_to_event(&s);
     cancel_to_event();
+    queued_start();
     idle_with_sleepers(&s);
 }
 
@@ -181,6 +182,50 @@ fn cancel_to_event() {
         "cancel -> cancelled event received",
         samples,
         "target p95 <= 10 ms; the Python node takes ~204 ms",
+    );
+}
+
+/// A queued workload after the one before it ends (max_concurrent_workloads
+/// 1, a queue of 1): the running one's last instruction → the queued one's
+/// first instruction, and → its `started` event received.
+fn queued_start() {
+    let s = Scenario::start(|n| {
+        n.env_var(
+            "CYBERWAVE_TRAINING_CMD",
+            r#"date +%s%N > "started-$CYBERWAVE_REQUEST_ID"; sleep 0.2; date +%s%N > "ended-$CYBERWAVE_REQUEST_ID""#,
+        )
+        .env_var("CYBERWAVE_MAX_QUEUED_WORKLOADS", "1")
+        .env_var("CYBERWAVE_HEARTBEAT_INTERVAL", "30")
+    });
+    let workdir = s.node.workdir();
+    let (mut running, mut answered) = (Vec::new(), Vec::new());
+    for i in 0..30 {
+        let (first, second) = (format!("first-{i}"), format!("second-{i}"));
+        let started = s.request(json!({"command": "training", "request_id": first}));
+        assert_eq!(started["event"], "started", "{started}");
+        let queued = s.request(json!({"command": "training", "request_id": second}));
+        assert_eq!(queued["event"], "queued", "{queued}");
+        s.client
+            .recv_json_where(Duration::from_secs(10), |_, v| {
+                v["request_id"] == second.as_str() && v["event"] == "started"
+            })
+            .unwrap_or_else(|| panic!("{second} never started:\n{}", s.node.stderr()));
+        let received = now_ns();
+        let ended = wait_file(&workdir.join(format!("ended-{first}")));
+        let began = wait_file(&workdir.join(format!("started-{second}")));
+        running.push(began.saturating_sub(ended) as f64 / 1e6);
+        answered.push(received.saturating_sub(ended) as f64 / 1e6);
+        terminal(&s, &second);
+    }
+    report(
+        "exit -> the queued workload running",
+        running,
+        "the next one's first instruction",
+    );
+    report(
+        "exit -> the queued workload's started received",
+        answered,
+        "target p50 <= 5 ms",
     );
 }
 

@@ -191,6 +191,9 @@ pub struct Settings {
     pub gpus: Sourced<GpuSelection>,
     /// How many GPUs a workload gets unless its request says.
     pub gpus_per_workload: Sourced<GpusPerWorkload>,
+    /// How many workload commands may wait on disk for a free slot; 0
+    /// refuses them as busy.
+    pub max_queued_workloads: Sourced<u32>,
     /// Seconds between metrics samples; zero turns them off.
     pub metrics_interval: Sourced<Duration>,
     /// The remote terminal (`terminal:` in cyberwave.yml); off by default.

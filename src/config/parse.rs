@@ -57,6 +57,12 @@ pub enum ValueError {
     CountZero,
     #[error("not a whole number")]
     NotWholeNumber,
+    #[error(
+        "must be at most {MAX_QUEUE_LENGTH} (0 refuses workloads beyond max_concurrent_workloads)"
+    )]
+    QueueTooLong,
+    #[error("not a whole number (0 refuses workloads beyond max_concurrent_workloads)")]
+    QueueNotNumber,
     #[error("must not be empty")]
     Empty,
     #[error("expected one or more directories separated by ':'")]
@@ -273,6 +279,19 @@ pub fn positive_count(text: &str) -> Result<u32, ValueError> {
     }
 }
 
+/// The longest `max_queued_workloads`: each waiting command is a file and
+/// an entry in memory, and a longer wait is better sent to another node.
+pub const MAX_QUEUE_LENGTH: u32 = 10_000;
+
+/// `max_queued_workloads`: 0 (no queue) to [`MAX_QUEUE_LENGTH`].
+pub fn queue_length(text: &str) -> Result<u32, ValueError> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n > MAX_QUEUE_LENGTH => Err(ValueError::QueueTooLong),
+        Ok(n) => Ok(n),
+        Err(_) => Err(ValueError::QueueNotNumber),
+    }
+}
+
 pub fn nonempty(text: &str) -> Result<String, ValueError> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -364,6 +383,14 @@ mod tests {
             .contains("at least 1"));
         assert_eq!(interval("5"), Ok(Duration::from_secs(5)));
         assert!(interval("x").is_err());
+    }
+
+    #[test]
+    fn queue_lengths() {
+        assert_eq!(queue_length("0"), Ok(0));
+        assert_eq!(queue_length(" 25 "), Ok(25));
+        assert_eq!(queue_length("10001"), Err(ValueError::QueueTooLong));
+        assert_eq!(queue_length("-1"), Err(ValueError::QueueNotNumber));
     }
 
     #[test]

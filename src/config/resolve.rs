@@ -139,6 +139,11 @@ const MAX_WORKLOADS: Spec = spec(
     &["CYBERWAVE_MAX_CONCURRENT_WORKLOADS"],
     Some("max_concurrent_workloads"),
 );
+const MAX_QUEUED: Spec = spec(
+    "max queued workloads",
+    &["CYBERWAVE_MAX_QUEUED_WORKLOADS"],
+    Some("max_queued_workloads"),
+);
 
 impl Layers<'_> {
     /// The highest-precedence raw text for `spec`, with its origin.
@@ -301,6 +306,7 @@ impl Layers<'_> {
             max_concurrent_workloads: limits.max_concurrent_workloads,
             gpus: limits.gpus,
             gpus_per_workload: limits.gpus_per_workload,
+            max_queued_workloads: limits.max_queued_workloads,
             terminal_enabled: limits.terminal.enabled,
             terminal_shell: limits.terminal.shell,
             terminal_max_sessions: limits.terminal.max_sessions,
@@ -427,6 +433,7 @@ impl Layers<'_> {
                 parse::gpus_per_workload,
                 GpusPerWorkload::All,
             )?,
+            max_queued_workloads: self.get_or(&MAX_QUEUED, None, parse::queue_length, 0)?,
             terminal: self.terminal()?,
             metrics_interval: self.get_or(
                 &METRICS,
@@ -502,6 +509,7 @@ struct Limits {
     max_concurrent_workloads: Sourced<u32>,
     gpus: Sourced<GpuSelection>,
     gpus_per_workload: Sourced<GpusPerWorkload>,
+    max_queued_workloads: Sourced<u32>,
     terminal: TerminalSettings,
     metrics_interval: Sourced<Duration>,
     log_retention: Sourced<Duration>,

@@ -123,6 +123,11 @@ fn workload_rows(s: &Settings) -> Vec<Row> {
             &s.gpus_per_workload,
             GpusPerWorkload::to_string,
         ),
+        row(
+            "max_queued_workloads",
+            &s.max_queued_workloads,
+            u32::to_string,
+        ),
     ]
 }
 

@@ -57,6 +57,7 @@ fn defaults_without_any_source() {
     assert_eq!(s.profile_slug.value, "default");
     assert_eq!(s.heartbeat_interval.value, Duration::from_secs(30));
     assert_eq!(s.max_concurrent_workloads.value, 1);
+    assert_eq!(s.max_queued_workloads.value, 0);
     assert_eq!(s.topic_prefix.value, "");
     assert_eq!(
         s.mqtt_max_packet_bytes,
@@ -245,6 +246,23 @@ fn max_result_bytes_from_yaml_env_and_default() {
     );
     let f = Fixture::new().var("CYBERWAVE_MAX_RESULT_BYTES", "268435456");
     assert!(f.load().unwrap_err().to_string().contains("MQTT"));
+}
+
+#[test]
+fn max_queued_workloads_from_yaml_or_env() {
+    let f = Fixture::new().cwd_file(
+        "cyberwave.yml",
+        "cyberwave-cloud-node:\n  max_queued_workloads: 5\n",
+    );
+    assert_eq!(f.load().unwrap().max_queued_workloads.value, 5);
+    let f = f.var("CYBERWAVE_MAX_QUEUED_WORKLOADS", "7");
+    assert_eq!(f.load().unwrap().max_queued_workloads.value, 7);
+    let err = Fixture::new()
+        .var("CYBERWAVE_MAX_QUEUED_WORKLOADS", "lots")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max queued workloads"), "{err}");
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_concurrent_workloads",
     "gpus",
     "gpus_per_workload",
+    "max_queued_workloads",
     "log_retention_days",
     "max_result_bytes",
     "metrics_interval",

@@ -18,7 +18,7 @@ mod json;
 pub mod names;
 
 pub use atomic::{now_unix_ms, Durability};
-pub use json::{load_json, write_json, write_json_with, StateFileError};
+pub use json::{load_json, write_json, write_json_with, StateFileError, STATE_FILE_LIMIT};
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};

@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::report::status_output;
 use super::running::RunningNode;
-use crate::protocol::{Command, CommandKind, Response, WorkloadKind};
+use crate::protocol::{Command, CommandKind, Event, Response, WorkloadKind};
+use crate::workload::Admitted;
 
 /// When a command is answered.
 pub(super) enum Reply {
@@ -51,7 +52,8 @@ impl RunningNode {
         }
     }
 
-    /// `inference`, `training`, `simulate`: answered once the launch is.
+    /// `inference`, `training`, `simulate`: answered once the launch is, or
+    /// now when queued (on disk already) or refused.
     fn start_workload(
         &mut self,
         kind: WorkloadKind,
@@ -59,7 +61,12 @@ impl RunningNode {
         params: Map<String, Value>,
     ) -> Reply {
         match self.workloads.start(kind, &request_id, params) {
-            Ok(()) => Reply::AfterLaunch(request_id),
+            Ok(Admitted::Launching) => Reply::AfterLaunch(request_id),
+            Ok(Admitted::Queued(output)) => {
+                let mut response = Response::ok(&self.node, &request_id, output);
+                response.event = Some(Event::Queued);
+                Reply::Now(response)
+            }
             Err(refusal) => {
                 let mut response = Response::error(&self.node, Some(&request_id), refusal.error);
                 response.output = refusal.output;

@@ -475,6 +475,10 @@ impl RunningNode {
         for line in running {
             tracing::info!("{line}");
         }
+        let queued = self.workloads.queued_count();
+        if queued > 0 {
+            tracing::info!("{queued} queued workload(s) wait on disk for the next start");
+        }
         let backend = self.backend.clone();
         let (uuid, slug) = (self.node.uuid.clone(), self.node.slug.clone());
         let error_text = match &exit {

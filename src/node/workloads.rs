@@ -38,6 +38,7 @@ pub(super) fn workload_config(settings: &Settings, shim: &Path) -> WorkloadConfi
         working_dir: settings.working_dir.clone(),
         templates,
         max_concurrent: settings.max_concurrent_workloads.value as usize,
+        max_queued: settings.max_queued_workloads.value as usize,
         base_env: inherited_env(settings),
         api_token: settings
             .api_token
@@ -81,10 +82,18 @@ pub(super) fn inherited_env(settings: &Settings) -> Vec<(String, String)> {
 
 impl RunningNode {
     pub(super) async fn on_workload(&mut self, event: WorkloadEvent) {
-        match self.workloads.handle(event) {
+        let handled = self.workloads.handle(event);
+        // A slot may have freed (or the queue was loaded): what waits starts
+        // now, its launch running while this event's end is reported. Its
+        // `started` comes back as an event, so after that report is out.
+        let unstarted = self.workloads.start_queued();
+        match handled {
             Some(Handled::Out(outgoing)) => self.send_outgoing(outgoing).await,
             Some(Handled::Ended(terminal)) => self.report(terminal).await,
             None => {}
+        }
+        for terminal in unstarted {
+            self.report(terminal).await;
         }
     }
 

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub enum Event {
     /// A workload or deployment was launched.
     Started,
+    /// A workload command waits in the node's queue for a slot.
+    Queued,
     /// A workload's progress file changed.
     Progress,
     /// A streamed piece of an `infer`.
@@ -31,6 +33,7 @@ impl Event {
     pub const fn name(self) -> &'static str {
         match self {
             Event::Started => "started",
+            Event::Queued => "queued",
             Event::Progress => "progress",
             Event::Token => "token",
             Event::Closed => "closed",
@@ -57,6 +60,7 @@ mod tests {
     fn serialises_as_its_name() {
         for event in [
             Event::Started,
+            Event::Queued,
             Event::Progress,
             Event::Token,
             Event::Closed,

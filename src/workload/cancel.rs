@@ -68,6 +68,13 @@ pub enum CancelError {
     },
     #[error("no running workload with {target} was started by this node; nothing was signalled")]
     NotFound { target: CancelTarget },
+    /// A queued workload's cancel could not be written to its queue file.
+    #[error("cannot record the cancel of queued workload {request_id}: {source}; it stays queued, retry the cancel")]
+    QueueFile {
+        request_id: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// "SIGTERM, SIGINT, SIGKILL".

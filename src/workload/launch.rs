@@ -100,12 +100,45 @@ pub enum StartRefusal {
         story: String,
         file: PathBuf,
     },
+    /// The request_id waits in the queue (`position` among the waiting;
+    /// `None` while it leaves the queue).
     #[error(
-        "the node is busy: {active} of {max} workloads running (max_concurrent_workloads); retry later or send it to another node"
+        "request_id {request_id:?} is already queued for a {kind} workload ({}); it is not queued again",
+        position.map_or_else(|| "leaving the queue now".to_owned(), |p| format!("position {p} of {waiting}"))
     )]
-    Busy { active: usize, max: usize },
+    Queued {
+        request_id: String,
+        kind: WorkloadKind,
+        position: Option<usize>,
+        waiting: usize,
+    },
+    /// It cannot start now, and there is no queue (`max_queued_workloads: 0`).
+    #[error("the node is busy: {wait}; retry later or send it to another node")]
+    Busy { wait: Wait },
+    #[error(
+        "the node is busy: {wait}, and the queue is full: {waiting} of {max} waiting (max_queued_workloads); \
+         retry later or send it to another node"
+    )]
+    QueueFull {
+        wait: Wait,
+        waiting: usize,
+        max: usize,
+    },
+    /// The queue could not take it (too big, or the disk refused).
+    #[error("the node is busy and the request could not be queued: {problem}")]
+    NotQueued { problem: String },
     #[error(transparent)]
     Render(#[from] RenderError),
+}
+
+/// Why a workload cannot start now: what it waits for in the queue.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Wait {
+    #[error("{active} of {max} workloads running (max_concurrent_workloads)")]
+    Concurrency { active: usize, max: usize },
+    /// Earlier commands wait in the queue: a new one never overtakes them.
+    #[error("{waiting} earlier request(s) waiting in the queue")]
+    Behind { waiting: usize },
 }
 
 /// Why a launched workload is not `started`.

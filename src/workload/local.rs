@@ -1,6 +1,6 @@
 //! `cyberwave-cloud-node status` and `logs`: what an operator on the
 //! machine can see without a broker or a running node, straight from the
-//! records in the config dir. Logs are streamed (never read whole) and only
+//! records (and the queue) in the config dir. Logs are streamed (never read whole) and only
 //! from regular files; damaged records are listed with what they hide.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::paths::WorkloadPaths;
+use super::queue::WorkloadQueue;
 use super::record::{now_unix_ms, scan, WorkloadRecord, WorkloadState};
 use crate::fsutil::{self, Links, ReadError};
 use crate::supervised::procfs;
@@ -57,15 +58,27 @@ pub fn status(logs_dir: &Path, json: bool) -> String {
     let now = now_unix_ms();
     let (found, damaged) = scan(logs_dir);
     let records: Vec<WorkloadRecord> = found.into_iter().map(|(_, r)| r).collect();
+    // Read only: the queue's files are the running node's to change.
+    let queued = WorkloadQueue::open(logs_dir, 0).summaries(now);
     if json {
-        let all: Vec<Value> = records.iter().map(|r| summary(r, now)).collect();
+        let mut all: Vec<Value> = records.iter().map(|r| summary(r, now)).collect();
+        all.extend(queued.iter().map(|q| {
+            json!({
+                "request_id": q["request_id"],
+                "type": q["type"],
+                "state": "queued",
+                "position": q["position"],
+                "pid": null,
+                "age_seconds": q["queued_for_seconds"],
+            })
+        }));
         return format!("{}\n", Value::Array(all));
     }
     let damaged: String = damaged
         .iter()
         .map(|d| format!("damaged record: {}; {}\n", d.problem, d.story()))
         .collect();
-    if records.is_empty() {
+    if records.is_empty() && queued.is_empty() {
         return format!("no workloads recorded in {}\n{damaged}", logs_dir.display());
     }
     let mut out = format!(
@@ -81,6 +94,16 @@ pub fn status(logs_dir: &Path, json: bool) -> String {
             human_age(r.age_seconds(now)),
             r.request_id,
             r.stdout_log.display()
+        ));
+    }
+    for q in &queued {
+        out.push_str(&format!(
+            "{:<10} {:<26} {:>8} {:>9}  {:<24} -\n",
+            q["type"].as_str().unwrap_or_default(),
+            format!("queued (position {})", q["position"]),
+            "-",
+            human_age(q["queued_for_seconds"].as_f64().unwrap_or_default()),
+            q["request_id"].as_str().unwrap_or_default(),
         ));
     }
     out.push_str(&damaged);
@@ -165,4 +188,30 @@ fn copy_from(path: &Path, offset: u64, out: &mut dyn Write) -> Result<u64, Local
     }
     let _ = out.flush();
     Ok(offset + copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::WorkloadKind;
+
+    #[test]
+    fn status_lists_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(status(dir.path(), false).starts_with("no workloads recorded"));
+        let mut queue = WorkloadQueue::open(dir.path(), 2);
+        let params = serde_json::Map::new();
+        queue
+            .push(WorkloadKind::Training, "q-1", params.clone(), None)
+            .unwrap();
+        queue
+            .push(WorkloadKind::Simulate, "q-2", params, None)
+            .unwrap();
+        let text = status(dir.path(), false);
+        assert!(text.contains("queued (position 2)"), "{text}");
+        assert!(text.contains("q-1") && text.contains("simulate"), "{text}");
+        let rows: Value = serde_json::from_str(&status(dir.path(), true)).unwrap();
+        assert_eq!(rows[0]["state"], "queued");
+        assert_eq!(rows[1]["position"], 2);
+    }
 }

@@ -1,6 +1,7 @@
 //! The node's workloads: starting them (each in a cgroup of its own where
-//! the node can make one), learning of their ends, cancelling, and what
-//! `status` shows. Owned by the node task; everything slow (disk writes,
+//! the node can make one) or queueing them until they can start
+//! (`admission.rs`), learning of their ends, cancelling, and what `status`
+//! shows. Owned by the node task; everything slow (disk writes,
 //! spawning, waiting) runs in spawned tasks that report back as
 //! [`WorkloadEvent`]s.
 //!
@@ -18,9 +19,10 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use super::cancel::{CancelError, CancelParams, CancelTarget};
-use super::launch::{launch, LaunchFailure, LaunchSpec, StartError, StartRefusal};
+use super::launch::{launch, LaunchFailure, LaunchSpec, StartError, StartRefusal, Wait};
 use super::output::{classify, terminal_output, Ending};
 use super::paths::{rid, WorkloadPaths};
+use super::queue::{QueueEnd, WorkloadQueue};
 use super::record::{load_json, now_unix_ms, scan, Damaged, WorkloadRecord, WorkloadState};
 use super::tail::{OutputTail, TailMessage};
 use super::template::{render, take_workload_token};
@@ -37,6 +39,8 @@ pub struct WorkloadConfig {
     /// Workload type → template.
     pub templates: HashMap<WorkloadKind, String>,
     pub max_concurrent: usize,
+    /// How many may wait in the queue (`max_queued_workloads`).
+    pub max_queued: usize,
     /// The environment every workload starts from (secrets withheld).
     pub base_env: Vec<(String, String)>,
     /// The node's API token, handed to workloads without a token of their own.
@@ -58,6 +62,11 @@ pub enum WorkloadEvent {
     },
     /// Its shim ended, or a stop finished.
     Process(String, ProcessEvent),
+    /// A queued workload left the queue without running (a cancel, or an
+    /// end an earlier run did not finish reporting): its terminal event.
+    Dequeued(String),
+    /// Queued workloads left by an earlier run: start what can start.
+    Admit,
 }
 
 /// What the node must do after [`Workloads::handle`].
@@ -103,6 +112,9 @@ struct Entry {
     settling: bool,
     /// The damaged record file this entry was rebuilt around.
     rebuilt: Option<PathBuf>,
+    /// Its terminal event is made and being reported: its process is gone,
+    /// so it holds no slot (the queue's next one may start meanwhile).
+    finished: bool,
 }
 
 impl Entry {
@@ -116,6 +128,7 @@ impl Entry {
             shim_end: None,
             settling: false,
             rebuilt: None,
+            finished: false,
         }
     }
 }
@@ -131,6 +144,8 @@ pub struct Workloads {
     damaged: HashMap<String, Damaged>,
     /// The workloads' shims and stops report here.
     units: Notifier<WorkloadEvent>,
+    /// Workload commands waiting for a slot, on disk.
+    queue: WorkloadQueue,
     /// Counts since this node process started, for the metrics.
     pub stats: WorkloadStats,
 }
@@ -166,7 +181,9 @@ impl Workloads {
                 None
             }
         };
+        let queue = WorkloadQueue::open(&config.logs_dir, config.max_queued);
         let mut workloads = Workloads {
+            queue,
             config,
             cgroups,
             entries: HashMap::new(),
@@ -181,6 +198,7 @@ impl Workloads {
         for damaged in damaged {
             workloads.keep_damaged(damaged);
         }
+        workloads.open_queue();
         workloads.prune();
         workloads
     }
@@ -345,13 +363,15 @@ impl Workloads {
             .collect()
     }
 
-    /// Checks and begins a workload; the outcome arrives as `Started`.
+    /// Checks a workload command, then begins it (the outcome arrives as
+    /// `Started`), or queues it when it cannot start now and the queue has
+    /// room.
     pub fn start(
         &mut self,
         kind: WorkloadKind,
         request_id: &str,
         mut params: Map<String, Value>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Admitted, Refusal> {
         let refuse = |error: StartRefusal| Refusal {
             error: Box::new(error),
             output: None,
@@ -365,17 +385,33 @@ impl Workloads {
         if let Some(damaged) = self.damaged.get(&rid(request_id)) {
             return Err(refuse_damaged(request_id, damaged));
         }
-        if self.is_busy() {
-            return Err(refuse(StartRefusal::Busy {
-                active: self.active_count(),
-                max: self.config.max_concurrent,
-            }));
+        if let Some(queued) = self.refuse_queued(request_id) {
+            return Err(queued);
         }
         let token = take_workload_token(&mut params);
+        if let Err(wait) = self.admit(&params) {
+            return self
+                .enqueue(kind, request_id, &template, params, token, wait)
+                .map(Admitted::Queued);
+        }
+        self.launch_now(kind, request_id, &template, params, token)
+            .map_err(refuse)?;
+        Ok(Admitted::Launching)
+    }
+
+    /// Renders the command and begins the launch: the record goes in now,
+    /// the outcome arrives as `Started`.
+    fn launch_now(
+        &mut self,
+        kind: WorkloadKind,
+        request_id: &str,
+        template: &str,
+        params: Map<String, Value>,
+        token: Option<String>,
+    ) -> Result<(), StartRefusal> {
         let params_json = Value::Object(params).to_string();
         let paths = WorkloadPaths::new(&self.config.logs_dir, kind.name(), request_id);
-        let command = render(&template, &params_json, &paths.params().to_string_lossy())
-            .map_err(|e| refuse(e.into()))?;
+        let command = render(template, &params_json, &paths.params().to_string_lossy())?;
         let record = WorkloadRecord::starting(request_id, kind, &paths);
         let cgroup = self.new_cgroup(&paths, &record);
         let spec = LaunchSpec {
@@ -438,22 +474,18 @@ impl Workloads {
             WorkloadEvent::Started {
                 request_id,
                 outcome,
-            } => {
-                let answer = match self.on_started(&request_id, outcome) {
-                    Ok(output) => Answer::ok(&request_id, output).with_event(Event::Started),
-                    Err(error) => Answer::error(
-                        &request_id,
-                        format!("the workload could not be started: {error}"),
-                    ),
-                };
-                Some(Handled::Out(Outgoing::Launched(answer)))
-            }
+            } => self.answer_started(&request_id, outcome),
             WorkloadEvent::Process(request_id, ProcessEvent::Exited(end)) => {
                 self.on_exited(&request_id, end).map(Handled::Ended)
             }
             WorkloadEvent::Process(request_id, ProcessEvent::Settled) => {
                 self.on_settled(&request_id).map(Handled::Ended)
             }
+            WorkloadEvent::Dequeued(request_id) => {
+                self.dequeued_terminal(&request_id).map(Handled::Ended)
+            }
+            // The node starts what can start after every event.
+            WorkloadEvent::Admit => None,
         }
     }
 
@@ -487,42 +519,6 @@ impl Workloads {
             ("CYBERWAVE_PROGRESS_FILE".into(), path(paths.progress())),
         ]);
         env
-    }
-
-    /// The launch finished; `Ok` is the `started` output.
-    fn on_started(
-        &mut self,
-        request_id: &str,
-        outcome: Result<Box<WorkloadRecord>, LaunchFailure>,
-    ) -> Result<Value, StartError> {
-        let Some(entry) = self.entries.get_mut(request_id) else {
-            return Err(StartError::Vanished);
-        };
-        match outcome {
-            Ok(record) => {
-                self.stats.started += 1;
-                entry.record = *record;
-                entry.tail = Some(OutputTail::load(&entry.paths));
-                let r = &entry.record;
-                tracing::info!(pid = ?r.pid, request_id, "{} workload started", r.workload_type);
-                Ok(json!({
-                    "message": format!("{} workload started", r.workload_type),
-                    "pid": r.pid,
-                    "workload_type": r.workload_type,
-                    "workload_request_id": r.request_id,
-                    "stdout_log": r.stdout_log,
-                    "stderr_log": r.stderr_log,
-                }))
-            }
-            Err(error) => {
-                // Nothing ran: forget it, so the backend may retry the same id.
-                if let Some(entry) = self.entries.remove(request_id) {
-                    let _ = std::fs::remove_file(entry.paths.record());
-                }
-                tracing::warn!(request_id, "workload did not start: {error}");
-                Err(error.into())
-            }
-        }
     }
 }
 
@@ -566,5 +562,8 @@ fn refuse_damaged(request_id: &str, damaged: &Damaged) -> Refusal {
     }
 }
 
+mod admission;
 mod ending;
 mod live;
+
+pub use admission::Admitted;

@@ -6,6 +6,7 @@
 //! - [`template`]: rendering `{body}`/`{params_file}`, the workload token.
 //! - [`launch`]: files, supervisor, pid, in the order that survives crashes.
 //! - [`manager`]: start, adopt, cancel, exit, terminal event, retention.
+//! - [`queue`]: workload commands waiting on disk for a slot.
 //! - [`tail`]: live output and progress with persisted offsets.
 //! - [`local`]: the `status` and `logs` commands that need no broker.
 
@@ -15,8 +16,9 @@ pub mod local;
 pub mod manager;
 pub mod output;
 pub mod paths;
+pub mod queue;
 pub mod record;
 pub mod tail;
 pub mod template;
 
-pub use manager::{Handled, Terminal, WorkloadConfig, WorkloadEvent, Workloads};
+pub use manager::{Admitted, Handled, Terminal, WorkloadConfig, WorkloadEvent, Workloads};

@@ -363,7 +363,8 @@ impl Session<'_> {
             return None;
         }
         let error = message["status"] == "error";
-        let wait_more = self.wait == Wait::Done && event == "started";
+        // A queued workload's `started` (and its end) come later.
+        let wait_more = self.wait == Wait::Done && matches!(event, "started" | "queued");
         match (error, wait_more) {
             (true, _) => Some(EXIT_ERROR),
             (false, true) => None,

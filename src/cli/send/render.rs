@@ -63,6 +63,10 @@ impl Renderer {
                 output["pid"],
                 output["stdout_log"].as_str().unwrap_or("?")
             )),
+            Some("queued") => self.note(&format!(
+                "queued at position {} of {}; it starts as soon as the node can",
+                output["position"], output["queued"]
+            )),
             Some(event @ ("completed" | "failed" | "cancelled")) => self.terminal(event, message),
             _ if message["status"] == "error" => self.note(&format!(
                 "error: {}",

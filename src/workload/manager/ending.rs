@@ -81,6 +81,7 @@ impl Workloads {
             .entries
             .get_mut(request_id)
             .expect("checked by the caller");
+        entry.finished = true;
         let status = ExitStatus::read(
             &entry.paths.exit(),
             entry.record.process().as_ref(),
@@ -138,6 +139,9 @@ impl Workloads {
 
     /// The terminal event is safely in the outbox: record the end.
     pub fn reported(&mut self, request_id: &str, ending: &Ending) {
+        if self.forget_dequeued(request_id) {
+            return;
+        }
         let Some(entry) = self.entries.get_mut(request_id) else {
             return;
         };
@@ -177,6 +181,11 @@ impl Workloads {
     /// tree); `Ok` is the `cancel` output.
     pub fn cancel(&mut self, params: &Map<String, Value>) -> Result<Value, CancelError> {
         let cancel = CancelParams::parse(params)?;
+        if let CancelTarget::RequestId(id) = &cancel.target {
+            if !self.queue.is_launching(id) && self.queue.get(id).is_some() {
+                return self.cancel_queued(id);
+            }
+        }
         let entry = self.find(&cancel.target)?;
         let record = &entry.record;
         let mut unit =
