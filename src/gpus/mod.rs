@@ -17,19 +17,31 @@
 //! partly compiled into the shim; NVML has no business there.
 
 mod inventory;
-// The assignment half (assign, reserve, release, `Holder`,
-// `visible_devices`) is for workload and deployment starts, wired in next;
-// until then the tests, `status` and the heartbeat are its only callers.
-#[allow(dead_code)]
 mod pool;
 
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
 pub use inventory::{Inventory, InventoryError, Source};
-#[allow(unused_imports)]
 pub use pool::{GpuError, GpuPool};
+
+/// The pool, shared by the owners of work (workloads now, deployments
+/// next) and the node's reports. They all run in the node's one task, so
+/// the lock is never contended; it only lets each own a handle.
+#[derive(Debug, Clone)]
+pub struct SharedPool(Arc<Mutex<GpuPool>>);
+
+impl SharedPool {
+    pub fn new(pool: GpuPool) -> SharedPool {
+        SharedPool(Arc::new(Mutex::new(pool)))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, GpuPool> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// One GPU the node may hand out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,7 +64,6 @@ impl Gpu {
     /// What names it to CUDA and in a record: the UUID where known (stable
     /// across reboots and the only way to name a MIG instance), else the
     /// index.
-    #[allow(dead_code)] // see `mod pool`
     pub fn id(&self) -> String {
         match &self.uuid {
             Some(uuid) => uuid.clone(),
@@ -71,13 +82,13 @@ impl Gpu {
 }
 
 /// Who holds GPUs.
-#[allow(dead_code)] // see `mod pool`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Holder {
     /// A workload, by its request_id.
     Workload(String),
     /// A deployment, by its deployment id.
+    #[allow(dead_code)] // deployments take GPUs next (issue 13, point 4)
     Deployment(String),
 }
 
@@ -105,13 +116,11 @@ impl fmt::Display for Holder {
 
 /// `CUDA_VISIBLE_DEVICES` (and `NVIDIA_VISIBLE_DEVICES`) for `gpus`: their
 /// ids, comma-separated; empty for none, which CUDA reads as "no GPU".
-#[allow(dead_code)] // see `mod pool`
 pub fn visible_devices(gpus: &[Gpu]) -> String {
     gpus.iter().map(Gpu::id).collect::<Vec<_>>().join(",")
 }
 
 /// `GPU 0` or `GPUs 0, 1`, for messages.
-#[allow(dead_code)] // see `mod pool`
 fn gpu_labels<'a>(gpus: impl IntoIterator<Item = &'a Gpu>) -> String {
     let labels: Vec<String> = gpus.into_iter().map(Gpu::label).collect();
     let noun = if labels.len() == 1 { "GPU" } else { "GPUs" };

@@ -88,16 +88,6 @@ impl GpuPool {
         }
     }
 
-    /// Every GPU of the node, in index order (`gpus_per_workload: all`
-    /// shows a workload all of them).
-    pub fn gpus(&self) -> &[Gpu] {
-        &self.gpus
-    }
-
-    pub fn source(&self) -> Source {
-        self.source
-    }
-
     pub fn free_count(&self) -> usize {
         self.held.iter().filter(|h| h.is_none()).count()
     }

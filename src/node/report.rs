@@ -16,7 +16,7 @@ pub struct CommandContext<'a> {
     pub accepting: bool,
     pub workloads: &'a Workloads,
     pub deployments: &'a crate::deploy::Deployments,
-    pub gpus: &'a crate::gpus::GpuPool,
+    pub gpus: &'a crate::gpus::SharedPool,
     /// The latest metrics sample, if metrics are on.
     pub metrics: Option<&'a Value>,
 }
@@ -41,7 +41,7 @@ pub fn status_output(ctx: &CommandContext<'_>) -> Value {
         "queued_workloads": ctx.workloads.queued_summaries(),
         "containment": ctx.workloads.containment(),
         "deployments": ctx.deployments.summary(),
-        "gpus": ctx.gpus.status(),
+        "gpus": ctx.gpus.lock().status(),
         "metrics": ctx.metrics,
     })
 }
@@ -55,7 +55,7 @@ pub fn heartbeat_summary(ctx: &CommandContext<'_>) -> Value {
         "active_workloads": ctx.workloads.active_count(),
         "queued_workloads": ctx.workloads.queued_count(),
         "uptime_seconds": ctx.started.elapsed().as_secs(),
-        "gpus": ctx.gpus.summary(),
+        "gpus": ctx.gpus.lock().summary(),
         "metrics": ctx.metrics.map(crate::telemetry::metrics::summary),
     })
 }

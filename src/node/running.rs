@@ -15,7 +15,7 @@ use super::terminal::terminal_config;
 use super::workloads::{shim_path, workload_config, HeldEvent};
 use super::*;
 use crate::deploy::{DeployEvent, Deployments};
-use crate::gpus::{GpuPool, Inventory};
+use crate::gpus::{GpuPool, Inventory, SharedPool};
 use crate::mqtt::Outbox;
 use crate::mqtt::Seq;
 use crate::protocol::WorkloadKind;
@@ -92,7 +92,7 @@ pub(super) struct RunningNode {
     pub(super) deployments: Deployments,
     deploy_events: mpsc::UnboundedReceiver<DeployEvent>,
     /// The node's GPUs and who holds them.
-    pub(super) gpus: GpuPool,
+    pub(super) gpus: SharedPool,
 }
 
 impl RunningNode {
@@ -119,7 +119,9 @@ impl RunningNode {
         })?;
         let (workload_tx, workload_events) = mpsc::unbounded_channel();
         let shim = shim_path()?;
-        let workloads = Workloads::open(workload_config(&settings, &shim), workload_tx);
+        let gpus = SharedPool::new(GpuPool::new(inventory));
+        let workloads =
+            Workloads::open(workload_config(&settings, &shim), workload_tx, gpus.clone());
         let (terminal_tx, terminal_events) = mpsc::channel(TERMINAL_EVENTS);
         let terminals = Terminals::new(terminal_config(&settings), terminal_tx);
         let (deploy_tx, deploy_events) = mpsc::unbounded_channel();
@@ -157,7 +159,7 @@ impl RunningNode {
             terminal_events,
             deployments,
             deploy_events,
-            gpus: GpuPool::new(inventory),
+            gpus,
         }
         .with_metrics())
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::running::RunningNode;
 use super::NodeError;
-use crate::config::Settings;
+use crate::config::{GpusPerWorkload, Settings};
 use crate::mqtt::OutboxEntry;
 use crate::mqtt::Tracked;
 use crate::protocol::fit::{fit, Fitted};
@@ -47,6 +47,10 @@ pub(super) fn workload_config(settings: &Settings, shim: &Path) -> WorkloadConfi
         shim: shim.to_owned(),
         retention: settings.log_retention.value,
         max_result_bytes: settings.max_result_bytes.value,
+        gpus_per_workload: match settings.gpus_per_workload.value {
+            GpusPerWorkload::All => None,
+            GpusPerWorkload::Count(n) => Some(n as usize),
+        },
     }
 }
 

@@ -129,6 +129,13 @@ pub enum StartRefusal {
     NotQueued { problem: String },
     #[error(transparent)]
     Render(#[from] RenderError),
+    #[error("params.gpus must be a whole number of GPUs from 0 to 64, or \"all\", got {got}")]
+    BadGpus { got: String },
+    #[error("params.allow_cpu_fallback must be true or false, got {got}")]
+    BadFallback { got: String },
+    /// More GPUs than the node has, or none at all, and no CPU fallback.
+    #[error("{0}; set \"allow_cpu_fallback\": true in the params to run it on the CPU instead")]
+    Gpus(crate::gpus::GpuError),
 }
 
 /// Why a workload cannot start now: what it waits for in the queue.
@@ -136,6 +143,9 @@ pub enum StartRefusal {
 pub enum Wait {
     #[error("{active} of {max} workloads running (max_concurrent_workloads)")]
     Concurrency { active: usize, max: usize },
+    /// The GPUs it asks for are held by others now.
+    #[error("{reason}")]
+    Gpus { reason: String },
     /// Earlier commands wait in the queue: a new one never overtakes them.
     #[error("{waiting} earlier request(s) waiting in the queue")]
     Behind { waiting: usize },

@@ -26,6 +26,7 @@ use super::queue::{QueueEnd, WorkloadQueue};
 use super::record::{load_json, now_unix_ms, scan, Damaged, WorkloadRecord, WorkloadState};
 use super::tail::{OutputTail, TailMessage};
 use super::template::{render, take_workload_token};
+use crate::gpus::SharedPool;
 use crate::protocol::{Answer, Event, Outgoing, Stream, WorkloadKind};
 use crate::supervised::cgroup::{self, CgroupRoot};
 use crate::supervised::containment::{Kind, Unit};
@@ -50,6 +51,9 @@ pub struct WorkloadConfig {
     pub retention: Duration,
     /// The most of a result file the terminal event may carry.
     pub max_result_bytes: u64,
+    /// GPUs a workload holds unless its request says; `None`: every GPU,
+    /// none exclusively (`gpus_per_workload: all`).
+    pub gpus_per_workload: Option<usize>,
 }
 
 /// What the workloads' background work reports back, through the node
@@ -115,6 +119,8 @@ struct Entry {
     /// Its terminal event is made and being reported: its process is gone,
     /// so it holds no slot (the queue's next one may start meanwhile).
     finished: bool,
+    /// What its `started` answer must say (a CPU fallback).
+    warnings: Vec<String>,
 }
 
 impl Entry {
@@ -129,6 +135,7 @@ impl Entry {
             settling: false,
             rebuilt: None,
             finished: false,
+            warnings: Vec::new(),
         }
     }
 }
@@ -146,6 +153,8 @@ pub struct Workloads {
     units: Notifier<WorkloadEvent>,
     /// Workload commands waiting for a slot, on disk.
     queue: WorkloadQueue,
+    /// The node's GPUs, shared with the deployments (`gpus` module here).
+    gpus: SharedPool,
     /// Counts since this node process started, for the metrics.
     pub stats: WorkloadStats,
 }
@@ -163,7 +172,11 @@ pub struct WorkloadStats {
 
 impl Workloads {
     /// Loads the records left by earlier runs and adopts what still runs.
-    pub fn open(config: WorkloadConfig, events: mpsc::UnboundedSender<WorkloadEvent>) -> Workloads {
+    pub fn open(
+        config: WorkloadConfig,
+        events: mpsc::UnboundedSender<WorkloadEvent>,
+        gpus: SharedPool,
+    ) -> Workloads {
         // The hash part of the sanitized name: short, and stable per node.
         let rid = super::paths::rid(&config.logs_dir.to_string_lossy());
         let node = rid.rsplit('-').next().unwrap_or(&rid);
@@ -189,6 +202,7 @@ impl Workloads {
             entries: HashMap::new(),
             damaged: HashMap::new(),
             units: Notifier::new(events, WorkloadEvent::Process),
+            gpus,
             stats: WorkloadStats::default(),
         };
         let (records, damaged) = scan(&workloads.config.logs_dir);
@@ -252,6 +266,7 @@ impl Workloads {
                 "adopting {} workload left by an earlier run", record.workload_type
             );
             self.watch_supervisor(&record);
+            self.reserve_gpus(&record);
         }
         let tail = active.then(|| OutputTail::load(&paths));
         let mut entry = Entry::new(record, paths, tail);
@@ -389,7 +404,9 @@ impl Workloads {
             return Err(queued);
         }
         let token = take_workload_token(&mut params);
-        if let Err(wait) = self.admit(&params) {
+        let ask = self.gpu_ask(&params).map_err(refuse)?;
+        self.gpus_possible(request_id, ask).map_err(refuse)?;
+        if let Err(wait) = self.admit(request_id, &params) {
             return self
                 .enqueue(kind, request_id, &template, params, token, wait)
                 .map(Admitted::Queued);
@@ -409,24 +426,33 @@ impl Workloads {
         params: Map<String, Value>,
         token: Option<String>,
     ) -> Result<(), StartRefusal> {
+        let ask = self.gpu_ask(&params)?;
         let params_json = Value::Object(params).to_string();
         let paths = WorkloadPaths::new(&self.config.logs_dir, kind.name(), request_id);
         let command = render(template, &params_json, &paths.params().to_string_lossy())?;
-        let record = WorkloadRecord::starting(request_id, kind, &paths);
+        let grant = self.take_gpus(request_id, ask)?;
+        let mut record = WorkloadRecord::starting(request_id, kind, &paths);
+        record.gpus = grant
+            .gpus
+            .as_ref()
+            .map(|gpus| gpus.iter().map(|g| g.id()).collect());
         let cgroup = self.new_cgroup(&paths, &record);
+        let mut env = self.workload_env(kind, request_id, &paths, token);
+        env.extend(gpus::gpu_env(&grant));
         let spec = LaunchSpec {
             shim: self.config.shim.clone(),
             paths: paths.clone(),
             cwd: self.config.working_dir.clone(),
             command,
-            env: self.workload_env(kind, request_id, &paths, token),
+            env,
             params_json,
             record: record.clone(),
             cgroup,
         };
         self.spawn_launch(request_id, spec);
-        self.entries
-            .insert(request_id.to_owned(), Entry::new(record, paths, None));
+        let mut entry = Entry::new(record, paths, None);
+        entry.warnings = grant.warnings;
+        self.entries.insert(request_id.to_owned(), entry);
         Ok(())
     }
 
@@ -564,6 +590,7 @@ fn refuse_damaged(request_id: &str, damaged: &Damaged) -> Refusal {
 
 mod admission;
 mod ending;
+mod gpus;
 mod live;
 
 pub use admission::Admitted;

@@ -143,6 +143,12 @@ pub fn terminal_output(
             "cpu_seconds": exit.cpu_seconds,
             "max_rss_bytes": exit.max_rss_bytes,
         });
+        if let Some(gpus) = &record.gpus {
+            // What it held, and for how long: GPUs x wall time.
+            let seconds = ended.saturating_sub(started) as f64 / 1000.0;
+            output["resources"]["gpus"] = json!(gpus);
+            output["resources"]["gpu_seconds"] = json!(gpus.len() as f64 * seconds);
+        }
     }
     output
 }

@@ -79,6 +79,11 @@ pub struct WorkloadRecord {
     /// The workload's own cgroup v2, when it runs in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// The GPUs it holds exclusively (their ids), from its start to its
+    /// end, restarts of the node included; `None`: it sees every GPU
+    /// (`gpus_per_workload: all`) and holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<String>>,
 }
 
 impl WorkloadRecord {
@@ -103,6 +108,7 @@ impl WorkloadRecord {
             cancel: None,
             finished_unix_ms: None,
             cgroup: None,
+            gpus: None,
         }
     }
 

@@ -22,7 +22,7 @@ impl Workloads {
     /// Whether a workload with these params can start now; `Err` says what
     /// it waits for. The one check both a new command and the queue's head
     /// pass.
-    pub fn can_start(&self, _params: &Map<String, Value>) -> Result<(), Wait> {
+    pub fn can_start(&self, request_id: &str, params: &Map<String, Value>) -> Result<(), Wait> {
         // A workload whose end is being reported holds no slot: its
         // processes are gone.
         let active = self
@@ -36,12 +36,15 @@ impl Workloads {
                 max: self.config.max_concurrent,
             });
         }
+        if let Ok(ask) = self.gpu_ask(params) {
+            self.gpus_free(request_id, ask)?;
+        }
         Ok(())
     }
 
     /// A new command starts now only if it can and nothing waits before it.
-    pub(super) fn admit(&self, params: &Map<String, Value>) -> Result<(), Wait> {
-        self.can_start(params)?;
+    pub(super) fn admit(&self, request_id: &str, params: &Map<String, Value>) -> Result<(), Wait> {
+        self.can_start(request_id, params)?;
         match self.queue.waiting() {
             0 => Ok(()),
             waiting => Err(Wait::Behind { waiting }),
@@ -123,7 +126,7 @@ impl Workloads {
     pub fn start_queued(&mut self) -> Vec<Terminal> {
         let mut ended = Vec::new();
         while let Some(head) = self.queue.head() {
-            if self.can_start(&head.params).is_err() {
+            if self.can_start(&head.request_id, &head.params).is_err() {
                 break;
             }
             let request_id = head.request_id.clone();
@@ -339,17 +342,25 @@ impl Workloads {
                 entry.tail = Some(OutputTail::load(&entry.paths));
                 let r = &entry.record;
                 tracing::info!(pid = ?r.pid, request_id, "{} workload started", r.workload_type);
-                Ok(json!({
+                let mut output = json!({
                     "message": format!("{} workload started", r.workload_type),
                     "pid": r.pid,
                     "workload_type": r.workload_type,
                     "workload_request_id": r.request_id,
                     "stdout_log": r.stdout_log,
                     "stderr_log": r.stderr_log,
-                }))
+                });
+                if let Some(gpus) = &r.gpus {
+                    output["gpus"] = json!(gpus);
+                }
+                if !entry.warnings.is_empty() {
+                    output["warnings"] = json!(entry.warnings);
+                }
+                Ok(output)
             }
             Err(error) => {
                 // Nothing ran: forget it, so the backend may retry the same id.
+                self.release_gpus(request_id);
                 if let Some(entry) = self.entries.remove(request_id) {
                     let _ = std::fs::remove_file(entry.paths.record());
                 }

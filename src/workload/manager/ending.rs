@@ -77,6 +77,9 @@ impl Workloads {
     }
 
     fn finish(&mut self, request_id: &str) -> Terminal {
+        // Its processes are gone: its GPUs are free for the next one, as
+        // its slot is, while its end is reported.
+        self.release_gpus(request_id);
         let entry = self
             .entries
             .get_mut(request_id)
