@@ -299,3 +299,76 @@ fn a_restarted_node_keeps_a_running_workloads_gpus_reserved() {
         "the GPUs were not freed"
     );
 }
+
+/// Deployments take their GPUs from the same pool: a workload never gets a
+/// deployment's GPU, and an undeploy gives it back.
+#[test]
+fn deployments_and_workloads_never_share_a_gpu() {
+    needs_declared_gpus!();
+    let gates = Gates::new();
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let s = Scenario::start(|n| {
+        configure(n, &gates, &[("CYBERWAVE_GPUS_PER_WORKLOAD", "1")])
+            .env_var("CYBERWAVE_GPUS", "0,1")
+            .env_var("CYBERWAVE_MODEL_ROOTS", models.to_str().unwrap())
+    });
+    let reaper = Reaper::new(&s);
+    let deploy = |id: &str, params: Value| {
+        let mut params = params;
+        params["model"] = json!("add_matmul.onnx");
+        params["deployment_id"] = json!(id);
+        let answer = request(
+            &s,
+            &s.node,
+            json!({"command": "deploy", "request_id": format!("deploy-{id}"), "params": params}),
+        );
+        if let Some(pid) = answer["output"]["pid"].as_i64() {
+            reaper.add(pid as i32);
+        }
+        answer
+    };
+    let started = deploy("model", json!({"gpus": 1}));
+    assert_eq!(started["event"], "started", "{started}");
+    let held = holders(&ask_status(&s, &s.node));
+    assert_eq!(held[0], json!({"deployment": "model"}), "{held:?}");
+    let w1 = training(&s, &s.node, &reaper, "w1", json!({}));
+    assert_eq!(w1["event"], "started", "{w1}");
+    assert_eq!(
+        gates.seen("w1").0,
+        "1",
+        "the workload got the deployment's GPU"
+    );
+    let refused = training(&s, &s.node, &reaper, "w2", json!({}));
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("deployment model (GPU 0)") && error.contains("workload w1 (GPU 1)"),
+        "{refused}"
+    );
+    // A GPU named by the runner's options counts as one.
+    let cuda = deploy("cuda", json!({"options": {"execution_provider": "cuda"}}));
+    let error = cuda["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("0 of 2 GPUs are free") && error.contains("allow_cpu_fallback"),
+        "{cuda}"
+    );
+
+    let stopped = request(
+        &s,
+        &s.node,
+        json!({"command": "undeploy", "request_id": "undeploy-model", "params": {"deployment_id": "model"}}),
+    );
+    assert_eq!(stopped["status"], "ok", "{stopped}");
+    assert!(
+        wait_until(Duration::from_secs(15), || holders(&ask_status(
+            &s, &s.node
+        ))[0]
+            .is_null()),
+        "the undeployed model's GPU was not freed"
+    );
+    let w3 = training(&s, &s.node, &reaper, "w3", json!({}));
+    assert_eq!(w3["event"], "started", "{w3}");
+    assert_eq!(gates.seen("w3").0, "0");
+    for id in ["w1", "w3"] {
+        gates.release(id);
+    }
+}

@@ -160,6 +160,9 @@ pub struct DeploymentRecord {
     pub error: Option<String>,
     #[serde(default)]
     pub ended_unix_ms: Option<u64>,
+    /// The GPUs its server holds (their ids); `None`: it asked for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<String>>,
 }
 
 impl DeploymentRecord {

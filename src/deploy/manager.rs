@@ -19,9 +19,11 @@ use super::files::{
     prepare_files, remove_files, scan, DeployPaths, DeploySpec, DeployState, DeploymentRecord,
     FilesError, ServerState,
 };
+use super::gpus;
 use super::request::{self, RequestError};
 use super::wire::WireError;
 use crate::fsutil::{load_json, tail_text};
+use crate::gpus::SharedPool;
 use crate::protocol::{Answer, Event, Outgoing};
 use crate::supervised::{
     launch::{self, shell_quote, LaunchError},
@@ -114,6 +116,11 @@ pub enum DeployError {
     Vanished { deployment_id: String },
     #[error("the model server could not be started: {0}")]
     Launch(#[source] LaunchError),
+    #[error("params.gpus must be a whole number of GPUs from 0 to 64, got {got}")]
+    BadGpus { got: String },
+    /// Not enough GPUs, and the options do not allow the CPU.
+    #[error("{0}; set \"allow_cpu_fallback\": true in the options to serve it on the CPU instead")]
+    Gpus(crate::gpus::GpuError),
     /// The model server answered with an error of its own.
     #[error("{0}")]
     Refused(String),
@@ -126,16 +133,23 @@ pub struct Deployments {
     pub(super) entries: HashMap<String, (DeployPaths, DeploymentRecord)>,
     /// The servers' shims, stops, loads and calls report here.
     pub(super) units: Notifier<DeployEvent>,
+    /// The node's GPUs, shared with the workloads.
+    pub(super) gpus: SharedPool,
 }
 
 impl Deployments {
     /// Loads the records of earlier runs and watches what still runs; a
     /// stop an earlier run began is seen through.
-    pub fn open(config: DeployConfig, events: mpsc::UnboundedSender<DeployEvent>) -> Deployments {
+    pub fn open(
+        config: DeployConfig,
+        events: mpsc::UnboundedSender<DeployEvent>,
+        gpus: SharedPool,
+    ) -> Deployments {
         let mut deployments = Deployments {
             entries: HashMap::new(),
             config,
             units: Notifier::new(events, DeployEvent::Process),
+            gpus,
         };
         for (paths, mut record) in scan(&deployments.config.config_dir) {
             if record.supervisor_pid.is_none() {
@@ -156,6 +170,9 @@ impl Deployments {
                 tracing::info!(pid = ?record.pid, "reconnecting to deployment {} ({})", record.deployment_id, record.state.name());
                 let shim = record.supervisor_pid.zip(record.supervisor_start_time);
                 deployments.units.watch(record.deployment_id.clone(), shim);
+                if let Some(ids) = &record.gpus {
+                    deployments.reserve_gpus(&record.deployment_id, ids);
+                }
                 deployments.watch_loading(&paths, &record);
                 if record.state == DeployState::Stopping {
                     deployments.stop(&record);
@@ -198,7 +215,9 @@ impl Deployments {
                 });
             }
         }
+        let count = gpus::gpu_count(params, &checked.options)?;
         let paths = DeployPaths::new(&config.config_dir, &checked.deployment_id);
+        let granted = self.take_gpus(&checked.deployment_id, count, &checked.options)?;
         let record = DeploymentRecord {
             deployment_id: checked.deployment_id.clone(),
             request_id: request_id.to_owned(),
@@ -214,6 +233,7 @@ impl Deployments {
             loaded: None,
             error: None,
             ended_unix_ms: None,
+            gpus: granted.ids,
         };
         let spec = DeploySpec {
             deployment_id: checked.deployment_id.clone(),
@@ -224,25 +244,32 @@ impl Deployments {
             state_file: paths.state(),
             onnxruntime_path: config.onnxruntime_path.clone(),
         };
-        prepare_files(&paths, &record, &spec)?;
-        self.spawn_launch(&paths, &spec, request_id);
+        if let Err(e) = prepare_files(&paths, &record, &spec) {
+            self.release_gpus(&record.deployment_id);
+            return Err(e.into());
+        }
+        self.spawn_launch(&paths, &spec, request_id, granted.env);
         self.entries
             .insert(record.deployment_id.clone(), (paths, record));
         Ok(())
     }
 
-    fn spawn_launch(&self, paths: &DeployPaths, spec: &DeploySpec, request_id: &str) {
+    fn spawn_launch(
+        &self,
+        paths: &DeployPaths,
+        spec: &DeploySpec,
+        request_id: &str,
+        gpu_env: Vec<(String, String)>,
+    ) {
         let command = format!(
             "exec {} {} {}",
             shell_quote(&self.config.exe.to_string_lossy()),
             super::server::MODE,
             shell_quote(&paths.spec().to_string_lossy())
         );
-        let (shim, cwd, env) = (
-            self.config.shim.clone(),
-            self.config.working_dir.clone(),
-            self.config.base_env.clone(),
-        );
+        let mut env = self.config.base_env.clone();
+        env.extend(gpu_env);
+        let (shim, cwd) = (self.config.shim.clone(), self.config.working_dir.clone());
         let (supervised, units) = (paths.supervised.clone(), self.units.clone());
         let (deployment_id, request_id) = (spec.deployment_id.clone(), request_id.to_owned());
         tokio::spawn(async move {
@@ -339,6 +366,9 @@ impl Deployments {
                 }))
             }
             Err(error) => {
+                self.gpus
+                    .lock()
+                    .release(&crate::gpus::Holder::Deployment(deployment_id.to_owned()));
                 record.state = DeployState::Failed;
                 record.error = Some(error.to_string());
                 record.ended_unix_ms = Some(now_unix_ms());
@@ -403,6 +433,7 @@ impl Deployments {
     /// A server is gone: `stopped` after an undeploy, `failed` otherwise
     /// (unless its failure was already reported).
     fn on_exited(&mut self, deployment_id: &str, end: ShimEnd) -> Option<Outgoing> {
+        self.release_gpus(deployment_id);
         let (paths, record) = self.entries.get_mut(deployment_id)?;
         if !record.state.is_active() {
             return None;

@@ -12,6 +12,7 @@
 
 mod calls;
 pub mod files;
+mod gpus;
 pub mod listing;
 pub mod manager;
 pub mod request;

@@ -88,7 +88,6 @@ pub enum Holder {
     /// A workload, by its request_id.
     Workload(String),
     /// A deployment, by its deployment id.
-    #[allow(dead_code)] // deployments take GPUs next (issue 13, point 4)
     Deployment(String),
 }
 

@@ -62,8 +62,15 @@ impl RunningNode {
     }
 
     pub(super) async fn on_deploy_event(&mut self, event: DeployEvent) {
-        if let Some(outgoing) = self.deployments.handle(event) {
+        let outgoing = self.deployments.handle(event);
+        // A model server that ended freed its GPUs: a workload waiting in
+        // the queue for them starts now.
+        let unstarted = self.workloads.start_queued();
+        if let Some(outgoing) = outgoing {
             self.send_outgoing(outgoing).await;
+        }
+        for terminal in unstarted {
+            self.report(terminal).await;
         }
     }
 }

@@ -125,7 +125,8 @@ impl RunningNode {
         let (terminal_tx, terminal_events) = mpsc::channel(TERMINAL_EVENTS);
         let terminals = Terminals::new(terminal_config(&settings), terminal_tx);
         let (deploy_tx, deploy_events) = mpsc::unbounded_channel();
-        let deployments = Deployments::open(deploy_config(&settings, &shim)?, deploy_tx);
+        let deployments =
+            Deployments::open(deploy_config(&settings, &shim)?, deploy_tx, gpus.clone());
         Ok(RunningNode {
             settings,
             backend,

@@ -127,7 +127,7 @@ impl RunningNode {
     /// the outbox: on disk first, removed when the broker acknowledges it.
     /// When the MQTT link cannot take all the output now (an outage), the
     /// event is stored and held until the output has followed.
-    async fn report(&mut self, terminal: Terminal) {
+    pub(super) async fn report(&mut self, terminal: Terminal) {
         let request_id = terminal.request_id.clone();
         let drained = self.drain_output(&request_id, terminal.messages);
         let ending = &terminal.ending;
