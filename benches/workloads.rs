@@ -35,6 +35,7 @@ fn main() {
     exit_to_event(&s);
     cancel_to_event();
     queued_start();
+    gpu_assignment_cost();
     idle_with_sleepers(&s);
 }
 
@@ -227,6 +228,60 @@ fn queued_start() {
         answered,
         "target p50 <= 5 ms",
     );
+}
+
+/// Command → `started` answer with GPU assignment off (`all`) and on (one
+/// of four declared GPUs per workload), measured in turns so both see the
+/// same machine. Target: assignment adds at most 0.2 ms at p50.
+fn gpu_assignment_cost() {
+    let node = |gpus: bool| {
+        Scenario::start(|n| {
+            let n = n
+                .env_var("CYBERWAVE_TRAINING_CMD", "true")
+                .env_var("CYBERWAVE_MAX_CONCURRENT_WORKLOADS", "4");
+            if gpus {
+                n.env_var("CYBERWAVE_GPUS", "0,1,2,3")
+                    .env_var("CYBERWAVE_GPUS_PER_WORKLOAD", "1")
+            } else {
+                n
+            }
+        })
+    };
+    let (off, on) = (node(false), node(true));
+    let started = |s: &Scenario, id: &str| {
+        let sent = now_ns();
+        s.client.publish_json(
+            &s.topic(&s.uuid, "command"),
+            &json!({"command": "training", "request_id": id}),
+        );
+        let answer = s
+            .client
+            .recv_json_where(Duration::from_secs(10), |_, v| {
+                v["request_id"] == id && v["event"] == "started"
+            })
+            .unwrap_or_else(|| panic!("no started for {id}:\n{}", s.node.stderr()));
+        let took = (now_ns() - sent) as f64 / 1e6;
+        terminal(s, id);
+        (took, answer)
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for i in 0..150 {
+        without.push(started(&off, &format!("off-{i}")).0);
+        let (took, answer) = started(&on, &format!("on-{i}"));
+        assert_eq!(answer["output"]["gpus"].as_array().map(Vec::len), Some(1));
+        with.push(took);
+    }
+    let off_p50 = report(
+        "command -> started, GPU assignment off",
+        without,
+        "the baseline",
+    );
+    let on_p50 = report(
+        "command -> started, GPU assignment on",
+        with,
+        "target <= baseline + 0.2 ms",
+    );
+    println!("  = {:+.2} ms at p50", on_p50 - off_p50);
 }
 
 fn proc_kib(pid: i64, key: &str) -> u64 {
