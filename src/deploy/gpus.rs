@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 use super::manager::{DeployError, Deployments};
-use crate::gpus::{visible_devices, Holder};
+use crate::gpus::{environment, Holder};
 
 /// The most GPUs one deployment may ask for.
 const MAX_GPUS: u64 = 64;
@@ -74,19 +74,8 @@ impl Deployments {
             }
             Err(error) => return Err(DeployError::Gpus(error)),
         };
-        let devices = visible_devices(&gpus);
-        let nvidia = if devices.is_empty() {
-            "none".to_owned()
-        } else {
-            devices.clone()
-        };
         Ok(Granted {
-            env: vec![
-                ("CUDA_VISIBLE_DEVICES".into(), devices.clone()),
-                ("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()),
-                ("NVIDIA_VISIBLE_DEVICES".into(), nvidia),
-                ("CYBERWAVE_GPUS".into(), devices),
-            ],
+            env: environment(&gpus),
             ids: Some(gpus.iter().map(|g| g.id()).collect()),
         })
     }

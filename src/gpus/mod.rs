@@ -119,6 +119,24 @@ pub fn visible_devices(gpus: &[Gpu]) -> String {
     gpus.iter().map(Gpu::id).collect::<Vec<_>>().join(",")
 }
 
+/// The variables that give a process exactly `gpus` (none: no GPU), for a
+/// workload and a model server alike.
+pub fn environment(gpus: &[Gpu]) -> Vec<(String, String)> {
+    let devices = visible_devices(gpus);
+    // The NVIDIA container runtime reads an empty value as "its default".
+    let nvidia = if devices.is_empty() {
+        "none".to_owned()
+    } else {
+        devices.clone()
+    };
+    vec![
+        ("CUDA_VISIBLE_DEVICES".into(), devices.clone()),
+        ("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()),
+        ("NVIDIA_VISIBLE_DEVICES".into(), nvidia),
+        ("CYBERWAVE_GPUS".into(), devices),
+    ]
+}
+
 /// `GPU 0` or `GPUs 0, 1`, for messages.
 fn gpu_labels<'a>(gpus: impl IntoIterator<Item = &'a Gpu>) -> String {
     let labels: Vec<String> = gpus.into_iter().map(Gpu::label).collect();

@@ -152,20 +152,8 @@ fn cpu_instead(request_id: &str, error: &GpuError) -> GpuGrant {
 /// The variables that say which GPUs a workload may use; none for `all`
 /// (the node's own environment stands). Empty values mean "no GPU".
 pub(super) fn gpu_env(grant: &GpuGrant) -> Vec<(String, String)> {
-    let Some(gpus) = &grant.gpus else {
-        return Vec::new();
-    };
-    let devices = visible_devices(gpus);
-    // The NVIDIA container runtime reads an empty value as "its default".
-    let nvidia = if devices.is_empty() {
-        "none".to_owned()
-    } else {
-        devices.clone()
-    };
-    vec![
-        ("CUDA_VISIBLE_DEVICES".into(), devices.clone()),
-        ("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()),
-        ("NVIDIA_VISIBLE_DEVICES".into(), nvidia),
-        ("CYBERWAVE_GPUS".into(), devices),
-    ]
+    match &grant.gpus {
+        Some(gpus) => crate::gpus::environment(gpus),
+        None => Vec::new(),
+    }
 }
