@@ -30,6 +30,8 @@
 mod fsutil {
     pub mod atomic;
 }
+mod clone_into;
+
 #[allow(dead_code)]
 #[path = "../supervised"]
 mod supervised {
@@ -247,6 +249,28 @@ fn spawn_in(
 ) -> Result<i32, SpawnError> {
     let open = |path: PathBuf| open_log(&path).map_err(|source| SpawnError::Open { path, source });
     let (stdout, stderr) = (open(files.stdout())?, open(files.stderr())?);
+    let shell_error = |source| SpawnError::Shell {
+        cwd: cwd.to_owned(),
+        source,
+    };
+    if let Some(dir) = cgroup {
+        let launch = clone_into::Launch {
+            cwd,
+            command,
+            stdout: &stdout,
+            stderr: &stderr,
+        };
+        let opened = File::open(dir).map_err(|source| SpawnError::Open {
+            path: dir.to_owned(),
+            source,
+        })?;
+        match clone_into::spawn_in_cgroup(&opened, &launch) {
+            Ok(pid) => return Ok(pid),
+            Err(clone_into::CloneError::Exec(source)) => return Err(shell_error(source)),
+            // An older kernel: the child moves itself in, below.
+            Err(clone_into::CloneError::Unsupported) => {}
+        }
+    }
     let mut shell = Command::new("/bin/sh");
     shell
         .arg("-c")
@@ -278,10 +302,7 @@ fn spawn_in(
             });
         }
     }
-    let child = shell.spawn().map_err(|source| SpawnError::Shell {
-        cwd: cwd.to_owned(),
-        source,
-    })?;
+    let child = shell.spawn().map_err(shell_error)?;
     Ok(child.id() as i32)
 }
 
