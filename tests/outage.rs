@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::restart::Reaper;
 use common::scenario::Scenario;
 use common::TestClient;
 use nix::sys::signal::Signal;
@@ -40,7 +41,7 @@ const WORKLOADS: usize = 6;
 
 /// The scenario, and a client that watches the logs topic (apart from the
 /// scenario's, whose `request` discards what it does not wait for).
-fn chatty(chat_seconds: u32) -> (Scenario, TestClient) {
+fn chatty(chat_seconds: u32) -> (Scenario, TestClient, Reaper) {
     let s = Scenario::start(|n| {
         n.cwd_file("chat.py", CHATTY)
             .env_var("CYBERWAVE_TRAINING_CMD", "python3 chat.py")
@@ -50,11 +51,17 @@ fn chatty(chat_seconds: u32) -> (Scenario, TestClient) {
     });
     let watcher = TestClient::connect(s.broker.port());
     watcher.subscribe(&s.topic(&s.uuid, "logs"));
+    // The workloads outlive a node that stops (by design): the reaper ends
+    // them, and their shims, when the test does.
+    let reaper = Reaper::new(&s);
     for i in 1..=WORKLOADS {
         let started = s.request(json!({"command": "training", "request_id": format!("chat-{i}")}));
+        if let Some(pid) = started["output"]["pid"].as_i64() {
+            reaper.add(pid as i32);
+        }
         assert_eq!(started["event"], "started", "{started}");
     }
-    (s, watcher)
+    (s, watcher, reaper)
 }
 
 /// Waits until every workload has said "ready" (it ignores SIGTERM from
@@ -137,7 +144,7 @@ fn collect(client: &TestClient, quiet: Duration) -> Vec<Value> {
 
 #[test]
 fn a_broker_outage_does_not_freeze_the_node() {
-    let (mut s, watcher) = chatty(45);
+    let (mut s, watcher, _reaper) = chatty(45);
     let logs = s.topic(&s.uuid, "logs");
     let stdout_file = s
         .node
@@ -278,7 +285,7 @@ fn a_broker_outage_does_not_freeze_the_node() {
 
 #[test]
 fn sigterm_during_an_outage_stops_the_node_promptly() {
-    let (mut s, watcher) = chatty(40);
+    let (mut s, watcher, _reaper) = chatty(40);
     wait_ready(&watcher);
     s.broker.stop();
     std::fs::write(s.node.workdir().join("go"), "").unwrap();
