@@ -4,12 +4,17 @@
 use super::{load_settings, SettingsArgs};
 use crate::shutdown::Shutdown;
 
-/// Runs the node on a single-threaded runtime.
+/// Runs the node: its event loop on this thread, the tasks it spawns
+/// (launches, exit watches, REST calls) on one worker thread.
 pub(super) fn run(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = load_settings(args)?;
-    // One thread is plenty for a node that mostly waits, and keeps the idle
-    // footprint small; blocking work goes to tokio's blocking pool.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The loop writes the outbox and records synchronously (fsync); on a
+    // single-threaded runtime a launch under way stood still meanwhile (a
+    // queued workload's start waited for the previous one's report). One
+    // worker keeps the idle footprint small; blocking work goes to tokio's
+    // blocking pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     runtime.block_on(async {
