@@ -372,3 +372,64 @@ fn deployments_and_workloads_never_share_a_gpu() {
         gates.release(id);
     }
 }
+
+/// A model server outlives a node restart (tests/deployments.rs); so does its
+/// GPU: the restarted node adopts the deployment with the GPU it had, never
+/// gives that GPU to a workload, and frees it at undeploy.
+#[test]
+fn a_restarted_node_keeps_a_deployments_gpu_reserved() {
+    needs_declared_gpus!();
+    let gates = Gates::new();
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let env = [
+        ("CYBERWAVE_GPUS_PER_WORKLOAD", "1"),
+        ("CYBERWAVE_GPUS", "0,1"),
+        ("CYBERWAVE_MODEL_ROOTS", models.to_str().unwrap()),
+    ];
+    let s = start(&gates, &env);
+    let reaper = Reaper::new(&s);
+    let deployed = request(
+        &s,
+        &s.node,
+        json!({"command": "deploy", "request_id": "deploy-kept", "params":
+            {"model": "add_matmul.onnx", "deployment_id": "kept", "gpus": 1}}),
+    );
+    assert_eq!(deployed["event"], "started", "{deployed}");
+    if let Some(pid) = deployed["output"]["pid"].as_i64() {
+        reaper.add(pid as i32);
+    }
+    stop_gracefully(&s);
+
+    let node = configure(again(&s, TEMPLATE), &gates, &env).spawn();
+    assert!(
+        node.wait_for_log(READY, Duration::from_secs(10)),
+        "{}",
+        node.stderr()
+    );
+    let held = holders(&ask_status(&s, &node));
+    assert_eq!(held[0], json!({"deployment": "kept"}), "{held:?}");
+    let w1 = training(&s, &node, &reaper, "w1", json!({}));
+    assert_eq!(w1["event"], "started", "{w1}");
+    assert_eq!(
+        gates.seen("w1").0,
+        "1",
+        "a workload got the deployment's GPU"
+    );
+    let refused = training(&s, &node, &reaper, "w2", json!({}));
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.contains("deployment kept (GPU 0)"), "{refused}");
+
+    let stopped = request(
+        &s,
+        &node,
+        json!({"command": "undeploy", "request_id": "undeploy-kept", "params": {"deployment_id": "kept"}}),
+    );
+    assert_eq!(stopped["status"], "ok", "{stopped}");
+    assert!(
+        wait_until(Duration::from_secs(15), || holders(&ask_status(&s, &node))
+            [0]
+        .is_null()),
+        "the undeployed model's GPU was not freed"
+    );
+    gates.release("w1");
+}
