@@ -73,6 +73,11 @@ struct LinkState {
     queries: u32,
     /// When to ask again if no answer came.
     query_retry_at: Option<Instant>,
+    /// Attaching: the node said where the workload stands.
+    attached: bool,
+    /// Attaching: this request's messages that came before that answer,
+    /// shown after it (the story so far comes first).
+    early: Vec<(String, Value)>,
 }
 
 impl Exchange {
@@ -244,11 +249,11 @@ impl Exchange {
                     return Ok(None);
                 };
                 if message["request_id"] == self.session.request_id.as_str() {
-                    if publish.topic.ends_with("/logs") {
-                        self.renderer.log(&message);
+                    if self.action == Action::Attach && !self.link.attached {
+                        self.link.early.push((publish.topic.to_string(), message));
                         return Ok(None);
                     }
-                    return Ok(self.session.on_message(&mut self.renderer, &message));
+                    return Ok(self.on_request_message(&publish.topic, &message));
                 }
                 if self.is_our_query(&message) {
                     return self.on_node_answer(&message);
@@ -257,6 +262,15 @@ impl Exchange {
             _ => {}
         }
         Ok(None)
+    }
+
+    /// A message on this request's own request_id.
+    fn on_request_message(&mut self, topic: &str, message: &Value) -> Option<u8> {
+        if topic.ends_with("/logs") {
+            self.renderer.log(message);
+            return None;
+        }
+        self.session.on_message(&mut self.renderer, message)
     }
 
     /// Subscribed (again): publish the command the first time; ask the
@@ -271,7 +285,7 @@ impl Exchange {
                     .map_err(|_| crate::mqtt::MqttError::Closed)?;
                 self.link.published = true;
             }
-            Action::Attach if !self.session.answered => self.ask_node().await?,
+            Action::Attach if !self.link.attached => self.ask_node().await?,
             Action::Command(_) | Action::Attach => {}
         }
         if std::mem::take(&mut self.link.catch_up) {
@@ -323,7 +337,7 @@ impl Exchange {
         }
         self.link.query_retry_at = None;
         let view = &answer["output"]["workload"];
-        let attaching = self.action == Action::Attach && !self.session.answered;
+        let attaching = self.action == Action::Attach && !self.link.attached;
         if view.is_null() {
             return match attaching {
                 true => Err(SendError::UnknownWorkload {
@@ -334,11 +348,19 @@ impl Exchange {
                 false => Ok(None),
             };
         }
-        if attaching {
-            self.renderer.attached(view, self.follow_logs);
+        match (attaching, self.follow_logs) {
+            (true, _) => self.renderer.attached(view, self.follow_logs),
+            (false, true) => self.renderer.missed_output(view),
+            (false, false) => {}
         }
         self.session.answered = true;
+        self.link.attached = true;
         if view["event"].is_null() {
+            for (topic, message) in std::mem::take(&mut self.link.early) {
+                if let Some(code) = self.on_request_message(&topic, &message) {
+                    return Ok(Some(code));
+                }
+            }
             return Ok(None);
         }
         let mut event = json!({

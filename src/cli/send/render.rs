@@ -104,7 +104,7 @@ impl Renderer {
     }
 
     /// `send wait`: where the workload stands, and with `--follow-logs` its
-    /// output so far (the node's tail of each log).
+    /// output so far.
     pub fn attached(&mut self, view: &Value, follow_logs: bool) {
         if self.json {
             println!("{view}");
@@ -125,19 +125,35 @@ impl Renderer {
             line.push_str(&format!(", position {position} in the queue"));
         }
         self.note(&line);
-        if !follow_logs {
+        if follow_logs {
+            self.missed_output(view);
+        }
+    }
+
+    /// Prints what the node's tail of each log (in a `status` workload
+    /// view) holds past what was printed: the output so far on attach, or
+    /// what went by while the link was down.
+    pub fn missed_output(&mut self, view: &Value) {
+        if self.json {
             return;
         }
-        let ended = &view["output"];
         for stream in ["stdout", "stderr"] {
-            let tail = match ended.is_object() {
-                true => &ended[format!("{stream}_tail")],
-                false => &view[format!("{stream}_tail")],
+            let tail = view[format!("{stream}_tail")].as_str().unwrap_or("");
+            let Some(end) = view[format!("{stream}_bytes")].as_u64() else {
+                continue;
             };
-            self.write(stream, tail.as_str().unwrap_or(""));
-            if let Some(bytes) = view[format!("{stream}_bytes")].as_u64() {
-                self.printed.insert(stream.to_owned(), bytes);
+            let start = end.saturating_sub(tail.len() as u64);
+            let from = self
+                .printed
+                .get(stream)
+                .copied()
+                .unwrap_or(start)
+                .max(start);
+            let skip = (from - start) as usize;
+            if let Some(rest) = tail.get(skip.min(tail.len())..) {
+                self.write(stream, rest);
             }
+            self.printed.insert(stream.to_owned(), end.max(from));
         }
     }
 

@@ -4,6 +4,7 @@
 //! that was away (`send wait`, or `send` after a reconnect) learn the end
 //! it missed, and what a client attaching late prints as "so far".
 
+use super::super::output::TAIL_BYTES;
 use super::*;
 use crate::fsutil::tail_text;
 
@@ -38,18 +39,17 @@ impl Workloads {
             "stdout_log": record.stdout_log,
             "stderr_log": record.stderr_log,
         });
+        // What it wrote so far, and up to which byte, so a client can print
+        // what it missed and place the live chunks after it.
+        for (stream, path) in [
+            ("stdout", entry.paths.stdout()),
+            ("stderr", entry.paths.stderr()),
+        ] {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            view[format!("{stream}_tail")] = json!(tail_text(&path, TAIL_BYTES));
+            view[format!("{stream}_bytes")] = json!(size);
+        }
         if !ended {
-            // What it wrote so far, and up to which byte, so a client can
-            // print it and then place the live chunks after it.
-            for (stream, path) in [
-                ("stdout", entry.paths.stdout()),
-                ("stderr", entry.paths.stderr()),
-            ] {
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                view[format!("{stream}_tail")] =
-                    json!(tail_text(&path, super::super::output::TAIL_BYTES));
-                view[format!("{stream}_bytes")] = json!(size);
-            }
             return view;
         }
         let exit = load_json::<super::super::record::ExitFile>(&entry.paths.exit())
