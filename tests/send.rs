@@ -319,3 +319,78 @@ fn a_standalone_node_is_found_without_flags_and_node_keeps_the_host() {
     stop(&node);
     assert!(!record.exists(), "a clean stop removes the record");
 }
+
+#[test]
+fn ctrl_c_says_the_workload_keeps_running_and_how_to_come_back() {
+    let home = tempfile::tempdir().unwrap();
+    let _node = start_node(home.path(), &demo_config(), free_port(), &[]);
+    let params = r#"{"epochs": 100, "seconds_per_epoch": 0.2}"#;
+    let waiting = Send::spawn(
+        home.path(),
+        &[
+            "training",
+            "--params",
+            params,
+            "--request-id",
+            "i-1",
+            "--wait",
+            "done",
+        ],
+    );
+    assert!(
+        waiting.wait_for_stderr("started training i-1", Duration::from_secs(15)),
+        "{}",
+        waiting.stderr()
+    );
+    let pid = nix::unistd::Pid::from_raw(waiting.child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGINT).unwrap();
+    let (code, _out, err) = waiting.finish(Duration::from_secs(10));
+    assert_eq!(code, 130, "{err}");
+    assert!(
+        err.contains("workload i-1 keeps running")
+            && err.contains("cyberwave-cloud-node send wait i-1 --follow-logs")
+            && err.contains("cyberwave-cloud-node send cancel i-1"),
+        "{err}"
+    );
+    let (code, _out, err) = send(home.path(), &["cancel", "i-1"]);
+    assert_eq!(code, 0, "it was still running: {err}");
+}
+
+#[test]
+fn send_waits_through_a_node_restart_on_a_broker_that_stays() {
+    let broker = Broker::start();
+    let home = tempfile::tempdir().unwrap();
+    let config = slow_fail_config(home.path());
+    let p = broker.port().to_string();
+    let on_broker = ["--mqtt-host", "127.0.0.1"];
+    let first = start_node(home.path(), &config, broker.port(), &on_broker);
+    let waiting = Send::spawn(
+        home.path(),
+        &[
+            "training",
+            "--request-id",
+            "t-3",
+            "--wait",
+            "done",
+            "--follow-logs",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &p,
+        ],
+    );
+    assert!(
+        waiting.wait_for_stderr("started training t-3", Duration::from_secs(15)),
+        "{}",
+        waiting.stderr()
+    );
+    stop(&first);
+    std::thread::sleep(Duration::from_secs(4));
+    let _second = start_node(home.path(), &config, broker.port(), &on_broker);
+    let (code, out, err) = waiting.finish(Duration::from_secs(60));
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        out.contains("step 6"),
+        "the output the node sent after its restart: {out}"
+    );
+}

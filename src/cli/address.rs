@@ -88,7 +88,7 @@ pub fn resolve_target(settings: &Settings, node: Option<&str>) -> Result<Target,
 /// What the config dir says about a standalone node, for hints.
 pub fn describe_record(recorded: Option<&NodeAddress>) -> String {
     match recorded {
-        None => format!("no {} there", standalone::ADDRESS_FILE),
+        None => format!("no {}", standalone::ADDRESS_FILE),
         Some(r) if r.is_live() => format!(
             "{} names node {} on {}:{} (pid {})",
             standalone::ADDRESS_FILE,
@@ -106,16 +106,22 @@ pub fn describe_record(recorded: Option<&NodeAddress>) -> String {
     }
 }
 
-/// How to find the right broker, for a client that could not reach one.
+/// How to find the right broker, for a client that could not reach one:
+/// indented lines to follow the error.
 pub fn broker_hint(target: &Target) -> String {
     let settings = &target.settings;
     format!(
-        "the host comes from {}, the port from {}; {} in {}. Is the node running? A standalone node prints \
-         `embedded MQTT broker listening on 127.0.0.1:<port>` at start; pass that port with --mqtt-port \
-         (or --mqtt-host for another machine), or run the client with the node's CYBERWAVE_CONFIG_DIR",
+        "  host {} ({}), port {} ({})\n  \
+         in {}: {}\n  \
+         is the node running? A standalone node prints `embedded MQTT broker listening on \
+         127.0.0.1:<port>` when it starts:\n  \
+         pass that port with --mqtt-port (--mqtt-host for another machine), or run this with \
+         the node's CYBERWAVE_CONFIG_DIR",
+        settings.mqtt_host.value,
         settings.mqtt_host.origin,
+        settings.mqtt_port.value,
         settings.mqtt_port.origin,
+        settings.config_dir.value.display(),
         describe_record(target.recorded.as_ref()),
-        settings.config_dir.value.display()
     )
 }

@@ -205,7 +205,7 @@ impl Exchange {
                 .map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default();
             format!(
-                "cannot reach the MQTT broker at {broker} within the timeout{last}; {}",
+                "cannot reach the MQTT broker at {broker} within the timeout{last}\n{}",
                 self.hint
             )
         }

@@ -80,7 +80,7 @@ pub enum SendError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
-    #[error("cannot connect to the MQTT broker at {broker}: {reason}. {hint}")]
+    #[error("cannot connect to the MQTT broker at {broker}: {reason}\n{hint}")]
     Unreachable {
         broker: String,
         reason: String,

@@ -118,8 +118,14 @@ impl Renderer {
         if let Some(pid) = view["pid"].as_i64() {
             line.push_str(&format!(" (pid {pid})"));
         }
-        if let Some(seconds) = view["running_for_seconds"].as_f64() {
-            line.push_str(&format!(", started {} ago", human_seconds(seconds)));
+        match (
+            view["running_for_seconds"].as_f64(),
+            view["event"].is_null(),
+        ) {
+            (Some(seconds), true) => {
+                line.push_str(&format!(", started {} ago", human_seconds(seconds)))
+            }
+            (Some(_), false) | (None, _) => {}
         }
         if let Some(position) = view["position"].as_u64() {
             line.push_str(&format!(", position {position} in the queue"));
