@@ -118,14 +118,11 @@ impl Renderer {
         if let Some(pid) = view["pid"].as_i64() {
             line.push_str(&format!(" (pid {pid})"));
         }
-        match (
+        if let (Some(seconds), true) = (
             view["running_for_seconds"].as_f64(),
             view["event"].is_null(),
         ) {
-            (Some(seconds), true) => {
-                line.push_str(&format!(", started {} ago", human_seconds(seconds)))
-            }
-            (Some(_), false) | (None, _) => {}
+            line.push_str(&format!(", started {} ago", human_seconds(seconds)));
         }
         if let Some(position) = view["position"].as_u64() {
             line.push_str(&format!(", position {position} in the queue"));
