@@ -316,6 +316,14 @@ fn a_standalone_node_is_found_without_flags_and_node_keeps_the_host() {
         "{err}"
     );
 
+    let bad = r#"{"workload_request_id": 3}"#;
+    let (code, _out, err) = send(home.path(), &["status", "--params", bad]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("params.workload_request_id must be a non-empty string, got a number"),
+        "{err}"
+    );
+
     stop(&node);
     assert!(!record.exists(), "a clean stop removes the record");
 }

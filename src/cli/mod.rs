@@ -1,6 +1,7 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
 //! body is a module of its own: `start`, [`send`], [`run_model`], `local`
 //! (`status` and `logs`), `man`; logging is set up by [`crate::logging`].
+//! [`address`] resolves which node and broker a client command talks to.
 
 pub mod address;
 mod local;
