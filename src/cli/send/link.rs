@@ -276,6 +276,7 @@ impl Exchange {
     /// Subscribed (again): publish the command the first time; ask the
     /// node where the workload stands when attaching or after a reconnect.
     async fn on_subscribed(&mut self) -> Result<(), SendError> {
+        let mut ask = std::mem::take(&mut self.link.catch_up);
         match &self.action {
             Action::Command(command) if !self.link.published => {
                 let payload = command.to_string();
@@ -285,10 +286,10 @@ impl Exchange {
                     .map_err(|_| crate::mqtt::MqttError::Closed)?;
                 self.link.published = true;
             }
-            Action::Attach if !self.link.attached => self.ask_node().await?,
+            Action::Attach if !self.link.attached => ask = true,
             Action::Command(_) | Action::Attach => {}
         }
-        if std::mem::take(&mut self.link.catch_up) {
+        if ask {
             self.ask_node().await?;
         }
         Ok(())
