@@ -125,3 +125,102 @@ pub fn broker_hint(target: &Target) -> String {
         describe_record(target.recorded.as_ref()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Environment, Overrides};
+    use crate::identity::Identity;
+
+    /// Settings for a HOME of its own, with `vars` and flags.
+    fn settings(home: &std::path::Path, vars: &[(&str, &str)], overrides: Overrides) -> Settings {
+        let env = Environment {
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: home.to_path_buf(),
+            home: Some(home.to_path_buf()),
+        };
+        Settings::load(&overrides, &env).unwrap()
+    }
+
+    fn running_node(home: &std::path::Path) -> standalone::AddressRecord {
+        let dir = home.join(".cyberwave");
+        std::fs::create_dir_all(&dir).unwrap();
+        let address = NodeAddress {
+            host: "127.0.0.1".into(),
+            port: 18931,
+            uuid: "u-lab".into(),
+            slug: "lab".into(),
+            pid: std::process::id(),
+        };
+        standalone::record_address(&dir, &address)
+    }
+
+    #[test]
+    fn a_running_standalone_node_is_found_and_node_keeps_its_host() {
+        let home = tempfile::tempdir().unwrap();
+        let _running = running_node(home.path());
+        let found =
+            resolve_target(&settings(home.path(), &[], Overrides::default()), None).unwrap();
+        assert_eq!(found.node, "u-lab");
+        assert_eq!(found.settings.mqtt_host.value, "127.0.0.1");
+        assert_eq!(found.settings.mqtt_port.value, 18931);
+        assert!(!found.settings.mqtt_use_tls.value);
+
+        let flags = Overrides {
+            mqtt_port: Some(18999),
+            ..Overrides::default()
+        };
+        let other = resolve_target(&settings(home.path(), &[], flags), Some("gpu9")).unwrap();
+        assert_eq!(other.node, "gpu9");
+        assert_eq!(
+            other.settings.mqtt_host.value, "127.0.0.1",
+            "--node keeps the host"
+        );
+        assert_eq!(other.settings.mqtt_port.value, 18999, "the flag wins");
+
+        let vars = [("CYBERWAVE_MQTT_HOST", "broker.example")];
+        let chosen =
+            resolve_target(&settings(home.path(), &vars, Overrides::default()), None).unwrap();
+        assert_eq!(chosen.settings.mqtt_host.value, "broker.example");
+    }
+
+    #[test]
+    fn a_stale_record_is_ignored_and_named() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(".cyberwave");
+        std::fs::create_dir_all(&dir).unwrap();
+        let stale = NodeAddress {
+            host: "127.0.0.1".into(),
+            port: 18931,
+            uuid: "u-gone".into(),
+            slug: "gone".into(),
+            pid: i32::MAX as u32,
+        };
+        crate::fsutil::write_json(&standalone::address_path(&dir), &stale).unwrap();
+        let err = resolve_target(&settings(home.path(), &[], Overrides::default()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is stale") && err.contains("--node"), "{err}");
+
+        let identity = Identity {
+            uuid: "u-local".into(),
+            slug: "local".into(),
+            workspace_slug: None,
+            registered_at: String::new(),
+            standalone: true,
+        };
+        identity::save(&identity::identity_path(&dir), &identity).unwrap();
+        let found =
+            resolve_target(&settings(home.path(), &[], Overrides::default()), None).unwrap();
+        assert_eq!(found.node, "u-local");
+        assert_eq!(found.settings.mqtt_host.value, "127.0.0.1");
+        assert_eq!(
+            found.settings.mqtt_port.value,
+            crate::config::DEFAULT_MQTT_PORT
+        );
+        assert!(broker_hint(&found).contains("is stale"));
+    }
+}
