@@ -10,7 +10,8 @@
 //! and there is no import cycle (`docs/design.md`, "Layers"):
 //!
 //! - `cli`: clap definitions, dispatch, and one file per command (`start`,
-//!   `send`, `run-model`, `status`/`logs`, `man`); `main.rs` only calls it.
+//!   `send`, `run-model`, `status`/`logs`, `man`), and `cli::address`, which
+//!   finds the node and broker for the clients; `main.rs` only calls it.
 //!   `logging` sets up `tracing` for it and for the model server.
 //! - `node`: start-up, the event loop that owns the node's state, one
 //!   exhaustive match over the commands (`node/commands.rs`), the heartbeat

@@ -168,6 +168,83 @@ fn host_slug() -> String {
     parse_topic_segment(&cleaned).unwrap_or_else(|_| "standalone".to_owned())
 }
 
+/// The file a running standalone node writes in its config dir, so that
+/// `send` and `terminal` find it without flags (docs/protocol.md, "Files
+/// under the config dir").
+pub const ADDRESS_FILE: &str = "standalone_address.json";
+
+/// Where a running standalone node's broker is, and who it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeAddress {
+    pub host: String,
+    pub port: u16,
+    pub uuid: String,
+    pub slug: String,
+    /// The node's process: the record is stale once it is gone.
+    pub pid: u32,
+}
+
+impl NodeAddress {
+    /// Whether the node that wrote this still runs (a node killed with
+    /// SIGKILL leaves its record behind).
+    pub fn is_live(&self) -> bool {
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return false;
+        };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(()) | Err(nix::errno::Errno::EPERM) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+pub fn address_path(config_dir: &Path) -> std::path::PathBuf {
+    config_dir.join(ADDRESS_FILE)
+}
+
+/// The recorded address, live or stale; `None` when there is none or it
+/// cannot be read (a warning at debug level: it is only a hint).
+pub fn recorded_address(config_dir: &Path) -> Option<NodeAddress> {
+    let path = address_path(config_dir);
+    match crate::fsutil::load_json::<NodeAddress>(&path) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!("ignoring {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Records `address` for as long as the returned guard lives; the file is
+/// removed when it is dropped (a clean stop, or a fatal error).
+pub fn record_address(config_dir: &Path, address: &NodeAddress) -> AddressRecord {
+    let path = address_path(config_dir);
+    match crate::fsutil::write_json(&path, address) {
+        Ok(()) => AddressRecord(Some(path)),
+        Err(e) => {
+            tracing::warn!(
+                "cannot record this node's MQTT address in {}: {e}; `send` will need --mqtt-port {}",
+                path.display(),
+                address.port
+            );
+            AddressRecord(None)
+        }
+    }
+}
+
+/// Removes the address record when dropped.
+pub struct AddressRecord(Option<std::path::PathBuf>);
+
+impl Drop for AddressRecord {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::debug!("cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +267,28 @@ mod tests {
         let err = local_identity(dir.path(), None).unwrap_err().to_string();
         assert!(err.contains("CYBERWAVE_CONFIG_DIR"), "{err}");
         assert!(std::fs::read_to_string(&path).unwrap().contains("u-1"));
+    }
+
+    #[test]
+    fn the_address_is_recorded_while_the_guard_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = NodeAddress {
+            host: "127.0.0.1".into(),
+            port: 18931,
+            uuid: "u-1".into(),
+            slug: "lab".into(),
+            pid: std::process::id(),
+        };
+        let guard = record_address(dir.path(), &address);
+        assert_eq!(recorded_address(dir.path()), Some(address.clone()));
+        assert!(address.is_live());
+        drop(guard);
+        assert_eq!(recorded_address(dir.path()), None);
+        let gone = NodeAddress {
+            pid: i32::MAX as u32,
+            ..address
+        };
+        assert!(!gone.is_live());
     }
 
     #[test]

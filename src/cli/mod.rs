@@ -1,7 +1,9 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
 //! body is a module of its own: `start`, [`send`], [`run_model`], `local`
 //! (`status` and `logs`), `man`; logging is set up by [`crate::logging`].
+//! [`address`] resolves which node and broker a client command talks to.
 
+pub mod address;
 mod local;
 mod man;
 pub mod run_model;
@@ -128,19 +130,31 @@ EXIT CODES
   0  the command was answered ok (with --wait done: the workload completed)
   N  --wait done and the workload failed: its own exit code (128+signal if killed)
   1  an error response, a cancelled workload, or bad arguments
-  2  no answer (or no broker) within --timeout
+  2  no answer within --timeout, or no broker (a refused connection fails at once)
+
+  130 Ctrl-C (the workload keeps running; the message says how to re-attach)
+
+WHICH NODE AND BROKER
+  --mqtt-host/--mqtt-port (or the environment, .env, cyberwave.yml) win. Else a
+  standalone node running with this config dir is found by the address it records
+  in <config dir>/standalone_address.json. --node picks the node, never the broker.
 
 EXAMPLES
   cyberwave-cloud-node send status
   cyberwave-cloud-node send training --params '{\"epochs\": 3}' --wait done --follow-logs
-  cyberwave-cloud-node send cancel --params '{\"workload_request_id\": \"r-1\"}'
+  cyberwave-cloud-node send wait r-1 --follow-logs       (attach to a workload started earlier)
+  cyberwave-cloud-node send cancel r-1
   cyberwave-cloud-node send inference --params @request.json --node gpu1 --json";
 
 /// `send`'s own flags, plus the settings flags that say which broker.
 #[derive(Debug, Args)]
 struct SendArgs {
-    /// The command: status, training, inference, simulate, cancel, ...
+    /// The command: status, training, inference, simulate, cancel, deploy, ...;
+    /// or `wait` to attach to a workload started earlier
     command: String,
+    /// For `wait` and `cancel`: the workload's request_id
+    #[arg(value_name = "REQUEST_ID")]
+    workload: Option<String>,
     /// The command's params: a JSON object, or @FILE to read it from a file
     #[arg(long, value_name = "JSON|@FILE")]
     params: Option<String>,

@@ -38,9 +38,7 @@ impl RunningNode {
         }
         match kind {
             CommandKind::Workload(kind) => self.start_workload(kind, request_id, params),
-            CommandKind::Status => {
-                Reply::Now(Response::ok(&self.node, id, status_output(&self.context())))
-            }
+            CommandKind::Status => Reply::Now(self.status(id, &params)),
             CommandKind::Cancel => Reply::Now(match self.workloads.cancel(&params) {
                 Ok(output) => Response::ok(&self.node, id, output),
                 Err(error) => Response::error(&self.node, Some(id), error),
@@ -50,6 +48,32 @@ impl RunningNode {
             }
             CommandKind::Deployment(command) => self.on_deploy_command(command, id, &params),
         }
+    }
+
+    /// `status`; with `params.workload_request_id`, also that workload's
+    /// `workload` (its state, or its end rebuilt from its files).
+    fn status(&self, id: &str, params: &Map<String, Value>) -> Response {
+        let mut output = status_output(&self.context());
+        match params.get("workload_request_id") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(asked)) if !asked.is_empty() => {
+                output["workload"] = self.workloads.view(asked);
+            }
+            Some(other) => {
+                return Response::error(
+                    &self.node,
+                    Some(id),
+                    format!(
+                        "params.workload_request_id must be a non-empty string, got {}",
+                        match other {
+                            Value::String(_) => "an empty string",
+                            other => crate::protocol::json_kind(other),
+                        }
+                    ),
+                )
+            }
+        }
+        Response::ok(&self.node, id, output)
     }
 
     /// `inference`, `training`, `simulate`: answered once the launch is, or

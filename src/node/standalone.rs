@@ -5,7 +5,7 @@ use super::NodeError;
 use crate::config::{Origin, Settings, Sourced};
 use crate::install::InstallError;
 use crate::shutdown::Shutdown;
-use crate::standalone::{local_identity, start_broker};
+use crate::standalone::{local_identity, record_address, start_broker, NodeAddress};
 
 pub(super) async fn run(mut settings: Settings, shutdown: Shutdown) -> Result<(), NodeError> {
     // Only an explicit --mqtt-host means "use that broker": a host from the
@@ -32,6 +32,17 @@ pub(super) async fn run(mut settings: Settings, shutdown: Shutdown) -> Result<()
         .map(|s| s.value.clone());
     let identity = local_identity(&settings.config_dir.value, slug_hint.as_deref())?;
     tracing::info!(uuid = %identity.uuid, slug = %identity.slug, "standalone node: no Cyberwave backend is used");
+    // For `send` and `terminal` without flags; removed when this returns.
+    let _address = record_address(
+        &settings.config_dir.value,
+        &NodeAddress {
+            host: settings.mqtt_host.value.clone(),
+            port: settings.mqtt_port.value,
+            uuid: identity.uuid.clone(),
+            slug: identity.slug.clone(),
+            pid: std::process::id(),
+        },
+    );
     RunningNode::start(settings, None, identity, shutdown)?
         .serve()
         .await

@@ -592,5 +592,6 @@ mod admission;
 mod ending;
 mod gpus;
 mod live;
+mod view;
 
 pub use admission::Admitted;

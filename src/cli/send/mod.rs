@@ -3,23 +3,25 @@
 //! It publishes one command to a node and shows what comes back: the
 //! response, and with `--wait done` every later event of that request until
 //! the terminal one, the workload's live output with `--follow-logs`, and
-//! progress as a bar on a terminal. It reads the same settings as `start`
-//! (broker, credentials, topic prefix) and by default talks to the node whose
-//! identity is in the local config dir.
+//! progress as a bar on a terminal. `send wait <request_id>` attaches to a
+//! workload started earlier by anyone; `send cancel <request_id>` is the
+//! cancel command for it. The broker and node come from
+//! [`super::address::resolve_target`]. How the wait survives node and
+//! broker restarts is in `link.rs`.
 
+mod link;
 mod render;
+mod session;
+mod summary;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Transport};
 use serde_json::{Map, Value};
 
-use crate::config::{Environment, Origin, Overrides, Settings, Sourced};
-use crate::identity;
-use crate::mqtt::Topics;
-use render::Renderer;
+use super::address::{resolve_target, TargetError};
+use crate::config::{Environment, Overrides, Settings};
+use crate::protocol::WorkloadKind;
 
 /// How long `send` waits for the first answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +30,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_TIMEOUT: u8 = 2;
+/// Ctrl-C, as shells report SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Wait {
@@ -42,7 +46,10 @@ pub enum Wait {
 /// What to send and how to wait.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
+    /// A node command, or `wait` (attach, nothing is sent but a `status`).
     pub command: String,
+    /// `send wait <id>` / `send cancel <id>`: the workload's request_id.
+    pub workload: Option<String>,
     /// `--params`: JSON text, or `@path` to a file holding it.
     pub params: Option<String>,
     pub request_id: Option<String>,
@@ -51,16 +58,36 @@ pub struct SendRequest {
     pub follow_logs: bool,
     pub json: bool,
     pub timeout: Option<Duration>,
+    /// The flags that chose the node and broker, repeated in the hints
+    /// (`send wait <id>` after Ctrl-C).
+    pub reattach_flags: String,
+}
+
+/// What `send` does: publish a command, or attach to a workload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Command(Value),
+    Attach,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("invalid --params: {0}")]
     Params(String),
-    #[error("no --node given and no node identity in {0}; start a node first or pass --node <uuid|slug>")]
-    NoNode(PathBuf),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
+    #[error("cannot connect to the MQTT broker at {broker}: {reason}\n{hint}")]
+    Unreachable {
+        broker: String,
+        reason: String,
+        hint: String,
+    },
+    #[error("node {node} knows no workload {request_id} (never received, or removed after log_retention_days); `cyberwave-cloud-node send status` lists what it runs")]
+    UnknownWorkload { node: String, request_id: String },
     #[error("{0}")]
     Timeout(String),
 }
@@ -68,8 +95,12 @@ pub enum SendError {
 impl SendError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            SendError::Timeout(_) => EXIT_TIMEOUT,
-            _ => EXIT_ERROR,
+            SendError::Timeout(_) | SendError::Unreachable { .. } => EXIT_TIMEOUT,
+            SendError::Params(_)
+            | SendError::Usage(_)
+            | SendError::Target(_)
+            | SendError::Mqtt(_)
+            | SendError::UnknownWorkload { .. } => EXIT_ERROR,
         }
     }
 }
@@ -91,185 +122,67 @@ pub fn parse_params(text: &str) -> Result<Map<String, Value>, SendError> {
             "{origin}must be a JSON object like '{{\"epochs\": 3}}', got {}",
             crate::protocol::json_kind(&other)
         ))),
-        Err(e) => Err(SendError::Params(format!(
-            "{origin}is not valid JSON: {e} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))),
+        // serde_json's message already ends with "at line L column C".
+        Err(e) => Err(SendError::Params(format!("{origin}is not valid JSON: {e}"))),
     }
 }
 
-/// Sends and waits; returns the exit code.
-pub async fn send(settings: &Settings, request: SendRequest) -> Result<u8, SendError> {
+/// The command to publish (or none, to attach), from the command name, its
+/// request_id argument and `--params`.
+fn action(request: &SendRequest, request_id: &str) -> Result<Action, SendError> {
     let params = request.params.as_deref().map(parse_params).transpose()?;
-    let (node, settings) = target(settings, request.node.as_deref())?;
-    let request_id = request
-        .request_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut command = serde_json::json!({"command": request.command, "request_id": request_id});
-    if let Some(params) = params {
-        command["params"] = Value::Object(params);
-    }
-    let topics = Topics::new(&settings.topic_prefix.value);
-    let (client, eventloop) = AsyncClient::new(client_options(&settings, &node)?, 64);
-    let mut filters = vec![topics.response("+")];
-    if request.follow_logs {
-        filters.push(topics.logs("+"));
-    }
-    let exchange = Exchange {
-        client,
-        eventloop,
-        filters,
-        command_topic: topics.command(&node),
-        command,
-        broker: format!("{}:{}", settings.mqtt_host.value, settings.mqtt_port.value),
-        renderer: Renderer::new(request.json, &request_id),
-        session: Session {
-            request_id: &request_id,
-            wait: request.wait,
-            first_deadline: Instant::now() + request.timeout.unwrap_or(DEFAULT_TIMEOUT),
-            overall_deadline: request.timeout.map(|t| Instant::now() + t),
-            answered: false,
-            sent: false,
-        },
-        node: &node,
-        command_name: &request.command,
-    };
-    exchange.run().await
-}
-
-/// The node to send to (`--node`, else the local identity's), and the
-/// settings to reach it with.
-fn target(settings: &Settings, node: Option<&str>) -> Result<(String, Settings), SendError> {
-    let local = identity::load(&identity::identity_path(&settings.config_dir.value))
-        .ok()
-        .flatten();
-    let node = match (node, &local) {
-        (Some(node), _) => node.to_owned(),
-        (None, Some(local)) => local.uuid.clone(),
-        (None, None) => return Err(SendError::NoNode(settings.config_dir.value.clone())),
-    };
-    // The local node is standalone: its broker is the embedded one on this
-    // machine, whatever the platform's broker settings say.
-    let mut settings = settings.clone();
-    let to_local_standalone = local
-        .as_ref()
-        .is_some_and(|l| l.standalone && (l.uuid == node || l.slug == node));
-    if to_local_standalone && settings.mqtt_host.origin != Origin::Flag("--mqtt-host") {
-        settings.mqtt_host = Sourced::new(
-            "127.0.0.1".into(),
-            Origin::Derived("the local standalone node"),
-        );
-        settings.mqtt_use_tls = Sourced::new(false, Origin::Derived("the local standalone node"));
-    }
-    Ok((node, settings))
-}
-
-/// One command on its way: the MQTT link, what to send, and how far it got.
-struct Exchange<'a> {
-    client: AsyncClient,
-    eventloop: EventLoop,
-    filters: Vec<String>,
-    command_topic: String,
-    command: Value,
-    /// `host:port`, for error messages.
-    broker: String,
-    renderer: Renderer,
-    session: Session<'a>,
-    node: &'a str,
-    command_name: &'a str,
-}
-
-impl Exchange<'_> {
-    /// Subscribes, publishes, and shows what comes back until the wait is
-    /// over; returns the exit code.
-    async fn run(mut self) -> Result<u8, SendError> {
-        loop {
-            let event = match self.next_event().await? {
-                Some(event) => event,
-                None => continue,
+    let command = request.command.as_str();
+    let mut params = match (command, &request.workload, params) {
+        ("wait", None, _) => {
+            return Err(SendError::Usage(
+                "`send wait` needs the workload's request_id: `cyberwave-cloud-node send wait <request_id>` (the `started` line shows it; `send status` lists the running ones)".into(),
+            ))
+        }
+        ("wait", Some(_), _) => return Ok(Action::Attach),
+        ("cancel", Some(workload), params) => {
+            let mut params = params.unwrap_or_default();
+            match params.get("workload_request_id") {
+                Some(given) if given != workload.as_str() => {
+                    return Err(SendError::Usage(format!(
+                        "`send cancel {workload}` and --params' workload_request_id {given} disagree; give one"
+                    )))
+                }
+                _ => params.insert("workload_request_id".into(), workload.as_str().into()),
             };
-            if let Some(code) = self.on_event(event).await? {
-                return Ok(code);
-            }
+            Some(params)
         }
+        (_, Some(extra), _) => {
+            return Err(SendError::Usage(format!(
+                "unexpected argument {extra:?}: only `send wait <request_id>` and `send cancel <request_id>` take a request_id (use --request-id to name a new command's)"
+            )))
+        }
+        (_, None, params) => params,
+    };
+    let mut message = serde_json::json!({"command": command, "request_id": request_id});
+    if let Some(params) = params.take() {
+        message["params"] = Value::Object(params);
     }
+    Ok(Action::Command(message))
+}
 
-    /// The next event before the deadline; `None` after a connection error
-    /// (rumqttc reconnects on the next poll).
-    async fn next_event(&mut self) -> Result<Option<Event>, SendError> {
-        let deadline = self.session.deadline();
-        match tokio::time::timeout_at(deadline.into(), self.eventloop.poll()).await {
-            Err(_) => Err(SendError::Timeout(self.timeout_message())),
-            Ok(Err(e)) => {
-                tracing::debug!("MQTT: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                Ok(None)
-            }
-            Ok(Ok(event)) => Ok(Some(event)),
-        }
-    }
-
-    fn timeout_message(&self) -> String {
-        let (node, broker) = (self.node, &self.broker);
-        if self.session.sent {
-            let command_topic = &self.command_topic;
-            format!("no answer from node {node} within the timeout: sent on {command_topic} via the broker at {broker}; is the node running and connected to that broker?")
-        } else {
-            format!("cannot reach the MQTT broker at {broker} within the timeout")
-        }
-    }
-
-    /// Moves the exchange on by one event; `Some(code)` when it is over.
-    async fn on_event(&mut self, event: Event) -> Result<Option<u8>, SendError> {
-        match event {
-            Event::Incoming(Incoming::ConnAck(_)) if !self.session.sent => {
-                let subscriptions = self
-                    .filters
-                    .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                self.client
-                    .subscribe_many(subscriptions)
-                    .await
-                    .map_err(|_| crate::mqtt::MqttError::Closed)?;
-            }
-            Event::Incoming(Incoming::SubAck(_)) if !self.session.sent => {
-                let payload = self.command.to_string();
-                self.client
-                    .publish(&self.command_topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .map_err(|_| crate::mqtt::MqttError::Closed)?;
-            }
-            Event::Incoming(Incoming::PubAck(_)) if !self.session.sent => {
-                self.session.sent = true;
-                if self.session.wait == Wait::None {
-                    self.renderer.note(&format!(
-                        "sent {} to {} (request_id {})",
-                        self.command_name, self.node, self.session.request_id
-                    ));
-                    return Ok(Some(EXIT_OK));
-                }
-            }
-            Event::Incoming(Incoming::Publish(publish)) => {
-                let Ok(message) = serde_json::from_slice::<Value>(&publish.payload) else {
-                    return Ok(None);
-                };
-                if message["request_id"] != self.session.request_id {
-                    return Ok(None);
-                }
-                let done = self
-                    .session
-                    .on_message(&mut self.renderer, &publish.topic, &message);
-                if let Some(code) = done {
-                    let _ = self.client.disconnect().await;
-                    return Ok(Some(code));
-                }
-            }
-            _ => {}
-        }
-        Ok(None)
-    }
+/// Sends (or attaches) and waits; returns the exit code.
+pub async fn send(settings: &Settings, request: SendRequest) -> Result<u8, SendError> {
+    let request_id = match (&request.workload, request.command.as_str()) {
+        (Some(workload), "wait") => workload.clone(),
+        _ => request
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
+    let action = action(&request, &request_id)?;
+    let target = resolve_target(settings, request.node.as_deref())?;
+    let watched = match &action {
+        Action::Attach => true,
+        Action::Command(_) => WorkloadKind::from_name(&request.command).is_some(),
+    };
+    link::Exchange::new(target, action, request, request_id, watched)?
+        .run()
+        .await
 }
 
 /// `send` from the command line: settings, flags, then [`send`]; the exit
@@ -297,6 +210,7 @@ pub(super) fn run(args: &super::SendArgs) -> ExitCode {
     };
     let request = SendRequest {
         command: args.command.clone(),
+        workload: args.workload.clone(),
         params: args.params.clone(),
         request_id: args.request_id.clone(),
         node: args.node.clone(),
@@ -304,6 +218,7 @@ pub(super) fn run(args: &super::SendArgs) -> ExitCode {
         follow_logs: args.follow_logs,
         json: args.json,
         timeout,
+        reattach_flags: reattach_flags(args),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -324,113 +239,35 @@ pub(super) fn run(args: &super::SendArgs) -> ExitCode {
     }
 }
 
-/// Where a `send` stands.
-struct Session<'a> {
-    request_id: &'a str,
-    wait: Wait,
-    first_deadline: Instant,
-    overall_deadline: Option<Instant>,
-    answered: bool,
-    sent: bool,
-}
-
-impl Session<'_> {
-    /// Before the first answer the timeout (default 10 s) applies; after a
-    /// `started`, a long training run is waited for unless --timeout was given.
-    fn deadline(&self) -> Instant {
-        match (self.answered, self.overall_deadline) {
-            (false, _) => self.first_deadline,
-            (true, Some(deadline)) => deadline,
-            (true, None) => Instant::now() + Duration::from_secs(365 * 86_400),
-        }
+/// ` --node X --mqtt-port P ...`: what chose the node and broker.
+fn reattach_flags(args: &super::SendArgs) -> String {
+    let mut flags = String::new();
+    if let Some(node) = &args.node {
+        flags.push_str(&format!(" --node {node}"));
     }
-
-    /// Shows one message; `Some(code)` when the wait is over.
-    fn on_message(&mut self, renderer: &mut Renderer, topic: &str, message: &Value) -> Option<u8> {
-        debug_assert_eq!(message["request_id"], self.request_id);
-        if topic.ends_with("/logs") {
-            renderer.log(message);
-            return None;
-        }
-        self.answered = true;
-        let event = message["event"].as_str().unwrap_or("");
-        renderer.response(message);
-        let terminal = matches!(event, "completed" | "failed" | "cancelled");
-        if terminal {
-            return Some(terminal_exit_code(message));
-        }
-        if event == "progress" {
-            return None;
-        }
-        let error = message["status"] == "error";
-        // A queued workload's `started` (and its end) come later.
-        let wait_more = self.wait == Wait::Done && matches!(event, "started" | "queued");
-        match (error, wait_more) {
-            (true, _) => Some(EXIT_ERROR),
-            (false, true) => None,
-            (false, false) => Some(EXIT_OK),
-        }
+    if let Some(config) = &args.config {
+        flags.push_str(&format!(" --config {}", config.display()));
     }
-}
-
-/// 0 for `completed`, the workload's own code for `failed` (128 + the
-/// signal's number when it was killed, as shells do), 1 otherwise.
-fn terminal_exit_code(message: &Value) -> u8 {
-    let output = &message["output"];
-    match message["event"].as_str() {
-        Some("completed") => EXIT_OK,
-        Some("failed") => match (output["exit_code"].as_i64(), output["signal"].as_str()) {
-            (Some(code), _) => u8::try_from(code).unwrap_or(EXIT_ERROR),
-            (None, Some(signal)) => signal
-                .parse::<nix::sys::signal::Signal>()
-                .map(|s| 128u8.saturating_add(s as u8))
-                .unwrap_or(EXIT_ERROR),
-            _ => EXIT_ERROR,
-        },
-        _ => EXIT_ERROR,
+    if let Some(host) = &args.mqtt_host {
+        flags.push_str(&format!(" --mqtt-host {host}"));
     }
-}
-
-fn client_options(settings: &Settings, node: &str) -> Result<MqttOptions, SendError> {
-    let id = format!("cyberwave-send-{}", uuid::Uuid::new_v4().simple());
-    let mut options = MqttOptions::new(id, &settings.mqtt_host.value, settings.mqtt_port.value);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true);
-    let username = settings
-        .mqtt_username
-        .as_ref()
-        .map(|u| u.value.clone())
-        .unwrap_or_else(|| node.to_owned());
-    let password = settings
-        .mqtt_password
-        .as_ref()
-        .or(settings.api_token.as_ref())
-        .map(|p| p.value.expose().to_owned())
-        .unwrap_or_default();
-    options.set_credentials(username, password);
-    options.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
-    if settings.mqtt_use_tls.value {
-        crate::install_crypto_provider();
-        let ca = settings.mqtt_tls_ca_certs.as_ref().map(|c| c.value.clone());
-        options.set_transport(Transport::tls_with_config(crate::mqtt::tls_config(
-            ca.as_ref(),
-        )?));
+    if let Some(port) = args.mqtt_port {
+        flags.push_str(&format!(" --mqtt-port {port}"));
     }
-    Ok(options)
+    flags
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn params_errors_name_the_position() {
+    fn params_errors_name_the_position_once() {
         let err = parse_params("{\"epochs\": 3,\n \"lr\": }")
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2") && err.contains("column"), "{err}");
+        assert_eq!(err.matches("line").count(), 1, "{err}");
         assert!(parse_params("[1]")
             .unwrap_err()
             .to_string()
@@ -442,22 +279,45 @@ mod tests {
             .contains("/nonexistent.json"));
     }
 
+    fn request(command: &str, workload: Option<&str>, params: Option<&str>) -> SendRequest {
+        SendRequest {
+            command: command.into(),
+            workload: workload.map(str::to_owned),
+            params: params.map(str::to_owned),
+            request_id: None,
+            node: None,
+            wait: Wait::Started,
+            follow_logs: false,
+            json: false,
+            timeout: None,
+            reattach_flags: String::new(),
+        }
+    }
+
     #[test]
-    fn exit_codes_follow_the_workload() {
-        assert_eq!(terminal_exit_code(&json!({"event": "completed"})), 0);
+    fn cancel_and_wait_take_the_workload_id() {
+        let Action::Command(cancel) = action(&request("cancel", Some("r-1"), None), "c-1").unwrap()
+        else {
+            panic!("cancel is a command");
+        };
+        assert_eq!(cancel["params"]["workload_request_id"], "r-1");
+        assert_eq!(cancel["request_id"], "c-1");
+        let with_signal = request("cancel", Some("r-1"), Some(r#"{"signal": "SIGKILL"}"#));
+        let Action::Command(cancel) = action(&with_signal, "c-2").unwrap() else {
+            panic!("cancel is a command");
+        };
+        assert_eq!(cancel["params"]["signal"], "SIGKILL");
         assert_eq!(
-            terminal_exit_code(&json!({"event": "failed", "output": {"exit_code": 3}})),
-            3
+            action(&request("wait", Some("r-1"), None), "r-1").unwrap(),
+            Action::Attach
         );
-        assert_eq!(
-            terminal_exit_code(
-                &json!({"event": "failed", "output": {"exit_code": null, "signal": "SIGKILL"}})
-            ),
-            137
+        assert!(action(&request("wait", None, None), "x").is_err());
+        assert!(action(&request("status", Some("r-1"), None), "x").is_err());
+        let clash = request(
+            "cancel",
+            Some("r-1"),
+            Some(r#"{"workload_request_id": "r-2"}"#),
         );
-        assert_eq!(
-            terminal_exit_code(&json!({"event": "cancelled", "output": {}})),
-            1
-        );
+        assert!(action(&clash, "x").is_err());
     }
 }
