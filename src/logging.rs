@@ -1,7 +1,9 @@
 //! Logging set-up, for the CLI and for the model server it starts. Both log
 //! to stderr through `tracing`; `CYBERWAVE_LOG=<filter>` overrides the
-//! default filter of either. It sits below `cli` and `deploy` so the model
-//! server does not reach up into the CLI for it.
+//! default filter of either. `--log-format json` (or
+//! `CYBERWAVE_LOG_FORMAT=json`) makes the CLI's lines JSON; under the
+//! journal they carry no timestamps of their own. It sits below `cli` and
+//! `deploy` so the model server does not reach up into the CLI for it.
 
 use tracing_subscriber::EnvFilter;
 
@@ -24,9 +26,21 @@ pub fn init_server_logging() {
         .init();
 }
 
+/// How log lines look (`--log-format`, `CYBERWAVE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people: time, level, message (no time under the journal,
+    /// which stamps lines itself)
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors
+    Json,
+}
+
 /// Logging of the command line and the node it runs: `-v` for debug, `-vv`
-/// for trace; colours when stderr is a terminal.
-pub fn init_cli_logging(verbose: u8) {
+/// for trace; colours when stderr is a terminal; JSON lines with
+/// [`LogFormat::Json`]; no timestamps when stderr is the journal.
+pub fn init_cli_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         // The embedded broker reports every client that hangs up as an
         // error; the node reports its own problems.
@@ -34,10 +48,22 @@ pub fn init_cli_logging(verbose: u8) {
         1 => "warn,cyberwave_cloud_node=debug,install=info,rumqttd=warn",
         _ => "warn,cyberwave_cloud_node=trace,install=trace",
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(default))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text if crate::systemd::stderr_is_journal() => {
+            builder.with_ansi(false).without_time().init()
+        }
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
