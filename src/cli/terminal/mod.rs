@@ -352,6 +352,9 @@ impl Session {
             }
             Event::Incoming(Incoming::Publish(publish)) => {
                 if publish.topic.ends_with("/out") {
+                    if let Phase::Closing { .. } = self.phase {
+                        return Ok(None); // ended here: the shell's last words are not wanted
+                    }
                     let mut stdout = std::io::stdout().lock();
                     stdout
                         .write_all(&publish.payload)
@@ -441,6 +444,7 @@ impl Session {
             self.note(escape::HELP.trim_end());
         }
         if typed.disconnect {
+            self.note(&format!("session on {} closed (~.)", self.node));
             return self.close(EXIT_DISCONNECTED).await;
         }
         Ok(None)
