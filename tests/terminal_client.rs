@@ -141,10 +141,12 @@ fn a_person_types_into_the_remote_shell_in_tmux() {
     let port = free_port();
     let node = standalone(port, CONFIG);
     let client = client_command(node.home(), port);
-    // The pane runs the client twice (ended by `exit 3`, then by `~.`), then
-    // shows the exit codes and whether the local terminal is cooked again.
+    // The pane runs the client three times (ended by `exit 3`, by `~.`, by
+    // SIGTERM), then shows the exit codes and whether the local terminal is
+    // cooked again.
     let script = format!(
         "{client}; echo \"first exited $?\"; {client}; echo \"second exited $?\"; \
+         {client}; echo \"third exited $?\"; \
          echo \"tty: $(stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(icanon|echo|isig)' | tr '\\n' ' ')\"; sleep 600"
     );
     let tmux = Tmux::start(&script);
@@ -179,24 +181,45 @@ fn a_person_types_into_the_remote_shell_in_tmux() {
     tmux.wait_for("first exited 3");
 
     // `~.` after Enter ends the second session, as in ssh.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let screen = tmux.screen();
-        let after = &screen[screen.find("first exited 3").unwrap()..];
-        if after.lines().skip(1).any(|l| l.trim() == "remote>") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no second session:\n{screen}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_prompt_after(&tmux, "first exited 3");
     tmux.run(&["send-keys", "-t", "t", "Enter"]);
     tmux.run(&["send-keys", "-t", "t", "-l", "~."]);
     tmux.wait_for("second exited 255");
+
+    // SIGTERM ends the third (the pane's shell runs it as its child).
+    wait_prompt_after(&tmux, "second exited 255");
+    let shell = tmux.run(&["list-panes", "-t", "t", "-F", "#{pane_pid}"]);
+    let shell = shell.trim();
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let client_pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(client_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tmux.wait_for("third exited 255");
     let tty = tmux.wait_line("the local tty's settings", |l| l.starts_with("tty:"));
     assert_eq!(
         tty, "tty: isig icanon echo",
         "the local terminal is not restored"
     );
+}
+
+/// Waits for the next session's prompt after the line `line`.
+fn wait_prompt_after(tmux: &Tmux, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = tmux.screen();
+        let after = &screen[screen.find(line).unwrap()..];
+        if after.lines().skip(1).any(|l| l.trim() == "remote>") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session after {line}:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Runs the client with `input` piped to it; (exit code, stdout, stderr).

@@ -211,11 +211,12 @@ impl Quit {
         })
     }
 
-    async fn recv(&mut self) {
+    /// The name of the signal that came.
+    async fn recv(&mut self) -> &'static str {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.hup.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+            _ = self.int.recv() => "SIGINT",
         }
     }
 }
@@ -307,7 +308,10 @@ impl Session {
                     self.resize().await?;
                     None
                 }
-                _ = quit.recv() => self.close(EXIT_DISCONNECTED).await?,
+                name = quit.recv() => {
+                    self.note(&format!("{name}: closing the session on {}", self.node));
+                    self.close(EXIT_DISCONNECTED).await?
+                }
                 _ = sleep_until(deadline) => match self.phase {
                     Phase::Closing { code, .. } => Some(code),
                     Phase::Opening { .. } | Phase::Open { .. } => {
