@@ -277,6 +277,28 @@ fn piped_input_runs_in_the_remote_shell_and_its_exit_code_comes_back() {
 }
 
 #[test]
+fn a_connected_node_is_reached_by_slug_through_its_broker() {
+    let s = common::scenario::Scenario::start(|n| {
+        n.cwd_file("cyberwave.yml", CONFIG)
+            .env_var("PS1", "remote> ")
+    });
+    // Another user's machine: no identity here, only flags.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let port = s.broker.port().to_string();
+    let args = [
+        "--node",
+        &s.slug,
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        &port,
+    ];
+    let (code, out, err) = piped(elsewhere.path(), &args, "echo on-$((40+2))\nexit 5\n");
+    assert_eq!(code, 5, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("on-42"), "{out}");
+}
+
+#[test]
 fn a_refused_or_unreachable_terminal_says_why() {
     let port = free_port();
     let node = standalone(
