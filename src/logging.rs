@@ -2,9 +2,13 @@
 //! to stderr through `tracing`; `CYBERWAVE_LOG=<filter>` overrides the
 //! default filter of either. `--log-format json` (or
 //! `CYBERWAVE_LOG_FORMAT=json`) makes the CLI's lines JSON; under the
-//! journal they carry no timestamps of their own. It sits below `cli` and
+//! journal they carry their syslog priority instead of a timestamp. It sits below `cli` and
 //! `deploy` so the model server does not reach up into the CLI for it.
 
+use tracing::Level;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// `CYBERWAVE_LOG` when set and valid, else `default`.
@@ -60,10 +64,45 @@ pub fn init_cli_logging(verbose: u8, format: LogFormat) {
             .with_span_list(false)
             .init(),
         LogFormat::Text if crate::systemd::stderr_is_journal() => {
-            builder.with_ansi(false).without_time().init()
+            let format = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_ansi(false)
+                .with_target(false);
+            builder
+                .with_ansi(false)
+                .event_format(JournalPriority(format))
+                .init()
         }
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+}
+
+/// Puts the syslog priority first (`<3>` for an error ... `<7>` for debug),
+/// which the journal reads off a service's stderr lines and strips
+/// (SyslogLevelPrefix=, on by default): `journalctl -p warning` then works.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(context, writer, event)
     }
 }

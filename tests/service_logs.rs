@@ -118,13 +118,22 @@ fn under_the_journal_lines_have_no_timestamps() {
     let journal = node_with_journal_stream(|m| format!("{}:{}", m.dev(), m.ino()));
     assert!(journal.contains(READY_LOG), "{journal}");
     for line in journal.lines() {
-        let level = line.split_whitespace().next().unwrap_or("");
-        assert!(
-            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level),
-            "a journal line starts with its level, not a time: {line:?}"
-        );
+        // The syslog priority first (the journal strips it), then the level.
+        let (priority, level) = line.split_once('>').unwrap_or(("", line));
+        let expected = match level.split_whitespace().next().unwrap_or("") {
+            "ERROR" => "<3",
+            "WARN" => "<4",
+            "INFO" => "<6",
+            "DEBUG" | "TRACE" => "<7",
+            _ => panic!("a journal line starts with its level, not a time: {line:?}"),
+        };
+        assert_eq!(priority, expected, "{line:?}");
         assert!(!line.contains('\x1b'), "no colours: {line:?}");
     }
+    assert!(
+        journal.contains("<6> INFO ready: listening on"),
+        "{journal}"
+    );
 
     // JOURNAL_STREAM names another stream (stderr was redirected): times stay.
     let redirected = node_with_journal_stream(|m| format!("{}:{}", m.dev(), m.ino() + 1));
