@@ -14,6 +14,7 @@
 //! terminal` runs in the remote shell; escapes are off then, as in ssh.
 
 mod escape;
+mod target;
 mod tty;
 
 use std::io::{IsTerminal, Read, Write};
@@ -21,14 +22,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, Transport};
+use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, Environment, Origin, Overrides, Settings, Sourced};
-use crate::identity;
+use crate::config::{ConfigError, Environment, Overrides, Settings};
 use crate::mqtt::Topics;
 use escape::Escapes;
 
@@ -131,7 +131,7 @@ fn open_and_run(args: &TerminalArgs) -> Result<u8, ClientError> {
         ..Overrides::default()
     };
     let settings = Settings::load(&overrides, &Environment::from_process())?;
-    let (node, settings) = target(&settings, args.node.as_deref())?;
+    let (node, settings) = target::resolve(&settings, args.node.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -139,60 +139,6 @@ fn open_and_run(args: &TerminalArgs) -> Result<u8, ClientError> {
         let session = Session::connect(&settings, node)?;
         session.run().await
     })
-}
-
-/// The node to open a terminal on (`--node`, else the local identity's)
-/// and the settings to reach it with: the same resolution as `send`'s, so
-/// the two always talk to the same node. A local standalone node is on
-/// this machine's embedded broker.
-fn target(settings: &Settings, node: Option<&str>) -> Result<(String, Settings), ClientError> {
-    let local = identity::load(&identity::identity_path(&settings.config_dir.value))
-        .ok()
-        .flatten();
-    let node = match (node, &local) {
-        (Some(node), _) => node.to_owned(),
-        (None, Some(local)) => local.uuid.clone(),
-        (None, None) => return Err(ClientError::NoNode(settings.config_dir.value.clone())),
-    };
-    let mut settings = settings.clone();
-    let to_local_standalone = local
-        .as_ref()
-        .is_some_and(|l| l.standalone && (l.uuid == node || l.slug == node));
-    if to_local_standalone && settings.mqtt_host.origin != Origin::Flag("--mqtt-host") {
-        let origin = Origin::Derived("the local standalone node");
-        settings.mqtt_host = Sourced::new("127.0.0.1".into(), origin.clone());
-        settings.mqtt_use_tls = Sourced::new(false, origin);
-    }
-    Ok((node, settings))
-}
-
-fn client_options(settings: &Settings, node: &str) -> Result<MqttOptions, ClientError> {
-    let id = format!("cyberwave-terminal-{}", uuid::Uuid::new_v4().simple());
-    let mut options = MqttOptions::new(id, &settings.mqtt_host.value, settings.mqtt_port.value);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_max_packet_size(1024 * 1024, 1024 * 1024);
-    let username = settings
-        .mqtt_username
-        .as_ref()
-        .map(|u| u.value.clone())
-        .unwrap_or_else(|| node.to_owned());
-    let password = settings
-        .mqtt_password
-        .as_ref()
-        .or(settings.api_token.as_ref())
-        .map(|p| p.value.expose().to_owned())
-        .unwrap_or_default();
-    options.set_credentials(username, password);
-    if settings.mqtt_use_tls.value {
-        crate::install_crypto_provider();
-        let ca = settings.mqtt_tls_ca_certs.as_ref().map(|c| c.value.clone());
-        options.set_transport(Transport::tls_with_config(crate::mqtt::tls_config(
-            ca.as_ref(),
-        )?));
-    }
-    Ok(options)
 }
 
 /// The signals that end a session; Ctrl-C in raw mode is a key, not one.
@@ -246,6 +192,8 @@ struct Session {
     connected: bool,
     open_sent: bool,
     interactive: bool,
+    /// Raw mode while the session is open; it ends with the session, so
+    /// before any error is printed.
     raw: Option<tty::RawMode>,
     escapes: Escapes,
     typed: Option<mpsc::Receiver<Vec<u8>>>,
@@ -253,7 +201,8 @@ struct Session {
 
 impl Session {
     fn connect(settings: &Settings, node: String) -> Result<Session, ClientError> {
-        let (client, mut eventloop) = AsyncClient::new(client_options(settings, &node)?, 64);
+        let (client, mut eventloop) =
+            AsyncClient::new(target::client_options(settings, &node)?, 64);
         let (events_tx, events) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -500,13 +449,6 @@ impl Session {
     fn note(&self, text: &str) {
         let text = text.replace('\n', "\r\n");
         eprint!("\r\n[{text}]\r\n");
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // Raw mode ends before any error is printed.
-        self.raw.take();
     }
 }
 
