@@ -44,7 +44,11 @@ pub enum LogFormat {
 /// Logging of the command line and the node it runs: `-v` for debug, `-vv`
 /// for trace; colours when stderr is a terminal; JSON lines with
 /// [`LogFormat::Json`]; no timestamps when stderr is the journal.
-pub fn init_cli_logging(verbose: u8, format: LogFormat) {
+pub fn init_cli_logging(verbose: u8, format: Option<LogFormat>) {
+    let (format, bad_env) = match format {
+        Some(format) => (format, None),
+        None => format_from_env(),
+    };
     let default = match verbose {
         // The embedded broker reports every client that hangs up as an
         // error; the node reports its own problems.
@@ -76,6 +80,21 @@ pub fn init_cli_logging(verbose: u8, format: LogFormat) {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+    if let Some(value) = bad_env {
+        tracing::warn!("CYBERWAVE_LOG_FORMAT={value:?} is neither text nor json; logging text");
+    }
+}
+
+/// `CYBERWAVE_LOG_FORMAT` (`text` or `json`, any case; empty is unset).
+/// Like an invalid `CYBERWAVE_LOG`, a bad value falls back to text, with a
+/// warning: a typo in a service's environment file does not stop the node.
+fn format_from_env() -> (LogFormat, Option<String>) {
+    let value = std::env::var("CYBERWAVE_LOG_FORMAT").unwrap_or_default();
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "text" => (LogFormat::Text, None),
+        "json" => (LogFormat::Json, None),
+        _ => (LogFormat::Text, Some(value)),
     }
 }
 

@@ -51,15 +51,9 @@ struct Cli {
     verbose: u8,
 
     /// Log lines as text for people or as JSON lines for a log collector
-    #[arg(
-        long,
-        value_enum,
-        global = true,
-        env = "CYBERWAVE_LOG_FORMAT",
-        default_value = "text",
-        value_name = "FORMAT"
-    )]
-    log_format: crate::logging::LogFormat,
+    /// [default: CYBERWAVE_LOG_FORMAT, else text]
+    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
+    log_format: Option<crate::logging::LogFormat>,
 
     #[command(subcommand)]
     command: CliCommand,
