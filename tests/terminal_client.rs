@@ -117,8 +117,11 @@ impl Tmux {
         }
     }
 
+    /// Waits for `line` as a line of output: alone, or after a prompt
+    /// when keys typed ahead were echoed before it (not the typed command).
     fn wait_for(&self, line: &str) {
-        self.wait_line(line, |l| l == line);
+        let after_prompt = format!("> {line}");
+        self.wait_line(line, |l| l == line || l.ends_with(&after_prompt));
     }
 }
 
@@ -159,6 +162,7 @@ fn a_person_types_into_the_remote_shell_in_tmux() {
     tmux.type_line("sleep 30");
     std::thread::sleep(Duration::from_millis(300));
     tmux.run(&["send-keys", "-t", "t", "C-c"]);
+    std::thread::sleep(Duration::from_millis(300));
     tmux.type_line("echo after-$((1+1))");
     tmux.wait_for("after-2");
 
@@ -167,7 +171,11 @@ fn a_person_types_into_the_remote_shell_in_tmux() {
     tmux.run(&["resize-window", "-t", "t", "-x", "100", "-y", "30"]);
     // The SIGWINCH and the resize travel on their own: ask until it shows.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !tmux.screen().lines().any(|l| l.trim() == "30 100") {
+    while !tmux
+        .screen()
+        .lines()
+        .any(|l| l.trim() == "30 100" || l.trim().ends_with("> 30 100"))
+    {
         assert!(
             Instant::now() < deadline,
             "the resize never reached the remote PTY:\n{}",
@@ -326,4 +334,89 @@ fn a_refused_or_unreachable_terminal_says_why() {
         started.elapsed() < Duration::from_secs(3),
         "a refused connection is known at once"
     );
+}
+
+/// Collects a child's pipe in a thread, readable while it runs.
+fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    seen
+}
+
+fn wait_text(seen: &std::sync::Mutex<String>, text: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen.lock().unwrap().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the client's {what}: {}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_session_outlives_a_broker_restart() {
+    use std::io::Write;
+    let mut s = common::scenario::Scenario::start(|n| {
+        n.cwd_file("cyberwave.yml", CONFIG)
+            .env_var("PS1", "remote> ")
+    });
+    let elsewhere = tempfile::tempdir().unwrap();
+    let port = s.broker.port().to_string();
+    let mut child = Command::new(common::node::NODE_BIN)
+        .args(["terminal", "--node", &s.uuid, "--mqtt-host", "127.0.0.1"])
+        .args(["--mqtt-port", &port])
+        .env_clear()
+        .env("HOME", elsewhere.path())
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    stdin.write_all(b"echo first-$((1+1))\n").unwrap();
+    wait_text(&out, "first-2", "output");
+
+    s.broker.restart();
+    wait_text(&err, "back on the broker at 127.0.0.1", "stderr");
+    // The node reconnects on its own schedule; the shell is still there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s
+        .node
+        .stderr()
+        .matches("connected to the MQTT broker")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the node did not reconnect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stdin.write_all(b"echo second-$((2+2))\nexit 6\n").unwrap();
+    wait_text(&out, "second-4", "output");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the client did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(6), "{}", err.lock().unwrap());
 }

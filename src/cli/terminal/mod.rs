@@ -189,7 +189,10 @@ struct Session {
     session_id: String,
     request_id: String,
     phase: Phase,
+    /// Connected now, and ever: before the first connection a failure is
+    /// final; later the link comes back by itself.
     connected: bool,
+    ever_connected: bool,
     open_sent: bool,
     interactive: bool,
     /// Raw mode while the session is open; it ends with the session, so
@@ -229,6 +232,7 @@ impl Session {
                 deadline: Instant::now() + OPEN_TIMEOUT,
             },
             connected: false,
+            ever_connected: false,
             open_sent: false,
             interactive,
             raw: None,
@@ -278,7 +282,11 @@ impl Session {
     async fn on_event(&mut self, event: Event) -> Result<Option<u8>, ClientError> {
         match event {
             Event::Incoming(Incoming::ConnAck(_)) => {
+                if self.ever_connected {
+                    self.note(&format!("back on the broker at {}", self.broker));
+                }
                 self.connected = true;
+                self.ever_connected = true;
                 // A clean session each time: subscribe again after every
                 // reconnect.
                 let filters = [
@@ -364,17 +372,19 @@ impl Session {
         &mut self,
         error: rumqttc::ConnectionError,
     ) -> Result<Option<u8>, ClientError> {
-        if !self.connected {
+        if !self.ever_connected {
             return Err(ClientError::Unreachable {
                 broker: self.broker.clone(),
                 reason: error.to_string(),
             });
         }
-        self.connected = false;
-        self.note(&format!(
-            "lost the broker at {} ({error}); reconnecting",
-            self.broker
-        ));
+        if self.connected {
+            self.connected = false;
+            self.note(&format!(
+                "lost the broker at {} ({error}); reconnecting",
+                self.broker
+            ));
+        }
         Ok(None)
     }
 
