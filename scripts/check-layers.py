@@ -24,7 +24,7 @@ LAYERS = {
     "config": 2, "identity": 2, "backend": 2, "mqtt": 2, "protocol": 2,
     "runners": 2, "telemetry": 2, "standalone": 2, "lock": 2, "shutdown": 2,
     "backoff": 2, "secret": 2, "logging": 2,
-    "fsutil": 1,
+    "fsutil": 1, "systemd": 1,
 }
 edges = {m: set() for m in mods}
 for m in mods:

@@ -34,8 +34,9 @@
 //!   `backend` (REST), `mqtt` (the link, its queue and acks, topics, the
 //!   outbox), `protocol` (commands in, answers and events out), `runners`
 //!   (ONNX, GGUF, TorchScript), `telemetry`, `standalone`, `install`,
-//!   `lock`, `shutdown`, `backoff`, `secret`, and `fsutil` (atomic writes,
-//!   bounded reads, JSON state files, file names from ids).
+//!   `lock`, `shutdown`, `backoff`, `secret`, `systemd` (sd_notify readiness,
+//!   the journal as stderr), and `fsutil` (atomic writes, bounded reads,
+//!   JSON state files, file names from ids).
 //!
 //! The shim is a binary of its own (`src/shim/main.rs`), which compiles
 //! `supervised/handoff.rs`, `supervised/procfs.rs` and `fsutil/atomic.rs`
@@ -77,6 +78,7 @@ mod secret;
 mod shutdown;
 mod standalone;
 mod supervised;
+mod systemd;
 mod telemetry;
 mod terminal;
 mod workload;

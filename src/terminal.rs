@@ -148,6 +148,14 @@ fn session_id(params: &Map<String, Value>) -> Result<String, TerminalError> {
 
 impl Terminals {
     pub fn new(config: TerminalConfig, events: mpsc::Sender<TerminalEvent>) -> Terminals {
+        if config.enabled {
+            tracing::info!(
+                "remote terminal enabled: shell {}, at most {} session(s), each ended after {}s without traffic",
+                config.shell,
+                config.max_sessions,
+                config.idle_timeout.as_secs()
+            );
+        }
         Terminals {
             config,
             sessions: HashMap::new(),

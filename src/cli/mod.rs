@@ -1,7 +1,8 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
-//! body is a module of its own: `start`, [`send`], [`run_model`], `local`
-//! (`status` and `logs`), `man`; logging is set up by [`crate::logging`].
-//! [`address`] resolves which node and broker a client command talks to.
+//! body is a module of its own: `start`, [`send`], `terminal`,
+//! [`run_model`], `local` (`status` and `logs`), `man`; logging is set up by
+//! [`crate::logging`]. [`address`] resolves which node and broker a client
+//! command (`send`, `terminal`) talks to.
 
 pub mod address;
 mod local;
@@ -9,6 +10,7 @@ mod man;
 pub mod run_model;
 pub mod send;
 mod start;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,11 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    /// Log lines as text for people or as JSON lines for a log collector
+    /// [default: CYBERWAVE_LOG_FORMAT, else text]
+    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
+    log_format: Option<crate::logging::LogFormat>,
+
     #[command(subcommand)]
     command: CliCommand,
 }
@@ -62,6 +69,9 @@ enum CliCommand {
     /// Send a command to a node and show what comes back, like the backend would
     #[command(after_long_help = SEND_HELP)]
     Send(SendArgs),
+    /// Open an interactive shell on a node, like ssh (its remote terminal; see --help)
+    #[command(after_long_help = terminal::TERMINAL_HELP)]
+    Terminal(terminal::TerminalArgs),
     /// Show this machine's hardware: OS, CPU, memory, disks, NVIDIA GPUs
     Info {
         /// Print JSON for a program instead of text for a person
@@ -237,13 +247,14 @@ pub fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    crate::logging::init_cli_logging(cli.verbose);
+    crate::logging::init_cli_logging(cli.verbose, cli.log_format);
     let outcome = match &cli.command {
         CliCommand::Start(args) => start::run(args),
         CliCommand::Config {
             action: ConfigAction::Show(args),
         } => config_show(args),
         CliCommand::Send(args) => return send::run(args),
+        CliCommand::Terminal(args) => return terminal::run(args),
         CliCommand::Info { json } => info(*json),
         CliCommand::Status { json } => local::status(*json),
         CliCommand::Logs {

@@ -293,6 +293,7 @@ impl RunningNode {
                 if self.identity.standalone {
                     tracing::info!("try it from another terminal: {}", self.send_hint());
                 }
+                crate::systemd::notify(crate::systemd::Notify::Ready, "connected and subscribed");
             }
             MqttEvent::Subscribed => tracing::debug!("subscriptions renewed"),
             MqttEvent::Message { seq, publish } => self.on_message(seq, publish).await,
@@ -467,6 +468,7 @@ impl RunningNode {
     /// called instead of terminated. Commands that arrive meanwhile are
     /// answered with "shutting down".
     async fn stop(mut self, exit: Exit) -> Result<(), NodeError> {
+        crate::systemd::notify(crate::systemd::Notify::Stopping, "stopping");
         self.accepting = false;
         self.terminals.close_all();
         self.workloads.save_offsets();
