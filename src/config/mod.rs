@@ -122,8 +122,21 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
-    #[error("malformed .env file {path}: {message}")]
-    DotEnv { path: PathBuf, message: String },
+    #[error("{path}{}: {what} must be {expected}, found {found}", yaml::line_suffix(*.line))]
+    WrongType {
+        path: PathBuf,
+        line: Option<usize>,
+        /// The key, quoted, or "the top level".
+        what: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("malformed .env file {path}{}: {message}", yaml::line_suffix(*.line))]
+    DotEnv {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
     #[error("invalid {setting} {value:?} from {origin}: {problem}")]
     Invalid {
         setting: &'static str,
@@ -132,6 +145,9 @@ pub enum ConfigError {
         #[source]
         problem: parse::ValueError,
     },
+    /// Every problem of one load, so one run shows them all.
+    #[error("{} problems in the settings:{}", .0.len(), list_problems(.0))]
+    Several(Vec<ConfigError>),
     #[error(
         "no API token found. Provide one in any of: the environment (export CYBERWAVE_API_TOKEN=...), \
          {workdir_env} (CYBERWAVE_API_TOKEN=...), {config_env}, or {credentials} (written by `cyberwave-cli login`)"
@@ -141,6 +157,31 @@ pub enum ConfigError {
         config_env: PathBuf,
         credentials: PathBuf,
     },
+}
+
+fn list_problems(problems: &[ConfigError]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+impl ConfigError {
+    /// One error for what a load found: the problem itself when there is
+    /// one, [`ConfigError::Several`] when there are more.
+    fn from_problems(mut problems: Vec<ConfigError>) -> Option<ConfigError> {
+        match problems.len() {
+            0 => None,
+            1 => problems.pop(),
+            _ => Some(ConfigError::Several(problems)),
+        }
+    }
+
+    /// The single problems this error stands for (itself, unless it is
+    /// [`ConfigError::Several`]).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(all) => all.iter().collect(),
+            _ => vec![self],
+        }
+    }
 }
 
 /// Values given on the command line; they beat every other source.
@@ -226,16 +267,36 @@ pub struct Settings {
 
 impl Settings {
     /// Resolves every setting from `overrides` and the sources `env` points to.
+    /// Every problem found is reported at once ([`ConfigError::Several`]):
+    /// a value that does not parse is set aside and the walk goes on.
     pub fn load(overrides: &Overrides, env: &Environment) -> Result<Settings, ConfigError> {
         let (config_file, working_dir) = locate_config_file(overrides, env)?;
-        let dotenv_workdir = DotEnvFile::load(&working_dir.join(".env"))?;
+        let mut problems = Vec::new();
+        let mut dotenv = |path: PathBuf| match DotEnvFile::load(&path) {
+            Ok(file) => file.map(|mut file| {
+                problems.append(&mut file.problems);
+                file
+            }),
+            Err(error) => {
+                problems.push(error);
+                None
+            }
+        };
+        let dotenv_workdir = dotenv(working_dir.join(".env"));
         let config_dir = resolve_config_dir(env, dotenv_workdir.as_ref());
-        let dotenv_config = DotEnvFile::load(&config_dir.value.join(".env"))?;
-        let yaml = config_file.as_deref().map(YamlFile::load).transpose()?;
-        let mut warnings = yaml
-            .as_ref()
-            .map(|y| y.warnings.clone())
-            .unwrap_or_default();
+        let dotenv_config = dotenv(config_dir.value.join(".env"));
+        let mut yaml = match config_file.as_deref().map(YamlFile::load).transpose() {
+            Ok(yaml) => yaml,
+            Err(error) => {
+                problems.push(error);
+                None
+            }
+        };
+        let mut warnings = Vec::new();
+        if let Some(yaml) = &mut yaml {
+            warnings.extend(yaml.warnings.iter().cloned());
+            problems.append(&mut yaml.problems);
+        }
         let credentials_path = config_dir.value.join("credentials.json");
         let credentials = Credentials::load(&credentials_path).unwrap_or_else(|warning| {
             warnings.push(warning.to_string());
@@ -254,9 +315,14 @@ impl Settings {
                 .collect(),
             yaml,
             credentials,
+            problems: Default::default(),
         };
         let mut settings =
-            layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path)?;
+            layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path);
+        problems.append(&mut layers.problems.into_inner());
+        if let Some(error) = ConfigError::from_problems(problems) {
+            return Err(error);
+        }
         // A relative CA path means the same thing as a relative install script:
         // relative to the repository (working directory).
         if let Some(ca) = &mut settings.mqtt_tls_ca_certs {
@@ -370,6 +436,8 @@ struct Layers<'a> {
     dotenvs: Vec<DotEnvFile>,
     yaml: Option<YamlFile>,
     credentials: Option<Credentials>,
+    /// What did not parse, in the order met; see [`Settings::load`].
+    problems: std::cell::RefCell<Vec<ConfigError>>,
 }
 
 mod resolve;
