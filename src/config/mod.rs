@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use crate::secret::Secret;
 pub use parse::{GpuRef, GpuSelection, GpusPerWorkload};
-pub use show::render_table;
+pub use show::{render_json, render_table};
 pub use sources::{Credentials, DotEnvFile, Environment};
 pub use yaml::YamlFile;
 
@@ -145,9 +145,13 @@ pub enum ConfigError {
         #[source]
         problem: parse::ValueError,
     },
-    /// Every problem of one load, so one run shows them all.
-    #[error("{} problems in the settings:{}", .0.len(), list_problems(.0))]
-    Several(Vec<ConfigError>),
+    /// Every problem of one load, so one run shows them all, with the
+    /// load's warnings (a misspelt key often explains a problem).
+    #[error("{}", describe_several(problems, warnings))]
+    Several {
+        problems: Vec<ConfigError>,
+        warnings: Vec<String>,
+    },
     #[error(
         "no API token found. Provide one in any of: the environment (export CYBERWAVE_API_TOKEN=...), \
          {workdir_env} (CYBERWAVE_API_TOKEN=...), {config_env}, or {credentials} (written by `cyberwave-cli login`)"
@@ -159,18 +163,29 @@ pub enum ConfigError {
     },
 }
 
-fn list_problems(problems: &[ConfigError]) -> String {
-    problems.iter().map(|p| format!("\n  - {p}")).collect()
+fn describe_several(problems: &[ConfigError], warnings: &[String]) -> String {
+    let mut text = match problems {
+        [one] => format!("a problem in the settings:\n  - {one}"),
+        _ => format!("{} problems in the settings:", problems.len()),
+    };
+    if problems.len() > 1 {
+        text.extend(problems.iter().map(|p| format!("\n  - {p}")));
+    }
+    if !warnings.is_empty() {
+        text.push_str("\nwarnings:");
+        text.extend(warnings.iter().map(|w| format!("\n  - {w}")));
+    }
+    text
 }
 
 impl ConfigError {
     /// One error for what a load found: the problem itself when there is
     /// one, [`ConfigError::Several`] when there are more.
-    fn from_problems(mut problems: Vec<ConfigError>) -> Option<ConfigError> {
+    fn from_problems(mut problems: Vec<ConfigError>, warnings: Vec<String>) -> Option<ConfigError> {
         match problems.len() {
             0 => None,
-            1 => problems.pop(),
-            _ => Some(ConfigError::Several(problems)),
+            1 if warnings.is_empty() => problems.pop(),
+            _ => Some(ConfigError::Several { problems, warnings }),
         }
     }
 
@@ -178,8 +193,16 @@ impl ConfigError {
     /// [`ConfigError::Several`]).
     pub fn problems(&self) -> Vec<&ConfigError> {
         match self {
-            ConfigError::Several(all) => all.iter().collect(),
+            ConfigError::Several { problems, .. } => problems.iter().collect(),
             _ => vec![self],
+        }
+    }
+
+    /// The warnings of the load that failed.
+    pub fn warnings(&self) -> &[String] {
+        match self {
+            ConfigError::Several { warnings, .. } => warnings,
+            _ => &[],
         }
     }
 }
@@ -317,10 +340,9 @@ impl Settings {
             credentials,
             problems: Default::default(),
         };
-        let mut settings =
-            layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path);
+        let mut settings = layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path);
         problems.append(&mut layers.problems.into_inner());
-        if let Some(error) = ConfigError::from_problems(problems) {
+        if let Some(error) = ConfigError::from_problems(problems, warnings.clone()) {
             return Err(error);
         }
         // A relative CA path means the same thing as a relative install script:
@@ -340,7 +362,66 @@ impl Settings {
         settings.retry_unit = RetryUnit::from_env(env.get("CYBERWAVE_RETRY_BASE_MS"));
         settings.standalone = overrides.standalone;
         settings.warnings.splice(0..0, warnings);
+        if settings.standalone {
+            if let Some(warning) = settings.no_templates_warning() {
+                settings.warnings.push(warning);
+            }
+        }
         Ok(settings)
+    }
+
+    /// Which keys to set, and where, when no workload template is set: a
+    /// standalone node started in the wrong directory would otherwise run
+    /// and refuse every workload without a word at start.
+    fn no_templates_warning(&self) -> Option<String> {
+        if WorkloadKind::ALL
+            .iter()
+            .any(|k| self.template(*k).is_some())
+        {
+            return None;
+        }
+        let file = match &self.config_file {
+            Some(path) => format!("{} sets none", path.display()),
+            None => format!(
+                "looked for {} (not found)",
+                self.working_dir.join("cyberwave.yml").display()
+            ),
+        };
+        Some(format!(
+            "no workload templates: {file}. Set inference, training or simulate under \
+             `cyberwave-cloud-node:` in that file (e.g. `training: python train.py --params {{body}}`), \
+             or CYBERWAVE_TRAINING_CMD and the like, or pass --config; until then the node \
+             runs no inference, training or simulate workload"
+        ))
+    }
+
+    /// The MQTT user and password of the instance `uuid`: the settings',
+    /// else the uuid and the API token (docs/protocol.md).
+    pub fn mqtt_credentials(&self, uuid: &str) -> (String, Secret) {
+        let user = self.mqtt_username.as_ref().map(|u| u.value.clone());
+        let password = self.mqtt_password.as_ref().or(self.api_token.as_ref());
+        (
+            user.unwrap_or_else(|| uuid.to_owned()),
+            password
+                .map(|p| p.value.clone())
+                .unwrap_or_else(|| Secret::new("")),
+        )
+    }
+
+    /// Whether a standalone node embeds its broker: it does unless
+    /// `--mqtt-host` names one (a host from the environment or
+    /// credentials.json is the real platform's, which a standalone node
+    /// must not talk to).
+    pub fn uses_embedded_broker(&self) -> bool {
+        self.standalone && self.mqtt_host.origin != Origin::Flag("--mqtt-host")
+    }
+
+    /// Points the broker settings at the embedded broker on 127.0.0.1, as
+    /// a standalone node connects to it.
+    pub fn point_at_embedded_broker(&mut self) {
+        let origin = Origin::Derived("the embedded broker");
+        self.mqtt_host = Sourced::new("127.0.0.1".into(), origin.clone());
+        self.mqtt_use_tls = Sourced::new(false, origin);
     }
 
     /// The API token, or the error that lists every place to put one.

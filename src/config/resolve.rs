@@ -333,13 +333,12 @@ impl Layers<'_> {
         identity: Option<&Identity>,
         identity_path: &Path,
     ) -> Option<Sourced<String>> {
-        self
-            .get(
-                &INSTANCE_SLUG,
-                flag(&overrides.slug, "--slug"),
-                parse::topic_segment,
-            )
-            .or_else(|| identity.map(|i| from_identity(&i.slug, identity_path)))
+        self.get(
+            &INSTANCE_SLUG,
+            flag(&overrides.slug, "--slug"),
+            parse::topic_segment,
+        )
+        .or_else(|| identity.map(|i| from_identity(&i.slug, identity_path)))
     }
 
     /// The uuid to register: a layer's, then the identity file's.
@@ -348,8 +347,7 @@ impl Layers<'_> {
         identity: Option<&Identity>,
         identity_path: &Path,
     ) -> Option<Sourced<String>> {
-        self
-            .get(&INSTANCE_UUID, None, parse::instance_uuid)
+        self.get(&INSTANCE_UUID, None, parse::instance_uuid)
             // A standalone uuid was never registered: the backend would
             // only answer 404.
             .or_else(|| {
@@ -360,10 +358,7 @@ impl Layers<'_> {
     }
 
     /// The port, and TLS, which defaults from the port.
-    fn mqtt_port_and_tls(
-        &self,
-        overrides: &Overrides,
-    ) -> (Sourced<u16>, Sourced<bool>) {
+    fn mqtt_port_and_tls(&self, overrides: &Overrides) -> (Sourced<u16>, Sourced<bool>) {
         let port_text = overrides.mqtt_port.map(|p| p.to_string());
         let port = self.get_or(
             &MQTT_PORT,
@@ -420,12 +415,7 @@ impl Layers<'_> {
                 parse::interval,
                 Duration::from_secs(30),
             ),
-            max_concurrent_workloads: self.get_or(
-                &MAX_WORKLOADS,
-                None,
-                parse::positive_count,
-                1,
-            ),
+            max_concurrent_workloads: self.get_or(&MAX_WORKLOADS, None, parse::positive_count, 1),
             gpus: self.get_or(&GPUS, None, parse::gpu_selection, GpuSelection::Detected),
             gpus_per_workload: self.get_or(
                 &GPUS_PER_WORKLOAD,

@@ -230,7 +230,11 @@ mod tests {
     fn malformed_dotenv_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".env");
-        std::fs::write(&path, "GOOD=1\nthis is not an assignment\nALSO=2\nnor this\n").unwrap();
+        std::fs::write(
+            &path,
+            "GOOD=1\nthis is not an assignment\nALSO=2\nnor this\n",
+        )
+        .unwrap();
         let file = DotEnvFile::load(&path).unwrap().unwrap();
         let problems: Vec<String> = file.problems.iter().map(ToString::to_string).collect();
         assert_eq!(problems.len(), 2, "{problems:?}");

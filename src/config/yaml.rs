@@ -439,7 +439,9 @@ mod tests {
         let file = parse("cyberwave-cloud-node:\n  mqtt_host:\n    - a\n").unwrap();
         let text = file.problems[0].to_string();
         assert!(
-            text.contains("line 2") && text.contains("`mqtt_host` must be") && text.contains("a list"),
+            text.contains("line 2")
+                && text.contains("`mqtt_host` must be")
+                && text.contains("a list"),
             "{text}"
         );
     }
@@ -469,18 +471,25 @@ mod tests {
         )
         .unwrap();
         let w = &file.warnings;
-        assert!(w[0].contains("line 2") && w[0].ends_with("did you mean `training`?"), "{w:?}");
+        assert!(
+            w[0].contains("line 2") && w[0].ends_with("did you mean `training`?"),
+            "{w:?}"
+        );
         assert!(w[1].ends_with("did you mean `mqtt_port`?"), "{w:?}");
         assert!(
             w[2].contains("line 5") && w[2].ends_with("did you mean `terminal.enabled`?"),
             "{w:?}"
         );
-        assert!(w[3].contains("unknown key `colour`") && w[3].contains("known keys"), "{w:?}");
+        assert!(
+            w[3].contains("unknown key `colour`") && w[3].contains("known keys"),
+            "{w:?}"
+        );
     }
 
     #[test]
     fn an_unclosed_list_points_at_its_own_line() {
-        let err = parse("cyberwave-cloud-node:\n  training: ok\n  inference: [broken\n").unwrap_err();
+        let err =
+            parse("cyberwave-cloud-node:\n  training: ok\n  inference: [broken\n").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("cyberwave.yml line 3:"), "{text}");
     }
