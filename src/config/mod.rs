@@ -373,7 +373,7 @@ impl Settings {
     /// Which keys to set, and where, when no workload template is set: a
     /// standalone node started in the wrong directory would otherwise run
     /// and refuse every workload without a word at start.
-    fn no_templates_warning(&self) -> Option<String> {
+    pub fn no_templates_warning(&self) -> Option<String> {
         if WorkloadKind::ALL
             .iter()
             .any(|k| self.template(*k).is_some())

@@ -197,9 +197,29 @@ pub(super) fn runtimes(settings: Option<&Settings>) -> Vec<Check> {
             if support["runtime_loads"].as_bool() == Some(true) {
                 return Check::ok(format.name(), runtime);
             }
-            Check::fail(format.name(), runtime, runtime_fix(format))
+            Check::fail(
+                format.name(),
+                without_hint(format, &runtime),
+                runtime_fix(format),
+            )
         })
         .collect()
+}
+
+/// The runtime's error without the install hint it ends with: the fix
+/// line says it.
+fn without_hint(format: Format, error: &str) -> String {
+    let hint = match format {
+        #[cfg(feature = "onnx")]
+        Format::Onnx => format!("; {}", runners::onnx::install_hint()),
+        #[cfg(not(feature = "onnx"))]
+        Format::Onnx => return error.to_owned(),
+        Format::Gguf | Format::TorchScript => return error.to_owned(),
+    };
+    error
+        .strip_suffix(hint.as_str())
+        .unwrap_or(error)
+        .to_owned()
 }
 
 fn runtime_fix(format: Format) -> String {

@@ -140,8 +140,12 @@ fn collect(args: &DoctorArgs) -> Vec<Check> {
     let settings = match loaded {
         Ok(settings) => {
             checks.push(settings_ok(&settings));
+            // The templates check says it, with the fix.
+            let no_templates = settings.no_templates_warning();
             for warning in &settings.warnings {
-                checks.push(Check::warn("settings", warning, None));
+                if Some(warning) != no_templates.as_ref() {
+                    checks.push(Check::warn("settings", warning, None));
+                }
             }
             Some(settings)
         }
