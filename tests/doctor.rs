@@ -285,3 +285,26 @@ fn json_is_an_array_of_checks() {
     let failed = checks.iter().any(|c| c["status"] == "fail");
     assert_eq!(status.code(), Some(if failed { 1 } else { 0 }), "{out}");
 }
+
+#[test]
+fn a_standalone_check_on_a_registered_config_dir_fails_before_start_would() {
+    let registered = r#"{"uuid":"11111111-2222-4333-8444-555555555555","slug":"real"}"#;
+    let (status, out, _) = healthy(Node::new())
+        .args([
+            "doctor",
+            "--standalone",
+            "--mqtt-port",
+            &free_port().to_string(),
+        ])
+        .home_file(".cyberwave/instance_identity.json", registered)
+        .run_to_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        line(&out, "identity").contains("holds the identity of an instance registered"),
+        "{out}"
+    );
+    assert!(
+        fix_of(&out, "identity").contains("CYBERWAVE_CONFIG_DIR="),
+        "{out}"
+    );
+}

@@ -99,6 +99,13 @@ fn standalone_account_rows(s: &Settings) -> Vec<Row> {
     // A slug other than the saved identity's makes a new identity.
     let (uuid, uuid_origin) = match saved.filter(|i| slug_hint.is_none_or(|h| h.value == i.slug)) {
         Some(identity) => from_file(&identity.uuid),
+        None if s.identity.is_some() && saved.is_none() => (
+            None,
+            format!(
+                "refused: {} holds a registered instance's identity; give the standalone node its own CYBERWAVE_CONFIG_DIR",
+                path.display()
+            ),
+        ),
         None => (
             None,
             format!(

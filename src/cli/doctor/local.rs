@@ -9,6 +9,7 @@ use crate::config::{GpuSelection, Origin, Settings, Sourced};
 use crate::gpus::Inventory;
 use crate::lock::{ConfigDirLock, LockError};
 use crate::runners::{self, Format, RuntimePaths};
+use crate::standalone::StandaloneError;
 
 /// Below this much free space in the config dir (workload logs, results,
 /// records live there) the check warns.
@@ -76,6 +77,24 @@ pub(super) fn config_dir(settings: &Settings) -> Check {
             None,
         ),
     }
+}
+
+/// A standalone node refuses a config dir that holds a registered
+/// instance's identity (`standalone::local_identity`): say so before.
+pub(super) fn registered_identity(settings: &Settings) -> Option<Check> {
+    let registered = settings.identity.as_ref().filter(|i| !i.standalone)?;
+    if !settings.standalone {
+        return None;
+    }
+    let error = StandaloneError::RegisteredIdentity {
+        path: crate::identity::identity_path(&settings.config_dir.value),
+        uuid: registered.uuid.clone(),
+    };
+    Some(Check::fail(
+        "identity",
+        error.to_string(),
+        "CYBERWAVE_CONFIG_DIR=~/.cyberwave-standalone cyberwave-cloud-node start --standalone",
+    ))
 }
 
 fn gib(bytes: u64) -> String {

@@ -165,6 +165,9 @@ fn collect(args: &DoctorArgs) -> Vec<Check> {
             }
             checks.extend(remote::checks(&settings));
             checks.push(local::config_dir(&settings));
+            if let Some(check) = local::registered_identity(&settings) {
+                checks.push(check);
+            }
             checks.push(local::templates(&settings));
         }
         None => {
