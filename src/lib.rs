@@ -10,7 +10,8 @@
 //! and there is no import cycle (`docs/design.md`, "Layers"):
 //!
 //! - `cli`: clap definitions, dispatch, and one file per command (`start`,
-//!   `send`, `run-model`, `status`/`logs`, `man`); `main.rs` only calls it.
+//!   `send`, `run-model`, `status`/`logs`, `doctor`, `man`); `main.rs` only
+//!   calls it.
 //!   `logging` sets up `tracing` for it and for the model server.
 //! - `node`: start-up, the event loop that owns the node's state, one
 //!   exhaustive match over the commands (`node/commands.rs`), the heartbeat
@@ -31,7 +32,7 @@
 //!   holds which.
 //! - Below them: `config` (every setting with its origin), `identity`,
 //!   `backend` (REST), `mqtt` (the link, its queue and acks, topics, the
-//!   outbox), `protocol` (commands in, answers and events out), `runners`
+//!   outbox, the one-shot probe `doctor` connects with), `protocol` (commands in, answers and events out), `runners`
 //!   (ONNX, GGUF, TorchScript), `telemetry`, `standalone`, `install`,
 //!   `lock`, `shutdown`, `backoff`, `secret`, and `fsutil` (atomic writes,
 //!   bounded reads, JSON state files, file names from ids).

@@ -14,6 +14,9 @@
 //! - The config dir itself comes from the process environment or the working
 //!   directory's `.env` (the config dir's own `.env` cannot move it).
 //! - A relative `mqtt_tls_ca_certs` path is relative to the working directory.
+//! - Every problem of a load is reported at once ([`ConfigError::Several`],
+//!   with the load's warnings): a value that does not parse is set aside and
+//!   the walk goes on, so one run shows everything to fix.
 
 mod parse;
 mod show;

@@ -4,6 +4,9 @@
 //! came from, so every later error can say "file, line, key". Values are
 //! parsed into types by the same code that parses environment variables
 //! (see `parse.rs`), which keeps the two sources from drifting apart.
+//! A value of the wrong shape is a problem named with what the key takes,
+//! and the rest of the file still counts; an unknown key is a warning with
+//! the nearest known key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
