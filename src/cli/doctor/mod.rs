@@ -189,11 +189,11 @@ fn settings_ok(settings: &Settings) -> Check {
         None => "the environment (no cyberwave.yml found)".to_owned(),
     };
     let mode = if settings.standalone {
-        " (standalone)"
+        "standalone; "
     } else {
         ""
     };
-    Check::ok("settings", format!("loaded from {from}{mode}"))
+    Check::ok("settings", format!("{mode}loaded from {from}"))
 }
 
 /// One settings problem, with where to fix it.

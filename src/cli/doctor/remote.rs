@@ -106,9 +106,16 @@ async fn broker(settings: &Settings) -> Check {
     if settings.uses_embedded_broker() {
         return embedded_broker(settings).await;
     }
-    let uuid = settings.instance_uuid.as_ref().map(|u| u.value.clone());
+    // The uuid the node logs in with: a standalone node's local one, or
+    // the registered one (none before the first registration).
+    let uuid = if settings.standalone {
+        let local = settings.identity.as_ref().filter(|i| i.standalone);
+        local.map(|i| i.uuid.clone())
+    } else {
+        settings.instance_uuid.as_ref().map(|u| u.value.clone())
+    };
     let credentials = match (&uuid, &settings.mqtt_username) {
-        (None, None) if !settings.standalone => None,
+        (None, None) => None,
         _ => Some(settings.mqtt_credentials(uuid.as_deref().unwrap_or_default())),
     };
     let target = ProbeTarget {
