@@ -308,3 +308,35 @@ fn a_standalone_check_on_a_registered_config_dir_fails_before_start_would() {
         "{out}"
     );
 }
+
+#[test]
+fn the_broker_check_uses_the_nodes_tls_settings() {
+    let broker = Broker::start_tls();
+    let backend = FakeBackend::start();
+    let run = |ca: Option<&Path>| {
+        let mut node = healthy(Node::new())
+            .arg("doctor")
+            .env_var("CYBERWAVE_API_TOKEN", "tok")
+            .env_var("CYBERWAVE_API_URL", backend.url())
+            .env_var("CYBERWAVE_MQTT_HOST", "localhost")
+            .env_var("CYBERWAVE_MQTT_PORT", broker.port().to_string())
+            .env_var("CYBERWAVE_MQTT_USE_TLS", "true");
+        if let Some(ca) = ca {
+            node = node.env_var("CYBERWAVE_MQTT_TLS_CA_CERTS", ca.to_str().unwrap());
+        }
+        node.run_to_exit(Duration::from_secs(20))
+    };
+    let (status, out, _) = run(Some(&broker.ca_file()));
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(line(&out, "broker").contains("over TLS"), "{out}");
+    let (status, out, _) = run(None);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        line(&out, "broker").contains("TLS with localhost:"),
+        "{out}"
+    );
+    assert!(
+        fix_of(&out, "broker").contains("CYBERWAVE_MQTT_TLS_CA_CERTS"),
+        "{out}"
+    );
+}
