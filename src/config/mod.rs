@@ -197,7 +197,13 @@ impl ConfigError {
     pub fn problems(&self) -> Vec<&ConfigError> {
         match self {
             ConfigError::Several { problems, .. } => problems.iter().collect(),
-            _ => vec![self],
+            ConfigError::Read { .. }
+            | ConfigError::MissingConfigFile { .. }
+            | ConfigError::Yaml { .. }
+            | ConfigError::WrongType { .. }
+            | ConfigError::DotEnv { .. }
+            | ConfigError::Invalid { .. }
+            | ConfigError::NoToken { .. } => vec![self],
         }
     }
 
@@ -205,7 +211,13 @@ impl ConfigError {
     pub fn warnings(&self) -> &[String] {
         match self {
             ConfigError::Several { warnings, .. } => warnings,
-            _ => &[],
+            ConfigError::Read { .. }
+            | ConfigError::MissingConfigFile { .. }
+            | ConfigError::Yaml { .. }
+            | ConfigError::WrongType { .. }
+            | ConfigError::DotEnv { .. }
+            | ConfigError::Invalid { .. }
+            | ConfigError::NoToken { .. } => &[],
         }
     }
 }
