@@ -10,8 +10,9 @@
 //! and there is no import cycle (`docs/design.md`, "Layers"):
 //!
 //! - `cli`: clap definitions, dispatch, and one file per command (`start`,
-//!   `send`, `run-model`, `status`/`logs`, `man`), and `cli::address`, which
-//!   finds the node and broker for the clients; `main.rs` only calls it.
+//!   `send`, `terminal`, `run-model`, `status`/`logs`, `doctor`, `man`), and
+//!   `cli::address`, which finds the node and broker for the clients;
+//!   `main.rs` only calls it.
 //!   `logging` sets up `tracing` for it and for the model server.
 //! - `node`: start-up, the event loop that owns the node's state, one
 //!   exhaustive match over the commands (`node/commands.rs`), the heartbeat
@@ -32,8 +33,9 @@
 //!   holds which.
 //! - Below them: `config` (every setting with its origin), `identity`,
 //!   `backend` (REST), `mqtt` (the link, its queue and acks, topics, the
-//!   outbox), `protocol` (commands in, answers and events out), `runners`
-//!   (ONNX, GGUF, TorchScript), `telemetry`, `standalone`, `install`,
+//!   outbox, the one-shot probe `doctor` connects with), `protocol`
+//!   (commands in, answers and events out), `runners` (ONNX, GGUF,
+//!   TorchScript), `telemetry`, `standalone`, `install`,
 //!   `lock`, `shutdown`, `backoff`, `secret`, `systemd` (sd_notify readiness,
 //!   the journal as stderr), and `fsutil` (atomic writes, bounded reads,
 //!   JSON state files, file names from ids).

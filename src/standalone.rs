@@ -59,7 +59,7 @@ pub fn start_broker(port: u16) -> Result<(), StandaloneError> {
 }
 
 /// rumqttd logs a bind failure instead of returning it: check first.
-fn ensure_port_free(port: u16) -> Result<(), StandaloneError> {
+pub fn ensure_port_free(port: u16) -> Result<(), StandaloneError> {
     match TcpListener::bind(("127.0.0.1", port)) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StandaloneError::PortTaken {
@@ -149,7 +149,7 @@ pub fn local_identity(
 }
 
 /// The host name as a topic-safe slug.
-fn host_slug() -> String {
+pub fn host_slug() -> String {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

@@ -1,10 +1,11 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
-//! body is a module of its own: `start`, [`send`], `terminal`,
+//! body is a module of its own: `start`, [`send`], `terminal`, `doctor`,
 //! [`run_model`], `local` (`status` and `logs`), `man`; logging is set up by
 //! [`crate::logging`]. [`address`] resolves which node and broker a client
 //! command (`send`, `terminal`) talks to.
 
 pub mod address;
+mod doctor;
 mod local;
 mod man;
 pub mod run_model;
@@ -98,6 +99,10 @@ enum CliCommand {
     /// Load a model and run it once in this process (no node, no broker)
     #[command(after_long_help = run_model::RUN_MODEL_HELP)]
     RunModel(run_model::RunModelArgs),
+    /// Check this machine and the settings: each check with ✓/✗ and, when
+    /// it fails, the fix (exit 0 only when nothing failed)
+    #[command(after_long_help = doctor::DOCTOR_HELP)]
+    Doctor(doctor::DoctorArgs),
     /// Inspect the node's settings
     Config {
         #[command(subcommand)]
@@ -132,7 +137,16 @@ EXAMPLES
 #[derive(Debug, Subcommand)]
 enum ConfigAction {
     /// Print every effective setting and where it came from (the token is masked)
-    Show(SettingsArgs),
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Print JSON for a program instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 const SEND_HELP: &str = "\
@@ -253,6 +267,7 @@ pub fn main() -> ExitCode {
         CliCommand::Config {
             action: ConfigAction::Show(args),
         } => config_show(args),
+        CliCommand::Doctor(args) => return doctor::run(args),
         CliCommand::Send(args) => return send::run(args),
         CliCommand::Terminal(args) => return terminal::run(args),
         CliCommand::Info { json } => info(*json),
@@ -282,10 +297,18 @@ fn load_settings(args: &SettingsArgs) -> anyhow::Result<Settings> {
     )?)
 }
 
-fn config_show(args: &SettingsArgs) -> anyhow::Result<()> {
-    let settings = load_settings(args)?;
-    print!("{}", config::render_table(&settings));
-    Ok(())
+fn config_show(args: &ShowArgs) -> anyhow::Result<()> {
+    let mut settings = load_settings(&args.settings)?;
+    // What a standalone node connects to, not what the platform's would.
+    if settings.uses_embedded_broker() {
+        settings.point_at_embedded_broker();
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&config::render_json(&settings))?;
+        write_stdout(format!("{text}\n").as_bytes())
+    } else {
+        write_stdout(config::render_table(&settings).as_bytes())
+    }
 }
 
 fn info(json: bool) -> anyhow::Result<()> {

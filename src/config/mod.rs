@@ -14,6 +14,9 @@
 //! - The config dir itself comes from the process environment or the working
 //!   directory's `.env` (the config dir's own `.env` cannot move it).
 //! - A relative `mqtt_tls_ca_certs` path is relative to the working directory.
+//! - Every problem of a load is reported at once ([`ConfigError::Several`],
+//!   with the load's warnings): a value that does not parse is set aside and
+//!   the walk goes on, so one run shows everything to fix.
 
 mod parse;
 mod show;
@@ -26,7 +29,7 @@ use std::time::Duration;
 
 pub use crate::secret::Secret;
 pub use parse::{GpuRef, GpuSelection, GpusPerWorkload};
-pub use show::render_table;
+pub use show::{render_json, render_table};
 pub use sources::{Credentials, DotEnvFile, Environment};
 pub use yaml::YamlFile;
 
@@ -122,8 +125,21 @@ pub enum ConfigError {
         line: Option<usize>,
         message: String,
     },
-    #[error("malformed .env file {path}: {message}")]
-    DotEnv { path: PathBuf, message: String },
+    #[error("{path}{}: {what} must be {expected}, found {found}", yaml::line_suffix(*.line))]
+    WrongType {
+        path: PathBuf,
+        line: Option<usize>,
+        /// The key, quoted, or "the top level".
+        what: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("malformed .env file {path}{}: {message}", yaml::line_suffix(*.line))]
+    DotEnv {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
     #[error("invalid {setting} {value:?} from {origin}: {problem}")]
     Invalid {
         setting: &'static str,
@@ -131,6 +147,13 @@ pub enum ConfigError {
         origin: Box<Origin>,
         #[source]
         problem: parse::ValueError,
+    },
+    /// Every problem of one load, so one run shows them all, with the
+    /// load's warnings (a misspelt key often explains a problem).
+    #[error("{}", describe_several(problems, warnings))]
+    Several {
+        problems: Vec<ConfigError>,
+        warnings: Vec<String>,
     },
     #[error(
         "no API token found. Provide one in any of: the environment (export CYBERWAVE_API_TOKEN=...), \
@@ -141,6 +164,62 @@ pub enum ConfigError {
         config_env: PathBuf,
         credentials: PathBuf,
     },
+}
+
+fn describe_several(problems: &[ConfigError], warnings: &[String]) -> String {
+    let mut text = match problems {
+        [one] => format!("a problem in the settings:\n  - {one}"),
+        _ => format!("{} problems in the settings:", problems.len()),
+    };
+    if problems.len() > 1 {
+        text.extend(problems.iter().map(|p| format!("\n  - {p}")));
+    }
+    if !warnings.is_empty() {
+        text.push_str("\nwarnings:");
+        text.extend(warnings.iter().map(|w| format!("\n  - {w}")));
+    }
+    text
+}
+
+impl ConfigError {
+    /// One error for what a load found: the problem itself when there is
+    /// one, [`ConfigError::Several`] when there are more.
+    fn from_problems(mut problems: Vec<ConfigError>, warnings: Vec<String>) -> Option<ConfigError> {
+        match problems.len() {
+            0 => None,
+            1 if warnings.is_empty() => problems.pop(),
+            _ => Some(ConfigError::Several { problems, warnings }),
+        }
+    }
+
+    /// The single problems this error stands for (itself, unless it is
+    /// [`ConfigError::Several`]).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several { problems, .. } => problems.iter().collect(),
+            ConfigError::Read { .. }
+            | ConfigError::MissingConfigFile { .. }
+            | ConfigError::Yaml { .. }
+            | ConfigError::WrongType { .. }
+            | ConfigError::DotEnv { .. }
+            | ConfigError::Invalid { .. }
+            | ConfigError::NoToken { .. } => vec![self],
+        }
+    }
+
+    /// The warnings of the load that failed.
+    pub fn warnings(&self) -> &[String] {
+        match self {
+            ConfigError::Several { warnings, .. } => warnings,
+            ConfigError::Read { .. }
+            | ConfigError::MissingConfigFile { .. }
+            | ConfigError::Yaml { .. }
+            | ConfigError::WrongType { .. }
+            | ConfigError::DotEnv { .. }
+            | ConfigError::Invalid { .. }
+            | ConfigError::NoToken { .. } => &[],
+        }
+    }
 }
 
 /// Values given on the command line; they beat every other source.
@@ -226,16 +305,36 @@ pub struct Settings {
 
 impl Settings {
     /// Resolves every setting from `overrides` and the sources `env` points to.
+    /// Every problem found is reported at once ([`ConfigError::Several`]):
+    /// a value that does not parse is set aside and the walk goes on.
     pub fn load(overrides: &Overrides, env: &Environment) -> Result<Settings, ConfigError> {
         let (config_file, working_dir) = locate_config_file(overrides, env)?;
-        let dotenv_workdir = DotEnvFile::load(&working_dir.join(".env"))?;
+        let mut problems = Vec::new();
+        let mut dotenv = |path: PathBuf| match DotEnvFile::load(&path) {
+            Ok(file) => file.map(|mut file| {
+                problems.append(&mut file.problems);
+                file
+            }),
+            Err(error) => {
+                problems.push(error);
+                None
+            }
+        };
+        let dotenv_workdir = dotenv(working_dir.join(".env"));
         let config_dir = resolve_config_dir(env, dotenv_workdir.as_ref());
-        let dotenv_config = DotEnvFile::load(&config_dir.value.join(".env"))?;
-        let yaml = config_file.as_deref().map(YamlFile::load).transpose()?;
-        let mut warnings = yaml
-            .as_ref()
-            .map(|y| y.warnings.clone())
-            .unwrap_or_default();
+        let dotenv_config = dotenv(config_dir.value.join(".env"));
+        let mut yaml = match config_file.as_deref().map(YamlFile::load).transpose() {
+            Ok(yaml) => yaml,
+            Err(error) => {
+                problems.push(error);
+                None
+            }
+        };
+        let mut warnings = Vec::new();
+        if let Some(yaml) = &mut yaml {
+            warnings.extend(yaml.warnings.iter().cloned());
+            problems.append(&mut yaml.problems);
+        }
         let credentials_path = config_dir.value.join("credentials.json");
         let credentials = Credentials::load(&credentials_path).unwrap_or_else(|warning| {
             warnings.push(warning.to_string());
@@ -254,9 +353,13 @@ impl Settings {
                 .collect(),
             yaml,
             credentials,
+            problems: Default::default(),
         };
-        let mut settings =
-            layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path)?;
+        let mut settings = layers.resolve(overrides, config_dir, identity.as_ref(), &identity_path);
+        problems.append(&mut layers.problems.into_inner());
+        if let Some(error) = ConfigError::from_problems(problems, warnings.clone()) {
+            return Err(error);
+        }
         // A relative CA path means the same thing as a relative install script:
         // relative to the repository (working directory).
         if let Some(ca) = &mut settings.mqtt_tls_ca_certs {
@@ -274,7 +377,66 @@ impl Settings {
         settings.retry_unit = RetryUnit::from_env(env.get("CYBERWAVE_RETRY_BASE_MS"));
         settings.standalone = overrides.standalone;
         settings.warnings.splice(0..0, warnings);
+        if settings.standalone {
+            if let Some(warning) = settings.no_templates_warning() {
+                settings.warnings.push(warning);
+            }
+        }
         Ok(settings)
+    }
+
+    /// Which keys to set, and where, when no workload template is set: a
+    /// standalone node started in the wrong directory would otherwise run
+    /// and refuse every workload without a word at start.
+    pub fn no_templates_warning(&self) -> Option<String> {
+        if WorkloadKind::ALL
+            .iter()
+            .any(|k| self.template(*k).is_some())
+        {
+            return None;
+        }
+        let file = match &self.config_file {
+            Some(path) => format!("{} sets none", path.display()),
+            None => format!(
+                "looked for {} (not found)",
+                self.working_dir.join("cyberwave.yml").display()
+            ),
+        };
+        Some(format!(
+            "no workload templates: {file}. Set inference, training or simulate under \
+             `cyberwave-cloud-node:` in that file (e.g. `training: python train.py --params {{body}}`), \
+             or CYBERWAVE_TRAINING_CMD and the like, or pass --config; until then the node \
+             runs no inference, training or simulate workload"
+        ))
+    }
+
+    /// The MQTT user and password of the instance `uuid`: the settings',
+    /// else the uuid and the API token (docs/protocol.md).
+    pub fn mqtt_credentials(&self, uuid: &str) -> (String, Secret) {
+        let user = self.mqtt_username.as_ref().map(|u| u.value.clone());
+        let password = self.mqtt_password.as_ref().or(self.api_token.as_ref());
+        (
+            user.unwrap_or_else(|| uuid.to_owned()),
+            password
+                .map(|p| p.value.clone())
+                .unwrap_or_else(|| Secret::new("")),
+        )
+    }
+
+    /// Whether a standalone node embeds its broker: it does unless
+    /// `--mqtt-host` names one (a host from the environment or
+    /// credentials.json is the real platform's, which a standalone node
+    /// must not talk to).
+    pub fn uses_embedded_broker(&self) -> bool {
+        self.standalone && self.mqtt_host.origin != Origin::Flag("--mqtt-host")
+    }
+
+    /// Points the broker settings at the embedded broker on 127.0.0.1, as
+    /// a standalone node connects to it.
+    pub fn point_at_embedded_broker(&mut self) {
+        let origin = Origin::Derived("the embedded broker");
+        self.mqtt_host = Sourced::new("127.0.0.1".into(), origin.clone());
+        self.mqtt_use_tls = Sourced::new(false, origin);
     }
 
     /// The API token, or the error that lists every place to put one.
@@ -370,6 +532,8 @@ struct Layers<'a> {
     dotenvs: Vec<DotEnvFile>,
     yaml: Option<YamlFile>,
     credentials: Option<Credentials>,
+    /// What did not parse, in the order met; see [`Settings::load`].
+    problems: std::cell::RefCell<Vec<ConfigError>>,
 }
 
 mod resolve;

@@ -186,28 +186,29 @@ impl Layers<'_> {
         })
     }
 
-    /// Resolves `spec` through `parse`, with `flag` on top when given.
+    /// Resolves `spec` through `parse`, with `flag` on top when given. A
+    /// value that does not parse is recorded as a problem and left unset.
     fn get<T>(
         &self,
         spec: &Spec,
         flag: Option<(&str, &'static str)>,
         parse: Parser<T>,
-    ) -> Result<Option<Sourced<T>>, ConfigError> {
-        let raw = match flag {
-            Some((text, name)) => Some((text.to_owned(), Origin::Flag(name))),
-            None => self.raw(spec),
-        };
-        let Some((text, origin)) = raw else {
-            return Ok(None);
+    ) -> Option<Sourced<T>> {
+        let (text, origin) = match flag {
+            Some((text, name)) => (text.to_owned(), Origin::Flag(name)),
+            None => self.raw(spec)?,
         };
         match parse(&text) {
-            Ok(value) => Ok(Some(Sourced::new(value, origin))),
-            Err(problem) => Err(ConfigError::Invalid {
-                setting: spec.name,
-                value: text,
-                origin: Box::new(origin),
-                problem,
-            }),
+            Ok(value) => Some(Sourced::new(value, origin)),
+            Err(problem) => {
+                self.problems.borrow_mut().push(ConfigError::Invalid {
+                    setting: spec.name,
+                    value: text,
+                    origin: Box::new(origin),
+                    problem,
+                });
+                None
+            }
         }
     }
 
@@ -217,10 +218,9 @@ impl Layers<'_> {
         flag: Option<(&str, &'static str)>,
         parse: Parser<T>,
         default: T,
-    ) -> Result<Sourced<T>, ConfigError> {
-        Ok(self
-            .get(spec, flag, parse)?
-            .unwrap_or_else(|| Sourced::new(default, Origin::Default)))
+    ) -> Sourced<T> {
+        self.get(spec, flag, parse)
+            .unwrap_or_else(|| Sourced::new(default, Origin::Default))
     }
 
     fn api_token(&self) -> Option<Sourced<Secret>> {
@@ -241,19 +241,19 @@ impl Layers<'_> {
         Some(Sourced::new(Secret::new(token.trim()), origin))
     }
 
-    fn workspace_slug(&self) -> Result<Option<Sourced<String>>, ConfigError> {
-        let found = self.get(&WORKSPACE, None, parse::nonempty)?;
+    fn workspace_slug(&self) -> Option<Sourced<String>> {
+        let found = self.get(&WORKSPACE, None, parse::nonempty);
         if found.is_some() {
-            return Ok(found);
+            return found;
         }
-        Ok(self.credentials.as_ref().and_then(|c| {
+        self.credentials.as_ref().and_then(|c| {
             let slug = c.workspace_slug.clone()?;
             let origin = Origin::Credentials {
                 path: c.path.clone(),
                 key: "workspace_slug",
             };
             Some(Sourced::new(slug, origin))
-        }))
+        })
     }
 
     /// Builds the whole [`Settings`]; `working_dir`, `config_file` and
@@ -265,22 +265,22 @@ impl Layers<'_> {
         config_dir: Sourced<PathBuf>,
         identity: Option<&Identity>,
         identity_path: &Path,
-    ) -> Result<Settings, ConfigError> {
-        let (mqtt_port, mqtt_use_tls) = self.mqtt_port_and_tls(overrides)?;
-        let api_url = self.get_or(&API_URL, None, parse::http_url, DEFAULT_API_URL.to_owned())?;
-        let workspace_slug = self.workspace_slug()?;
-        let instance_slug = self.instance_slug(overrides, identity, identity_path)?;
-        let instance_uuid = self.instance_uuid(identity, identity_path)?;
-        let mqtt = self.mqtt(overrides)?;
-        let topic_prefix = self.get_or(&TOPIC_PREFIX, None, parse::topic_prefix, String::new())?;
-        let install_script = self.get(&INSTALL_SCRIPT, None, parse::verbatim)?;
-        let inference_cmd = self.get(&INFERENCE, None, parse::verbatim)?;
-        let training_cmd = self.get(&TRAINING, None, parse::verbatim)?;
-        let simulate_cmd = self.get(&SIMULATE, None, parse::verbatim)?;
+    ) -> Settings {
+        let (mqtt_port, mqtt_use_tls) = self.mqtt_port_and_tls(overrides);
+        let api_url = self.get_or(&API_URL, None, parse::http_url, DEFAULT_API_URL.to_owned());
+        let workspace_slug = self.workspace_slug();
+        let instance_slug = self.instance_slug(overrides, identity, identity_path);
+        let instance_uuid = self.instance_uuid(identity, identity_path);
+        let mqtt = self.mqtt(overrides);
+        let topic_prefix = self.get_or(&TOPIC_PREFIX, None, parse::topic_prefix, String::new());
+        let install_script = self.get(&INSTALL_SCRIPT, None, parse::verbatim);
+        let inference_cmd = self.get(&INFERENCE, None, parse::verbatim);
+        let training_cmd = self.get(&TRAINING, None, parse::verbatim);
+        let simulate_cmd = self.get(&SIMULATE, None, parse::verbatim);
         let profile = flag(&overrides.profile, "--profile");
-        let profile_slug = self.get_or(&PROFILE, profile, parse::nonempty, "default".to_owned())?;
-        let limits = self.limits()?;
-        Ok(Settings {
+        let profile_slug = self.get_or(&PROFILE, profile, parse::nonempty, "default".to_owned());
+        let limits = self.limits();
+        Settings {
             config_dir,
             working_dir: PathBuf::new(),
             config_file: None,
@@ -314,16 +314,16 @@ impl Layers<'_> {
             metrics_interval: limits.metrics_interval,
             log_retention: limits.log_retention,
             max_result_bytes: limits.max_result_bytes,
-            model_roots: self.get(&MODEL_ROOTS, None, parse::path_list)?,
+            model_roots: self.get(&MODEL_ROOTS, None, parse::path_list),
             onnxruntime_path: self
-                .get(&ONNXRUNTIME_PATH, None, parse::nonempty)?
+                .get(&ONNXRUNTIME_PATH, None, parse::nonempty)
                 .map(|p| p.map(PathBuf::from)),
             dotenv_vars: self.dotenv_vars(),
             identity: None,
             warnings: Vec::new(),
             retry_unit: Default::default(),
             standalone: false,
-        })
+        }
     }
 
     /// The slug: `--slug`, a layer, then the identity file's.
@@ -332,14 +332,13 @@ impl Layers<'_> {
         overrides: &Overrides,
         identity: Option<&Identity>,
         identity_path: &Path,
-    ) -> Result<Option<Sourced<String>>, ConfigError> {
-        Ok(self
-            .get(
-                &INSTANCE_SLUG,
-                flag(&overrides.slug, "--slug"),
-                parse::topic_segment,
-            )?
-            .or_else(|| identity.map(|i| from_identity(&i.slug, identity_path))))
+    ) -> Option<Sourced<String>> {
+        self.get(
+            &INSTANCE_SLUG,
+            flag(&overrides.slug, "--slug"),
+            parse::topic_segment,
+        )
+        .or_else(|| identity.map(|i| from_identity(&i.slug, identity_path)))
     }
 
     /// The uuid to register: a layer's, then the identity file's.
@@ -347,32 +346,28 @@ impl Layers<'_> {
         &self,
         identity: Option<&Identity>,
         identity_path: &Path,
-    ) -> Result<Option<Sourced<String>>, ConfigError> {
-        Ok(self
-            .get(&INSTANCE_UUID, None, parse::instance_uuid)?
+    ) -> Option<Sourced<String>> {
+        self.get(&INSTANCE_UUID, None, parse::instance_uuid)
             // A standalone uuid was never registered: the backend would
             // only answer 404.
             .or_else(|| {
                 identity
                     .filter(|i| !i.standalone)
                     .map(|i| from_identity(&i.uuid, identity_path))
-            }))
+            })
     }
 
     /// The port, and TLS, which defaults from the port.
-    fn mqtt_port_and_tls(
-        &self,
-        overrides: &Overrides,
-    ) -> Result<(Sourced<u16>, Sourced<bool>), ConfigError> {
+    fn mqtt_port_and_tls(&self, overrides: &Overrides) -> (Sourced<u16>, Sourced<bool>) {
         let port_text = overrides.mqtt_port.map(|p| p.to_string());
         let port = self.get_or(
             &MQTT_PORT,
             flag(&port_text, "--mqtt-port"),
             parse::port,
             DEFAULT_MQTT_PORT,
-        )?;
+        );
         let use_tls = self
-            .get(&MQTT_USE_TLS, None, parse::boolean)?
+            .get(&MQTT_USE_TLS, None, parse::boolean)
             .unwrap_or_else(|| {
                 let on = port.value == TLS_PORT;
                 let why = if on {
@@ -382,93 +377,88 @@ impl Layers<'_> {
                 };
                 Sourced::new(on, Origin::Derived(why))
             });
-        Ok((port, use_tls))
+        (port, use_tls)
     }
 
     /// The rest of the broker settings.
-    fn mqtt(&self, overrides: &Overrides) -> Result<MqttSettings, ConfigError> {
+    fn mqtt(&self, overrides: &Overrides) -> MqttSettings {
         let secret = |s: Sourced<String>| Sourced::new(Secret::new(s.value), s.origin);
         let relative_to_cwd =
             |s: Sourced<String>| Sourced::new(self.env.cwd.join(s.value), s.origin);
-        Ok(MqttSettings {
+        MqttSettings {
             host: self.get_or(
                 &MQTT_HOST,
                 flag(&overrides.mqtt_host, "--mqtt-host"),
                 parse::nonempty,
                 DEFAULT_MQTT_HOST.to_owned(),
-            )?,
+            ),
             ca_certs: self
-                .get(&MQTT_CA, None, parse::nonempty)?
+                .get(&MQTT_CA, None, parse::nonempty)
                 .map(relative_to_cwd),
-            username: self.get(&MQTT_USERNAME, None, parse::nonempty)?,
-            password: self.get(&MQTT_PASSWORD, None, parse::verbatim)?.map(secret),
+            username: self.get(&MQTT_USERNAME, None, parse::nonempty),
+            password: self.get(&MQTT_PASSWORD, None, parse::verbatim).map(secret),
             max_packet_bytes: self.get_or(
                 &MQTT_MAX_PACKET,
                 None,
                 parse::packet_bytes,
                 DEFAULT_MQTT_MAX_PACKET_BYTES,
-            )?,
-        })
+            ),
+        }
     }
 
     /// Intervals and limits of the node's own work, the terminal's among them.
-    fn limits(&self) -> Result<Limits, ConfigError> {
-        Ok(Limits {
+    fn limits(&self) -> Limits {
+        Limits {
             heartbeat_interval: self.get_or(
                 &HEARTBEAT,
                 None,
                 parse::interval,
                 Duration::from_secs(30),
-            )?,
-            max_concurrent_workloads: self.get_or(
-                &MAX_WORKLOADS,
-                None,
-                parse::positive_count,
-                1,
-            )?,
-            gpus: self.get_or(&GPUS, None, parse::gpu_selection, GpuSelection::Detected)?,
+            ),
+            max_concurrent_workloads: self.get_or(&MAX_WORKLOADS, None, parse::positive_count, 1),
+            gpus: self.get_or(&GPUS, None, parse::gpu_selection, GpuSelection::Detected),
             gpus_per_workload: self.get_or(
                 &GPUS_PER_WORKLOAD,
                 None,
                 parse::gpus_per_workload,
                 GpusPerWorkload::All,
-            )?,
-            max_queued_workloads: self.get_or(&MAX_QUEUED, None, parse::queue_length, 0)?,
-            terminal: self.terminal()?,
+            ),
+            max_queued_workloads: self.get_or(&MAX_QUEUED, None, parse::queue_length, 0),
+            terminal: self.terminal(),
             metrics_interval: self.get_or(
                 &METRICS,
                 None,
                 parse::metrics_interval,
                 Duration::from_secs(10),
-            )?,
+            ),
             log_retention: self.get_or(
                 &RETENTION,
                 None,
                 parse::days,
                 Duration::from_secs(7 * 86_400),
-            )?,
+            ),
             max_result_bytes: self.get_or(
                 &MAX_RESULT,
                 None,
                 parse::result_bytes,
                 DEFAULT_MAX_RESULT_BYTES,
-            )?,
-        })
+            ),
+        }
     }
 
     /// The remote terminal's settings (`terminal:` in cyberwave.yml).
-    fn terminal(&self) -> Result<TerminalSettings, ConfigError> {
-        Ok(TerminalSettings {
-            enabled: self.get_or(&TERMINAL_ENABLED, None, parse::boolean, false)?,
-            shell: self.get(&TERMINAL_SHELL, None, parse::nonempty)?,
-            max_sessions: self.get_or(&TERMINAL_SESSIONS, None, parse::positive_count, 2)?,
+    fn terminal(&self) -> TerminalSettings {
+        TerminalSettings {
+            enabled: self.get_or(&TERMINAL_ENABLED, None, parse::boolean, false),
+            shell: self.get(&TERMINAL_SHELL, None, parse::nonempty),
+            max_sessions: self.get_or(&TERMINAL_SESSIONS, None, parse::positive_count, 2),
             idle_timeout: self.get_or(
                 &TERMINAL_IDLE,
                 None,
                 parse::interval,
                 Duration::from_secs(900),
-            )?,
-        })
+            ),
+        }
     }
 
     /// `.env` variables that the process environment does not already set,

@@ -1,15 +1,19 @@
-//! `cyberwave-cloud-node config show`: every effective setting and its origin.
+//! `cyberwave-cloud-node config show`: every effective setting and its
+//! origin, as a table or as JSON. A standalone node's settings show what it
+//! uses instead: its local identity and broker, no token or backend.
 
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use super::{GpuSelection, GpusPerWorkload, Settings, Sourced};
+use serde_json::{json, Value};
 
-/// One printable row: name, value, origin.
-type Row = (&'static str, String, String);
+use super::{GpuSelection, GpusPerWorkload, Origin, Settings, Sourced};
+
+/// One printable row: name, value (`None`: not set), origin.
+type Row = (&'static str, Option<String>, String);
 
 fn row<T>(name: &'static str, item: &Sourced<T>, show: impl Fn(&T) -> String) -> Row {
-    (name, show(&item.value), item.origin.to_string())
+    (name, Some(show(&item.value)), item.origin.to_string())
 }
 
 fn optional<T>(
@@ -20,7 +24,7 @@ fn optional<T>(
 ) -> Row {
     match item {
         Some(item) => row(name, item, show),
-        None => (name, "(not set)".to_owned(), when_unset.to_owned()),
+        None => (name, None, when_unset.to_owned()),
     }
 }
 
@@ -43,6 +47,9 @@ fn rows(s: &Settings) -> Vec<Row> {
 
 /// Who the node is: the token, the backend, the instance.
 fn account_rows(s: &Settings) -> Vec<Row> {
+    if s.standalone {
+        return standalone_account_rows(s);
+    }
     vec![
         optional(
             "api_token",
@@ -68,7 +75,75 @@ fn account_rows(s: &Settings) -> Vec<Row> {
     ]
 }
 
+/// A standalone node's identity: the saved local one, or the one it will
+/// make (see `crate::standalone::local_identity`); no token, no backend.
+fn standalone_account_rows(s: &Settings) -> Vec<Row> {
+    let path = crate::identity::identity_path(&s.config_dir.value);
+    let saved = s.identity.as_ref().filter(|i| i.standalone);
+    let from_file = |value: &str| {
+        let origin = Origin::Identity { path: path.clone() };
+        (Some(value.to_owned()), origin.to_string())
+    };
+    let slug_hint = s
+        .instance_slug
+        .as_ref()
+        .filter(|slug| !matches!(slug.origin, Origin::Identity { .. }));
+    let (slug, slug_origin) = match (slug_hint, saved) {
+        (Some(hint), _) => (Some(hint.value.clone()), hint.origin.to_string()),
+        (None, Some(identity)) => from_file(&identity.slug),
+        (None, None) => (
+            Some(crate::standalone::host_slug()),
+            "default: the host name".to_owned(),
+        ),
+    };
+    // A slug other than the saved identity's makes a new identity.
+    let (uuid, uuid_origin) = match saved.filter(|i| slug_hint.is_none_or(|h| h.value == i.slug)) {
+        Some(identity) => from_file(&identity.uuid),
+        None if s.identity.is_some() && saved.is_none() => (
+            None,
+            format!(
+                "refused: {} holds a registered instance's identity; give the standalone node its own CYBERWAVE_CONFIG_DIR",
+                path.display()
+            ),
+        ),
+        None => (
+            None,
+            format!(
+                "made at the first standalone start, saved in {}",
+                path.display()
+            ),
+        ),
+    };
+    vec![
+        ("instance_uuid", uuid, uuid_origin),
+        ("instance_slug", slug, slug_origin),
+        row("profile_slug", &s.profile_slug, text),
+    ]
+}
+
 fn broker_rows(s: &Settings) -> Vec<Row> {
+    if s.uses_embedded_broker() {
+        let not_used = |name| {
+            (
+                name,
+                None,
+                "not used: the embedded broker takes any client".to_owned(),
+            )
+        };
+        return vec![
+            row("mqtt_host", &s.mqtt_host, text),
+            row("mqtt_port", &s.mqtt_port, u16::to_string),
+            row("mqtt_use_tls", &s.mqtt_use_tls, bool::to_string),
+            not_used("mqtt_username"),
+            not_used("mqtt_password"),
+            row(
+                "mqtt_max_packet_bytes",
+                &s.mqtt_max_packet_bytes,
+                usize::to_string,
+            ),
+            row("topic_prefix", &s.topic_prefix, |p| format!("{p:?}")),
+        ];
+    }
     vec![
         row("mqtt_host", &s.mqtt_host, text),
         row("mqtt_port", &s.mqtt_port, u16::to_string),
@@ -162,7 +237,7 @@ fn runtime_rows(s: &Settings) -> Vec<Row> {
             Some(roots) => row("model_roots", roots, |r| path_list(r)),
             None => (
                 "model_roots",
-                path_list(&s.model_roots()),
+                Some(path_list(&s.model_roots())),
                 "default".to_owned(),
             ),
         },
@@ -185,42 +260,61 @@ fn path_list(paths: &[PathBuf]) -> String {
         .join(":")
 }
 
-/// The text `config show` prints.
-pub fn render_table(settings: &Settings) -> String {
-    let rows = rows(settings);
-    let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let value_width = rows
-        .iter()
-        .map(|r| r.1.chars().count().min(48))
-        .max()
-        .unwrap_or(0);
-    let mut out = String::new();
+/// What the settings are for, above the table.
+fn header(settings: &Settings) -> Vec<(&'static str, String)> {
     let config_file = settings
         .config_file
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "(none found; settings come from the environment)".into());
-    let _ = writeln!(out, "config file:  {config_file}");
-    let _ = writeln!(out, "working dir:  {}", settings.working_dir.display());
+    let mut lines = vec![
+        ("config file", config_file),
+        ("working dir", settings.working_dir.display().to_string()),
+    ];
+    if settings.standalone {
+        let broker = if settings.uses_embedded_broker() {
+            "an embedded MQTT broker on 127.0.0.1"
+        } else {
+            "the MQTT broker --mqtt-host names"
+        };
+        lines.push((
+            "mode",
+            format!("standalone: {broker}, a local identity, no Cyberwave account or backend"),
+        ));
+    }
+    lines.push((
+        "precedence",
+        "flag > environment > ./.env > <config dir>/.env > cyberwave.yml > credentials.json > default".into(),
+    ));
+    lines
+}
+
+/// The text `config show` prints.
+pub fn render_table(settings: &Settings) -> String {
+    let rows = rows(settings);
+    let shown =
+        |value: &Option<String>| value.as_deref().unwrap_or("(not set)").replace('\n', "\\n");
+    let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows
+        .iter()
+        .map(|r| shown(&r.1).chars().count().min(48))
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (name, text) in header(settings) {
+        let _ = writeln!(out, "{:13} {text}", format!("{name}:"));
+    }
     let _ = writeln!(
         out,
-        "precedence:   flag > environment > ./.env > <config dir>/.env > cyberwave.yml > credentials.json > default\n"
-    );
-    let _ = writeln!(
-        out,
-        "{:name_width$}  {:value_width$}  SOURCE",
+        "\n{:name_width$}  {:value_width$}  SOURCE",
         "SETTING", "VALUE"
     );
-    for (name, value, origin) in rows {
-        let value = value.replace('\n', "\\n");
+    for (name, value, origin) in &rows {
+        let value = shown(value);
         let _ = writeln!(out, "{name:name_width$}  {value:value_width$}  {origin}");
     }
-    if !settings.dotenv_vars.is_empty() {
-        let names: Vec<&str> = settings
-            .dotenv_vars
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect();
+    let names = dotenv_names(settings);
+    if !names.is_empty() {
         let _ = writeln!(
             out,
             "\n.env variables passed to child processes: {}",
@@ -231,4 +325,28 @@ pub fn render_table(settings: &Settings) -> String {
         let _ = writeln!(out, "\nwarning: {warning}");
     }
     out
+}
+
+/// `config show --json`: the same facts for a program.
+pub fn render_json(settings: &Settings) -> Value {
+    let rows: Vec<Value> = rows(settings)
+        .into_iter()
+        .map(|(name, value, source)| json!({"setting": name, "value": value, "source": source}))
+        .collect();
+    json!({
+        "config_file": settings.config_file,
+        "working_dir": settings.working_dir,
+        "standalone": settings.standalone,
+        "settings": rows,
+        "dotenv_variables": dotenv_names(settings),
+        "warnings": settings.warnings,
+    })
+}
+
+fn dotenv_names(settings: &Settings) -> Vec<&str> {
+    settings
+        .dotenv_vars
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect()
 }

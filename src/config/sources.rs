@@ -43,10 +43,12 @@ impl Environment {
 }
 
 /// A parsed `.env` file.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DotEnvFile {
     pub path: PathBuf,
     vars: HashMap<String, (String, Option<usize>)>,
+    /// Lines that are not assignments, each reported; the others count.
+    pub problems: Vec<ConfigError>,
 }
 
 impl DotEnvFile {
@@ -63,17 +65,24 @@ impl DotEnvFile {
             }
         };
         let mut vars = HashMap::new();
+        let mut problems = Vec::new();
         for item in dotenvy::from_read_iter(text.as_bytes()) {
-            let (key, value) = item.map_err(|e| ConfigError::DotEnv {
-                path: path.to_owned(),
-                message: describe_dotenv_error(&e),
-            })?;
-            let line = line_of_assignment(&text, &key);
-            vars.insert(key, (value, line));
+            match item {
+                Ok((key, value)) => {
+                    let line = line_of_assignment(&text, &key);
+                    vars.insert(key, (value, line));
+                }
+                Err(error) => problems.push(ConfigError::DotEnv {
+                    path: path.to_owned(),
+                    line: line_of_error(&text, &error),
+                    message: describe_dotenv_error(&error),
+                }),
+            }
         }
         Ok(Some(DotEnvFile {
             path: path.to_owned(),
             vars,
+            problems,
         }))
     }
 
@@ -98,6 +107,15 @@ fn describe_dotenv_error(error: &dotenvy::Error) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// The 1-based line where the text dotenvy could not parse begins.
+fn line_of_error(text: &str, error: &dotenvy::Error) -> Option<usize> {
+    let dotenvy::Error::LineParse(line, _) = error else {
+        return None;
+    };
+    let start = text.find(line.as_str())?;
+    Some(text[..start].matches('\n').count() + 1)
 }
 
 fn line_of_assignment(text: &str, key: &str) -> Option<usize> {
@@ -212,9 +230,17 @@ mod tests {
     fn malformed_dotenv_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".env");
-        std::fs::write(&path, "GOOD=1\nthis is not an assignment\n").unwrap();
-        let err = DotEnvFile::load(&path).unwrap_err().to_string();
-        assert!(err.contains(".env"), "{err}");
+        std::fs::write(
+            &path,
+            "GOOD=1\nthis is not an assignment\nALSO=2\nnor this\n",
+        )
+        .unwrap();
+        let file = DotEnvFile::load(&path).unwrap().unwrap();
+        let problems: Vec<String> = file.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains(".env line 2:"), "{problems:?}");
+        assert!(problems[1].contains(".env line 4:"), "{problems:?}");
+        assert_eq!(file.get("ALSO"), Some(("2", Some(3))));
     }
 
     #[test]

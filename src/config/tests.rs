@@ -458,3 +458,33 @@ fn a_bad_gpus_entry_is_named_with_its_source() {
         "{err}"
     );
 }
+
+#[test]
+fn every_problem_of_a_load_is_reported_together() {
+    let err = Fixture::new()
+        .var("CYBERWAVE_MQTT_PORT", "abc")
+        .var("CYBERWAVE_HEARTBEAT_INTERVAL", "0")
+        .cwd_file(
+            "cyberwave.yml",
+            "cyberwave:\n  training: [a, b]\n  trainig: x\n",
+        )
+        .cwd_file(".env", "not an assignment\n")
+        .load()
+        .unwrap_err();
+    let problems: Vec<String> = err.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(problems[0].contains(".env line 1:"), "{problems:?}");
+    assert!(
+        problems[1].contains("line 2: `training` must be"),
+        "{problems:?}"
+    );
+    assert!(problems[2].contains("CYBERWAVE_MQTT_PORT"), "{problems:?}");
+    assert!(
+        problems[3].contains("CYBERWAVE_HEARTBEAT_INTERVAL"),
+        "{problems:?}"
+    );
+    assert!(err.warnings()[0].contains("did you mean `training`?"));
+    let text = err.to_string();
+    assert!(text.starts_with("4 problems in the settings:"), "{text}");
+    assert!(text.contains("\nwarnings:\n  - "), "{text}");
+}

@@ -4,6 +4,9 @@
 //! came from, so every later error can say "file, line, key". Values are
 //! parsed into types by the same code that parses environment variables
 //! (see `parse.rs`), which keeps the two sources from drifting apart.
+//! A value of the wrong shape is a problem named with what the key takes,
+//! and the rest of the file still counts; an unknown key is a warning with
+//! the nearest known key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,10 @@ pub const KNOWN_KEYS: &[&str] = &[
 /// file that is usually committed to git.
 const TOKEN_LIKE_KEYS: &[&str] = &["api_token", "token", "api_key", "cyberwave_api_token"];
 
+/// Keys of the file that are not settings of their own: `install` is
+/// `install_script`'s alias, `terminal:` holds the `terminal.*` keys.
+const OTHER_KEYS: &[&str] = &["install", "terminal"];
+
 /// One value from the file, as text, with where it was found.
 #[derive(Debug, Clone)]
 pub struct YamlEntry {
@@ -58,11 +65,14 @@ pub struct YamlEntry {
 }
 
 /// The node's section of a `cyberwave.yml`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct YamlFile {
     pub path: PathBuf,
     pub entries: BTreeMap<&'static str, YamlEntry>,
     pub warnings: Vec<String>,
+    /// Keys whose value has the wrong shape (a mapping for a template...):
+    /// each is reported, the rest of the file still counts.
+    pub problems: Vec<ConfigError>,
 }
 
 impl YamlFile {
@@ -83,20 +93,19 @@ impl YamlFile {
         };
         let root: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
             path: path.to_owned(),
-            line: e.location().map(|l| l.line()),
+            line: error_line(text, &e),
             message: strip_location(&e.to_string()),
         })?;
         let root = match root {
             Value::Null => return Ok(file.with_missing_section_warning()),
             Value::Mapping(map) => map,
             other => {
-                return Err(ConfigError::Yaml {
+                return Err(ConfigError::WrongType {
                     path: path.to_owned(),
                     line: Some(1),
-                    message: format!(
-                        "the top level must be a mapping with a `cyberwave-cloud-node:` section, found {}",
-                        kind_of(&other)
-                    ),
+                    what: "the top level".to_owned(),
+                    expected: "a mapping with a `cyberwave-cloud-node:` section",
+                    found: kind_of(&other),
                 })
             }
         };
@@ -119,13 +128,12 @@ impl YamlFile {
             Value::Mapping(map) => map.clone(),
             Value::Null => Default::default(),
             other => {
-                return Err(ConfigError::Yaml {
+                return Err(ConfigError::WrongType {
                     path: path.to_owned(),
                     line: header_line,
-                    message: format!(
-                        "`{section_name}:` must hold a mapping of settings, found {}",
-                        kind_of(other)
-                    ),
+                    what: format!("`{section_name}:`"),
+                    expected: "a mapping of settings",
+                    found: kind_of(other),
                 })
             }
         };
@@ -138,21 +146,44 @@ impl YamlFile {
                 continue;
             };
             let line = find_line(text, key, header_line);
-            file.add(key, value, line)?;
+            if key == "terminal" {
+                file.add_terminal(text, value, line);
+            } else {
+                file.add(key, value, line);
+            }
         }
         Ok(file)
     }
 
-    fn add(&mut self, key: &str, value: &Value, line: Option<usize>) -> Result<(), ConfigError> {
-        // `terminal:` is the one nested section: its keys become
-        // `terminal.<key>`.
-        if let ("terminal", Value::Mapping(section)) = (key, value) {
-            for (inner, inner_value) in section {
-                let inner = inner.as_str().unwrap_or_default();
-                self.add(&format!("terminal.{inner}"), inner_value, line)?;
+    /// `terminal:` is the one nested section: its keys become
+    /// `terminal.<key>`, each with its own line.
+    fn add_terminal(&mut self, text: &str, value: &Value, line: Option<usize>) {
+        let section = match value {
+            Value::Mapping(section) => section,
+            Value::Null => return,
+            other => {
+                self.problems.push(self.wrong_type("terminal", line, other));
+                return;
             }
-            return Ok(());
+        };
+        for (inner, inner_value) in section {
+            let inner = inner.as_str().unwrap_or_default();
+            let inner_line = find_line(text, inner, line).or(line);
+            self.add(&format!("terminal.{inner}"), inner_value, inner_line);
         }
+    }
+
+    fn wrong_type(&self, key: &str, line: Option<usize>, value: &Value) -> ConfigError {
+        ConfigError::WrongType {
+            path: self.path.clone(),
+            line,
+            what: format!("`{key}`"),
+            expected: expected_shape(key),
+            found: kind_of(value),
+        }
+    }
+
+    fn add(&mut self, key: &str, value: &Value, line: Option<usize>) {
         let canonical = match key {
             "install" => {
                 if self.entries.contains_key("install_script") {
@@ -161,7 +192,7 @@ impl YamlFile {
                         self.path.display(),
                         line_suffix(line)
                     ));
-                    return Ok(());
+                    return;
                 }
                 "install_script"
             }
@@ -169,7 +200,7 @@ impl YamlFile {
                 Some(known) => *known,
                 None => {
                     self.warnings.push(self.unknown_key_warning(key, line));
-                    return Ok(());
+                    return;
                 }
             },
         };
@@ -192,18 +223,15 @@ impl YamlFile {
                 .collect::<Vec<_>>()
                 .join(separator);
             self.entries.insert(canonical, YamlEntry { text, line });
-            return Ok(());
+            return;
         }
-        let Some(text) = scalar_text(value).map_err(|found| ConfigError::Yaml {
-            path: self.path.clone(),
-            line,
-            message: format!("`{key}` must be a single value, found {found}"),
-        })?
-        else {
-            return Ok(());
-        };
-        self.entries.insert(canonical, YamlEntry { text, line });
-        Ok(())
+        match scalar_text(value) {
+            Ok(Some(text)) => {
+                self.entries.insert(canonical, YamlEntry { text, line });
+            }
+            Ok(None) => {}
+            Err(()) => self.problems.push(self.wrong_type(key, line, value)),
+        }
     }
 
     fn unknown_key_warning(&self, key: &str, line: Option<usize>) -> String {
@@ -213,10 +241,13 @@ impl YamlFile {
                 "{at}: `{key}` is ignored: the API token is never read from cyberwave.yml (it is usually committed); set CYBERWAVE_API_TOKEN in the environment or in .env"
             );
         }
-        format!(
-            "{at}: unknown key `{key}` is ignored (known keys: {}, install)",
-            KNOWN_KEYS.join(", ")
-        )
+        match closest_key(key) {
+            Some(known) => format!("{at}: unknown key `{key}` is ignored; did you mean `{known}`?"),
+            None => format!(
+                "{at}: unknown key `{key}` is ignored (known keys: {}, install)",
+                KNOWN_KEYS.join(", ")
+            ),
+        }
     }
 
     fn with_missing_section_warning(mut self) -> YamlFile {
@@ -228,16 +259,56 @@ impl YamlFile {
     }
 }
 
-/// The text of a scalar; `Ok(None)` for an explicit null (an unset key).
-fn scalar_text(value: &Value) -> Result<Option<String>, &'static str> {
+/// The known key nearest to a misspelt one (edit distance, transpositions
+/// counting once), when it is near enough to be the likely intent. A
+/// `terminal.` key is compared with the `terminal.` keys only.
+fn closest_key(key: &str) -> Option<&'static str> {
+    let nested = key.contains('.');
+    let typed = key.to_ascii_lowercase();
+    let (distance, best) = KNOWN_KEYS
+        .iter()
+        .chain(OTHER_KEYS)
+        .filter(|known| known.contains('.') == nested)
+        .map(|known| (strsim::damerau_levenshtein(&typed, known), *known))
+        .min()?;
+    // Two edits catch typos and swapped letters; longer names get a third.
+    let allowed = if typed.len() > 8 { 3 } else { 2 };
+    (distance <= allowed).then_some(best)
+}
+
+/// What a key's value must look like, for a value of the wrong shape.
+fn expected_shape(key: &str) -> &'static str {
+    match key {
+        "inference" | "training" | "simulate" => "a string (a command template)",
+        "install" | "install_script" => "a string (a shell command)",
+        "mqtt_port" => "a number (a port)",
+        "mqtt_use_tls" | "terminal.enabled" => "true or false",
+        "heartbeat_interval" | "metrics_interval" | "terminal.idle_timeout_seconds" => {
+            "a number of seconds"
+        }
+        "log_retention_days" => "a number of days",
+        "mqtt_max_packet_bytes" | "max_result_bytes" => "a number of bytes",
+        "max_concurrent_workloads" | "max_queued_workloads" | "terminal.max_sessions" => {
+            "a whole number"
+        }
+        "gpus" => "all, none, or a list of GPU indexes and UUIDs",
+        "gpus_per_workload" => "all or a whole number",
+        "model_roots" => "a directory or a list of directories",
+        "terminal" => "a mapping (enabled, shell, max_sessions, idle_timeout_seconds)",
+        _ => "a single value (text, a number or true/false)",
+    }
+}
+
+/// The text of a scalar; `Ok(None)` for an explicit null (an unset key),
+/// `Err` for a list or a mapping.
+fn scalar_text(value: &Value) -> Result<Option<String>, ()> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
         Value::Bool(b) => Ok(Some(b.to_string())),
         Value::Number(n) => Ok(Some(n.to_string())),
         Value::Tagged(tagged) => scalar_text(&tagged.value),
-        Value::Sequence(_) => Err("a list"),
-        Value::Mapping(_) => Err("a mapping"),
+        Value::Sequence(_) | Value::Mapping(_) => Err(()),
     }
 }
 
@@ -281,6 +352,25 @@ fn find_line(text: &str, key: &str, after: Option<usize>) -> Option<usize> {
 
 pub(crate) fn line_suffix(line: Option<usize>) -> String {
     line.map(|l| format!(" line {l}")).unwrap_or_default()
+}
+
+/// The line a YAML syntax error is about. serde_yaml reports where it gave
+/// up, which for an unclosed `[` or `"` is the end of the file (one line
+/// past the last of a file ending in a newline); its "while parsing ... at
+/// line N" names the line where the unfinished thing began, which is the
+/// one to fix.
+fn error_line(text: &str, error: &serde_yaml::Error) -> Option<usize> {
+    let message = error.to_string();
+    let began = message
+        .split("while parsing")
+        .nth(1)
+        .and_then(|rest| rest.split(" at line ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok());
+    let last = text.lines().count().max(1);
+    began
+        .or_else(|| error.location().map(|l| l.line()))
+        .map(|line| line.min(last))
 }
 
 /// serde_yaml appends "at line X column Y" to its messages; the node reports
@@ -348,13 +438,63 @@ mod tests {
     }
 
     #[test]
-    fn list_value_is_an_error_with_line() {
-        let err = parse("cyberwave-cloud-node:\n  mqtt_host:\n    - a\n").unwrap_err();
-        let text = err.to_string();
+    fn list_value_is_a_problem_with_line() {
+        let file = parse("cyberwave-cloud-node:\n  mqtt_host:\n    - a\n").unwrap();
+        let text = file.problems[0].to_string();
         assert!(
-            text.contains("line 2") && text.contains("mqtt_host"),
+            text.contains("line 2")
+                && text.contains("`mqtt_host` must be")
+                && text.contains("a list"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_wrong_type_is_reported_and_the_rest_still_counts() {
+        let file = parse(
+            "cyberwave-cloud-node:\n  training: {epochs: 3}\n  mqtt_port: 1884\n  terminal: 5\n",
+        )
+        .unwrap();
+        let problems: Vec<String> = file.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].ends_with(
+                "line 2: `training` must be a string (a command template), found a mapping"
+            ),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("line 4: `terminal` must be a mapping"));
+        assert_eq!(file.entries["mqtt_port"].text, "1884");
+    }
+
+    #[test]
+    fn unknown_keys_get_the_nearest_known_one() {
+        let file = parse(
+            "cyberwave:\n  trainig: x\n  mqtt_prot: 1\n  terminal:\n    enabeld: true\n  colour: blue\n",
+        )
+        .unwrap();
+        let w = &file.warnings;
+        assert!(
+            w[0].contains("line 2") && w[0].ends_with("did you mean `training`?"),
+            "{w:?}"
+        );
+        assert!(w[1].ends_with("did you mean `mqtt_port`?"), "{w:?}");
+        assert!(
+            w[2].contains("line 5") && w[2].ends_with("did you mean `terminal.enabled`?"),
+            "{w:?}"
+        );
+        assert!(
+            w[3].contains("unknown key `colour`") && w[3].contains("known keys"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn an_unclosed_list_points_at_its_own_line() {
+        let err =
+            parse("cyberwave-cloud-node:\n  training: ok\n  inference: [broken\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cyberwave.yml line 3:"), "{text}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 mod acks;
 mod ledger;
 pub mod outbox;
+pub mod probe;
 mod queue;
 pub mod topics;
 

@@ -528,26 +528,14 @@ impl RunningNode {
 }
 
 fn mqtt_config(settings: &Settings, identity: &Identity, topics: &Topics) -> MqttConfig {
-    let token = settings
-        .api_token
-        .as_ref()
-        .map(|t| t.value.clone())
-        .unwrap_or_else(|| crate::config::Secret::new(""));
+    let (username, password) = settings.mqtt_credentials(&identity.uuid);
     MqttConfig {
         host: settings.mqtt_host.value.clone(),
         port: settings.mqtt_port.value,
         use_tls: settings.mqtt_use_tls.value,
         ca_file: settings.mqtt_tls_ca_certs.as_ref().map(|c| c.value.clone()),
-        username: settings
-            .mqtt_username
-            .as_ref()
-            .map(|u| u.value.clone())
-            .unwrap_or_else(|| identity.uuid.clone()),
-        password: settings
-            .mqtt_password
-            .as_ref()
-            .map(|p| p.value.clone())
-            .unwrap_or(token),
+        username,
+        password,
         client_id: format!("cloud-node-{}", identity.uuid),
         keep_alive: MQTT_KEEP_ALIVE,
         max_packet_bytes: settings.mqtt_max_packet_bytes.value,

@@ -2,23 +2,20 @@
 
 use super::running::RunningNode;
 use super::NodeError;
-use crate::config::{Origin, Settings, Sourced};
+use crate::config::{Origin, Settings};
 use crate::install::InstallError;
 use crate::shutdown::Shutdown;
 use crate::standalone::{local_identity, record_address, start_broker, NodeAddress};
 
 pub(super) async fn run(mut settings: Settings, shutdown: Shutdown) -> Result<(), NodeError> {
-    // Only an explicit --mqtt-host means "use that broker": a host from the
-    // environment or credentials.json is the real platform's, which a
-    // standalone node must not talk to.
-    if settings.mqtt_host.origin != Origin::Flag("--mqtt-host") {
+    // Only an explicit --mqtt-host means "use that broker" (see
+    // `Settings::uses_embedded_broker`).
+    if settings.uses_embedded_broker() {
         let port = settings.mqtt_port.value;
         tokio::task::spawn_blocking(move || start_broker(port))
             .await
             .expect("broker start-up does not panic")?;
-        settings.mqtt_host =
-            Sourced::new("127.0.0.1".into(), Origin::Derived("the embedded broker"));
-        settings.mqtt_use_tls = Sourced::new(false, Origin::Derived("the embedded broker"));
+        settings.point_at_embedded_broker();
     }
     match super::run_install_script(&settings, &shutdown).await {
         Err(InstallError::Interrupted) => return Ok(()),

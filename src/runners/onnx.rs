@@ -287,7 +287,7 @@ fn library_version(library: &Path) -> Option<String> {
     }
 }
 
-fn install_hint() -> String {
+pub fn install_hint() -> String {
     format!(
         "install ONNX Runtime with `pip install onnxruntime=={RECOMMENDED_VERSION}` (or onnxruntime-gpu for CUDA; any release >= {MINIMUM_VERSION} works), or point ORT_DYLIB_PATH or the onnxruntime_path setting at libonnxruntime.so"
     )
