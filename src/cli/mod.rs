@@ -1,9 +1,13 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
 //! body is a module of its own: `start`, [`send`], [`run_model`], `local`
 //! (`status` and `logs`), `man`; logging is set up by [`crate::logging`].
+//! Everything a command prints for a person goes through [`output`]: one
+//! format for fatal errors, and stdout that ends quietly on a closed pipe.
 
+mod completions;
 mod local;
 mod man;
+pub mod output;
 pub mod run_model;
 pub mod send;
 mod start;
@@ -11,7 +15,7 @@ mod start;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Environment, Overrides, Settings};
 
@@ -98,8 +102,7 @@ enum CliCommand {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout
-    #[command(hide = true)]
+    /// Print the man page (roff) to stdout: `man > cyberwave-cloud-node.1`, or `man | man -l -`
     Man,
 }
 
@@ -140,6 +143,7 @@ EXAMPLES
 #[derive(Debug, Args)]
 struct SendArgs {
     /// The command: status, training, inference, simulate, cancel, ...
+    #[arg(value_parser = completions::CommandName, hide_possible_values = true)]
     command: String,
     /// The command's params: a JSON object, or @FILE to read it from a file
     #[arg(long, value_name = "JSON|@FILE")]
@@ -222,7 +226,10 @@ pub fn main() -> ExitCode {
     if let Some(code) = crate::run_model_server_if_asked() {
         return code;
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     crate::logging::init_cli_logging(cli.verbose);
     let outcome = match &cli.command {
         CliCommand::Start(args) => start::run(args),
@@ -238,16 +245,29 @@ pub fn main() -> ExitCode {
             follow,
         } => local::logs(request_id, *stderr, *follow),
         CliCommand::RunModel(args) => run_model::run(args),
-        CliCommand::Completions { shell } => completions(*shell),
+        CliCommand::Completions { shell } => completions::print(*shell),
         CliCommand::Man => man::page(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            ExitCode::FAILURE
-        }
+        Err(error) => output::fail(&error),
     }
+}
+
+/// What clap found wrong with the command line, with our error prefix
+/// (exit code 2); `--help` and `--version` go to stdout as clap prints them
+/// (exit code 0, and quietly on a closed pipe).
+fn usage_error(error: &clap::Error) -> ExitCode {
+    if !error.use_stderr() {
+        error.exit();
+    }
+    let text = error.render().to_string();
+    let text = match text.strip_prefix("error:") {
+        Some(rest) => format!("cyberwave-cloud-node: error:{rest}"),
+        None => text,
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+    ExitCode::from(2)
 }
 
 fn load_settings(args: &SettingsArgs) -> anyhow::Result<Settings> {
@@ -259,7 +279,7 @@ fn load_settings(args: &SettingsArgs) -> anyhow::Result<Settings> {
 
 fn config_show(args: &SettingsArgs) -> anyhow::Result<()> {
     let settings = load_settings(args)?;
-    print!("{}", config::render_table(&settings));
+    output::out!("{}", config::render_table(&settings));
     Ok(())
 }
 
@@ -267,9 +287,9 @@ fn info(json: bool) -> anyhow::Result<()> {
     let mut hardware = crate::telemetry::detect();
     node_gpus(&mut hardware);
     if json {
-        println!("{}", serde_json::to_string_pretty(&hardware)?);
+        output::outln!("{}", serde_json::to_string_pretty(&hardware)?);
     } else {
-        print!("{}", crate::telemetry::hardware::render(&hardware));
+        output::out!("{}", crate::telemetry::hardware::render(&hardware));
     }
     Ok(())
 }
@@ -289,23 +309,4 @@ fn node_gpus(hardware: &mut crate::telemetry::hardware::Hardware) {
         Ok(inventory) => hardware.gpus = inventory.describe(&hardware.gpus),
         Err(error) => tracing::warn!("GPUs as NVML reports them: {error}"),
     }
-}
-
-/// Prints the completion script for `shell`. clap_complete panics on a write
-/// error, so the script is made in memory and written here, where a closed
-/// pipe is an ordinary error.
-fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    let mut command = Cli::command();
-    let name = command.get_name().to_owned();
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut command, name, &mut script);
-    write_stdout(&script)
-}
-
-fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(bytes)?;
-    stdout.flush()?;
-    Ok(())
 }

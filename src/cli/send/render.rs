@@ -8,6 +8,8 @@ use std::io::{IsTerminal, Write};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+use crate::cli::output::outln;
+
 pub struct Renderer {
     json: bool,
     terminal: bool,
@@ -33,7 +35,7 @@ impl Renderer {
     /// A logs-topic message.
     pub fn log(&self, message: &Value) {
         if self.json {
-            println!("{message}");
+            outln!("{message}");
             return;
         }
         let data = message["data"].as_str().unwrap_or("");
@@ -51,7 +53,7 @@ impl Renderer {
     /// A response or event on the response topic.
     pub fn response(&mut self, message: &Value) {
         if self.json {
-            println!("{message}");
+            outln!("{message}");
             return;
         }
         let output = &message["output"];
@@ -59,7 +61,13 @@ impl Renderer {
             Some("progress") => self.progress(output),
             Some("started") => self.note(&format!(
                 "started {} (pid {}); logs: {}",
-                output["workload_type"].as_str().unwrap_or("workload"),
+                output["workload_type"].as_str().unwrap_or(
+                    if output["deployment_id"].is_string() {
+                        "model server"
+                    } else {
+                        "workload"
+                    }
+                ),
                 output["pid"],
                 output["stdout_log"].as_str().unwrap_or("?")
             )),
@@ -72,7 +80,7 @@ impl Renderer {
                 "error: {}",
                 message["error"].as_str().unwrap_or("(no message)")
             )),
-            _ => println!("{}", pretty(output)),
+            _ => outln!("{}", pretty(output)),
         }
     }
 
@@ -123,7 +131,7 @@ impl Renderer {
         }
         self.note(&line);
         if !output["result"].is_null() {
-            println!("{}", pretty(&output["result"]));
+            outln!("{}", pretty(&output["result"]));
         }
     }
 
