@@ -358,7 +358,15 @@ fn zsh_and_fish_scripts_load() {
                 "zsh",
             ],
         ),
-        ("fish", &["--no-config", "-c", "source $argv[1]"]),
+        // fish can also say what it would complete: the values of --wait.
+        (
+            "fish",
+            &[
+                "--no-config",
+                "-c",
+                "source $argv[1]; complete -C 'cyberwave-cloud-node send --wait '",
+            ],
+        ),
     ];
     for (shell, args) in shells {
         if Command::new(shell).arg("--version").output().is_err() {
@@ -377,5 +385,16 @@ fn zsh_and_fish_scripts_load() {
             "{shell} could not load its script: {}",
             text(&output.stderr)
         );
+        if shell == "fish" {
+            let offered: Vec<String> = text(&output.stdout)
+                .lines()
+                .filter_map(|l| l.split('\t').next().map(str::to_owned))
+                .collect();
+            assert_eq!(
+                offered,
+                ["done", "none", "started"],
+                "fish: send --wait <TAB>"
+            );
+        }
     }
 }
