@@ -1,6 +1,6 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
 //! body is a module of its own: `start`, [`send`], [`run_model`], `local`
-//! (`status` and `logs`), `man`; logging is set up by [`crate::logging`].
+//! (`status` and `logs`), `completions`, `man`; logging is set up by [`crate::logging`].
 //! Everything a command prints for a person goes through [`output`]: one
 //! format for fatal errors, and stdout that ends quietly on a closed pipe.
 
@@ -228,7 +228,7 @@ pub fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage_error(&error),
+        Err(error) => return output::usage(&error),
     };
     crate::logging::init_cli_logging(cli.verbose);
     let outcome = match &cli.command {
@@ -252,22 +252,6 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => output::fail(&error),
     }
-}
-
-/// What clap found wrong with the command line, with our error prefix
-/// (exit code 2); `--help` and `--version` go to stdout as clap prints them
-/// (exit code 0, and quietly on a closed pipe).
-fn usage_error(error: &clap::Error) -> ExitCode {
-    if !error.use_stderr() {
-        error.exit();
-    }
-    let text = error.render().to_string();
-    let text = match text.strip_prefix("error:") {
-        Some(rest) => format!("cyberwave-cloud-node: error:{rest}"),
-        None => text,
-    };
-    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
-    ExitCode::from(2)
 }
 
 fn load_settings(args: &SettingsArgs) -> anyhow::Result<Settings> {

@@ -5,6 +5,7 @@
 //!   `  caused by: ...` line per cause, then `  hint: ...` where there is one.
 //!   It goes straight to stderr, not through the log formatter, so it shows
 //!   at every log level (`CYBERWAVE_LOG=off` included).
+//!   Command-line usage errors found by clap get the same prefix ([`usage`]).
 //! - [`write_stdout`] and [`outln!`]: stdout for one-shot output. A closed
 //!   pipe (`status | head -n 1`) ends the program quietly with exit code 0:
 //!   the reader has all it wanted, so a `set -o pipefail` script does not
@@ -84,6 +85,23 @@ pub fn fatal(error: &anyhow::Error) {
 pub fn fail(error: &anyhow::Error) -> ExitCode {
     fatal(error);
     ExitCode::FAILURE
+}
+
+/// What clap found wrong with the command line, in the format of
+/// [`fatal`] (clap's usage and tip follow), exit code 2. `--help` and
+/// `--version` go to stdout as clap prints them: exit code 0, and quietly on
+/// a closed pipe.
+pub fn usage(error: &clap::Error) -> ExitCode {
+    if !error.use_stderr() {
+        error.exit();
+    }
+    let text = error.render().to_string();
+    let text = match text.strip_prefix("error:") {
+        Some(rest) => format!("{PREFIX}{rest}"),
+        None => text,
+    };
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    ExitCode::from(2)
 }
 
 /// Writes `bytes` to stdout. A closed pipe ends the program here with exit
