@@ -91,11 +91,18 @@ pub fn parse_params(text: &str) -> Result<Map<String, Value>, SendError> {
             "{origin}must be a JSON object like '{{\"epochs\": 3}}', got {}",
             crate::protocol::json_kind(&other)
         ))),
-        Err(e) => Err(SendError::Params(format!(
-            "{origin}is not valid JSON: {e} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))),
+        Err(e) => {
+            // serde_json's message ends with its own "at line 2 column 8".
+            let message = e.to_string();
+            let message = message
+                .rsplit_once(" at line ")
+                .map_or(&*message, |(m, _)| m);
+            Err(SendError::Params(format!(
+                "{origin}is not valid JSON: {message} (line {}, column {})",
+                e.line(),
+                e.column()
+            )))
+        }
     }
 }
 
@@ -426,6 +433,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2") && err.contains("column"), "{err}");
+        assert_eq!(err.matches("line").count(), 1, "the position once: {err}");
         assert!(parse_params("[1]")
             .unwrap_err()
             .to_string()
