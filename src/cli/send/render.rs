@@ -43,9 +43,7 @@ impl Renderer {
             if message["stream"] == "stderr" {
                 let _ = std::io::stderr().write_all(data.as_bytes());
             } else {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(data.as_bytes());
-                let _ = out.flush();
+                crate::cli::output::write_stdout(data.as_bytes());
             }
         });
     }
