@@ -14,7 +14,8 @@
 # What it installs (apt): mosquitto and mosquitto_passwd (every test's
 # broker; the password tests), openssl (the TLS tests' throw-away CA),
 # python3 (the demo's and the tests' workloads), tmux (the terminal client's
-# tests drive it in a tmux pane); for the `gguf` feature cmake, clang and
+# tests drive it in a tmux pane), zsh and fish (the completion scripts are
+# loaded in each); for the `gguf` feature cmake, clang and
 # libclang-dev (llama.cpp is built from the crate's vendored sources); for
 # `torch` libtorch-dev (Debian's LibTorch, see .cargo/config.toml). With
 # pip: onnxruntime (the version the pinned `ort` crate is made for), onnx
@@ -61,6 +62,8 @@ have mosquitto_passwd || missing+=(mosquitto)
 have openssl || missing+=(openssl)
 have python3 || missing+=(python3)
 have tmux || missing+=(tmux)
+have zsh || missing+=(zsh)
+have fish || missing+=(fish)
 if has_feature gguf; then
     have cmake || missing+=(cmake)
     have clang || missing+=(clang)
