@@ -14,6 +14,7 @@ mod event;
 pub mod fit;
 mod kind;
 pub mod quote;
+pub mod round;
 mod stream;
 
 use std::fmt;

@@ -231,7 +231,7 @@ impl Terminals {
                 last_activity: Instant::now(),
             },
         );
-        tracing::info!(session_id = %id, ?pid, "terminal session opened");
+        tracing::info!(session_id = %id, pid, "terminal session opened");
         Ok(json!({"session_id": id, "pid": pid}))
     }
 

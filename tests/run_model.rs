@@ -375,3 +375,47 @@ fn repeated_runs_report_percentiles() {
     assert!(!ok);
     assert!(stderr.contains("unknown option \"threads\""), "{stderr}");
 }
+
+#[test]
+fn the_request_comes_from_stdin_with_a_dash_and_times_are_rounded() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let home = tempfile::tempdir().unwrap();
+    let request = json!({"inputs": {"x": tensor("float32", &[1, 4], json!([1, 2, 3, 4]))}});
+    for dash in ["-", "@-"] {
+        let mut child = Command::new(common::node::NODE_BIN)
+            .args([
+                "run-model",
+                "--model",
+                &fixture("add_matmul.onnx"),
+                "--input",
+                dash,
+            ])
+            .env_clear()
+            .env("HOME", home.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(request.to_string().as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "--input {dash}: {stderr}");
+        let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            out["outputs"]["y"]["data"],
+            json!([70.5, 79.0, 92.0]),
+            "{out}"
+        );
+        // 0.1 ms, or 3 significant digits below 10 ms: never 455.68897499999997.
+        for key in ["load_ms", "run_ms"] {
+            let text = out[key].to_string();
+            let decimals = text.split('.').nth(1).map_or(0, str::len);
+            assert!(decimals <= 4, "{key}: {text}");
+        }
+    }
+}

@@ -11,6 +11,9 @@
 //! mqtt.cyberwave.com).
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use rumqttc::{MqttOptions, Transport};
 
 use crate::config::{Origin, Settings, Sourced};
 use crate::identity;
@@ -83,6 +86,35 @@ pub fn resolve_target(settings: &Settings, node: Option<&str>) -> Result<Target,
         settings,
         recorded,
     })
+}
+
+/// How a client command connects: a client id of its own (`<prefix>-<random>`,
+/// stable across its reconnects), the node's credentials, TLS as the
+/// settings say. `persistent` asks the broker to keep the session (and the
+/// QoS 1 messages for it) while the client is away.
+pub fn client_options(
+    settings: &Settings,
+    node: &str,
+    prefix: &str,
+    persistent: bool,
+    max_packet: usize,
+) -> Result<MqttOptions, crate::mqtt::MqttError> {
+    let id = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    let mut options = MqttOptions::new(id, &settings.mqtt_host.value, settings.mqtt_port.value);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(!persistent)
+        .set_max_packet_size(max_packet, max_packet);
+    let (username, password) = settings.mqtt_credentials(node);
+    options.set_credentials(username, password.expose().to_owned());
+    if settings.mqtt_use_tls.value {
+        crate::install_crypto_provider();
+        let ca = settings.mqtt_tls_ca_certs.as_ref().map(|c| c.value.clone());
+        options.set_transport(Transport::tls_with_config(crate::mqtt::tls_config(
+            ca.as_ref(),
+        )?));
+    }
+    Ok(options)
 }
 
 /// What the config dir says about a standalone node, for hints.

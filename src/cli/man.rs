@@ -2,7 +2,8 @@
 
 use clap::CommandFactory;
 
-use super::{write_stdout, Cli};
+use super::output::write_stdout;
+use super::Cli;
 
 /// Prints the man page, for packaging (`man > cyberwave-cloud-node.1`). One
 /// page for the whole program: clap_mangen's top-level sections, a COMMANDS
@@ -54,7 +55,8 @@ pub(super) fn page() -> anyhow::Result<()> {
         page.extend_from_slice(roff_notes(notes, true).as_bytes());
     }
     man.render_version_section(&mut page)?;
-    write_stdout(&page)
+    write_stdout(&page);
+    Ok(())
 }
 
 /// The commands that run something (`config show`, not `config`), in --help

@@ -1,13 +1,17 @@
 //! The command line: clap definitions, dispatch, exit codes. Each command's
 //! body is a module of its own: `start`, [`send`], `terminal`, `doctor`,
-//! [`run_model`], `local` (`status` and `logs`), `man`; logging is set up by
-//! [`crate::logging`]. [`address`] resolves which node and broker a client
-//! command (`send`, `terminal`) talks to.
+//! [`run_model`], `local` (`status` and `logs`), `completions`, `man`;
+//! logging is set up by [`crate::logging`]. [`address`] resolves which node
+//! and broker a client command (`send`, `terminal`) talks to. Everything a
+//! command prints for a person goes through [`output`]: one format for fatal
+//! errors, and stdout that ends quietly on a closed pipe.
 
 pub mod address;
+mod completions;
 mod doctor;
 mod local;
 mod man;
+pub mod output;
 pub mod run_model;
 pub mod send;
 mod start;
@@ -16,7 +20,7 @@ mod terminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Environment, Overrides, Settings};
 
@@ -115,8 +119,7 @@ enum CliCommand {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout
-    #[command(hide = true)]
+    /// Print the man page (roff) to stdout: `man > cyberwave-cloud-node.1`, or `man | man -l -`
     Man,
 }
 
@@ -175,6 +178,7 @@ EXAMPLES
 struct SendArgs {
     /// The command: status, training, inference, simulate, cancel, deploy, ...;
     /// or `wait` to attach to a workload started earlier
+    #[arg(value_parser = completions::CommandName, hide_possible_values = true)]
     command: String,
     /// For `wait` and `cancel`: the workload's request_id
     #[arg(value_name = "REQUEST_ID")]
@@ -260,7 +264,10 @@ pub fn main() -> ExitCode {
     if let Some(code) = crate::run_model_server_if_asked() {
         return code;
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return output::usage(&error),
+    };
     crate::logging::init_cli_logging(cli.verbose, cli.log_format);
     let outcome = match &cli.command {
         CliCommand::Start(args) => start::run(args),
@@ -278,15 +285,12 @@ pub fn main() -> ExitCode {
             follow,
         } => local::logs(request_id, *stderr, *follow),
         CliCommand::RunModel(args) => run_model::run(args),
-        CliCommand::Completions { shell } => completions(*shell),
+        CliCommand::Completions { shell } => completions::print(*shell),
         CliCommand::Man => man::page(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            ExitCode::FAILURE
-        }
+        Err(error) => output::fail(&error),
     }
 }
 
@@ -305,19 +309,20 @@ fn config_show(args: &ShowArgs) -> anyhow::Result<()> {
     }
     if args.json {
         let text = serde_json::to_string_pretty(&config::render_json(&settings))?;
-        write_stdout(format!("{text}\n").as_bytes())
+        output::outln!("{text}");
     } else {
-        write_stdout(config::render_table(&settings).as_bytes())
+        output::out!("{}", config::render_table(&settings));
     }
+    Ok(())
 }
 
 fn info(json: bool) -> anyhow::Result<()> {
     let mut hardware = crate::telemetry::detect();
     node_gpus(&mut hardware);
     if json {
-        println!("{}", serde_json::to_string_pretty(&hardware)?);
+        output::outln!("{}", serde_json::to_string_pretty(&hardware)?);
     } else {
-        print!("{}", crate::telemetry::hardware::render(&hardware));
+        output::out!("{}", crate::telemetry::hardware::render(&hardware));
     }
     Ok(())
 }
@@ -337,23 +342,4 @@ fn node_gpus(hardware: &mut crate::telemetry::hardware::Hardware) {
         Ok(inventory) => hardware.gpus = inventory.describe(&hardware.gpus),
         Err(error) => tracing::warn!("GPUs as NVML reports them: {error}"),
     }
-}
-
-/// Prints the completion script for `shell`. clap_complete panics on a write
-/// error, so the script is made in memory and written here, where a closed
-/// pipe is an ordinary error.
-fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    let mut command = Cli::command();
-    let name = command.get_name().to_owned();
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut command, name, &mut script);
-    write_stdout(&script)
-}
-
-fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(bytes)?;
-    stdout.flush()?;
-    Ok(())
 }

@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
+use super::output::outln;
 use crate::config::{Environment, Overrides, Settings};
+use crate::protocol::round::millis;
 use crate::runners::{format_support, load, RuntimePaths};
 
 pub const RUN_MODEL_HELP: &str = "\
@@ -44,8 +46,8 @@ pub struct RunModelArgs {
     /// The format: onnx, gguf, torchscript [default: from the extension or the file's first bytes]
     #[arg(long, value_name = "FORMAT")]
     format: Option<String>,
-    /// The request: JSON, or @FILE to read it from a file (- for stdin)
-    #[arg(long, value_name = "JSON|@FILE")]
+    /// The request: JSON, @FILE to read it from a file, or - (or @-) to read it from stdin
+    #[arg(long, value_name = "JSON|@FILE|-")]
     input: Option<String>,
     /// Print the model's inputs, outputs and memory use instead of running it
     #[arg(long)]
@@ -72,7 +74,7 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
     let runtimes = runtime_paths(args.config.clone());
     if args.list_formats {
         let formats = format_support(&runtimes);
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "formats": formats }))?
         );
@@ -85,7 +87,7 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     if args.info {
-        println!("{}", serde_json::to_string_pretty(&model.describe())?);
+        outln!("{}", serde_json::to_string_pretty(&model.describe())?);
         return Ok(());
     }
     let Some(input) = &args.input else {
@@ -101,7 +103,7 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
         if let (Value::Object(line), Value::Object(event)) = (&mut line, event) {
             line.extend(event);
         }
-        println!("{line}");
+        outln!("{line}");
     };
     for _ in 0..args.warmup {
         model.runner.infer(&request, &mut |_| {})?;
@@ -123,7 +125,7 @@ pub fn run(args: &RunModelArgs) -> anyhow::Result<()> {
         // runtime's own call inside it.
         output["runs"] = json!({"infer": summary(&mut times), "run": summary(&mut run_times)});
     }
-    println!("{}", serde_json::to_string(&output)?);
+    outln!("{}", serde_json::to_string(&output)?);
     Ok(())
 }
 
@@ -159,12 +161,13 @@ fn parse_options(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
 }
 
 fn read_request(input: &str) -> anyhow::Result<Map<String, Value>> {
-    let text = match input.strip_prefix('@') {
-        Some("-") => std::io::read_to_string(std::io::stdin())
-            .context("cannot read the request from stdin")?,
-        Some(file) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the request file {file}"))?,
-        None => input.to_owned(),
+    let text = if input == "-" || input == "@-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the request from stdin")?
+    } else if let Some(file) = input.strip_prefix('@') {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the request file {file}"))?
+    } else {
+        input.to_owned()
     };
     match serde_json::from_str(&text) {
         Ok(Value::Object(request)) => Ok(request),
@@ -182,9 +185,9 @@ fn summary(times: &mut [f64]) -> Value {
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     json!({
         "count": times.len(),
-        "p50_ms": at(0.5),
-        "p95_ms": at(0.95),
-        "mean_ms": times.iter().sum::<f64>() / times.len() as f64,
-        "min_ms": times[0],
+        "p50_ms": millis(at(0.5)),
+        "p95_ms": millis(at(0.95)),
+        "mean_ms": millis(times.iter().sum::<f64>() / times.len() as f64),
+        "min_ms": millis(times[0]),
     })
 }

@@ -167,7 +167,12 @@ impl Deployments {
                 }
             }
             if record.state.is_active() {
-                tracing::info!(pid = ?record.pid, "reconnecting to deployment {} ({})", record.deployment_id, record.state.name());
+                tracing::info!(
+                    pid = record.pid,
+                    "reconnecting to deployment {} ({})",
+                    record.deployment_id,
+                    record.state.name()
+                );
                 let shim = record.supervisor_pid.zip(record.supervisor_start_time);
                 deployments.units.watch(record.deployment_id.clone(), shim);
                 if let Some(ids) = &record.gpus {

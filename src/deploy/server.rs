@@ -287,7 +287,7 @@ async fn infer(
     let outcome = outcome
         .unwrap_or_else(|e| Err(RunnerError::Inference(format!("the runner panicked: {e}"))));
     drop(permit);
-    let latency_ms = received.elapsed().as_secs_f64() * 1000.0;
+    let latency_ms = crate::protocol::round::millis(received.elapsed().as_secs_f64() * 1000.0);
     server
         .stats
         .lock()

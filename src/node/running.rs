@@ -321,7 +321,7 @@ impl RunningNode {
         let response = match incoming {
             Incoming::Echo => None,
             Incoming::Invalid { request_id, error } => {
-                tracing::warn!(topic = %publish.topic, request_id = ?request_id, "refused a command: {error}");
+                tracing::warn!(topic = %publish.topic, request_id = request_id.as_deref(), "refused a command: {error}");
                 Some(Response::error(&self.node, request_id.as_deref(), error))
             }
             Incoming::Command(command) => {

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::{EventSink, RunnerError};
 use crate::protocol::json_kind;
+use crate::protocol::round::{decimals, millis};
 
 /// Streamed text goes out at most this often.
 const STREAM_EVERY: Duration = Duration::from_millis(50);
@@ -309,9 +310,9 @@ pub fn run(
         "finish_reason": if finish == Finish::Stop { "stop" } else { "length" },
         "tokens_per_second": rate(completion, generation),
         "prompt_tokens_per_second": rate(tokens.len(), prompt_seconds),
-        "prompt_ms": prompt_seconds * 1000.0,
-        "generation_ms": generation * 1000.0,
-        "run_ms": done.duration_since(started).as_secs_f64() * 1000.0,
+        "prompt_ms": millis(prompt_seconds * 1000.0),
+        "generation_ms": millis(generation * 1000.0),
+        "run_ms": millis(done.duration_since(started).as_secs_f64() * 1000.0),
     }))
 }
 
@@ -405,7 +406,7 @@ fn argmax(logits: &[f32]) -> LlamaToken {
 
 fn rate(count: usize, seconds: f64) -> f64 {
     if seconds > 0.0 {
-        count as f64 / seconds
+        decimals(count as f64 / seconds, 1)
     } else {
         0.0
     }

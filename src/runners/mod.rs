@@ -308,7 +308,7 @@ pub fn load(
         format,
         path: path.to_owned(),
         memory_bytes: resident_bytes().saturating_sub(before),
-        load_ms: started.elapsed().as_secs_f64() * 1000.0,
+        load_ms: crate::protocol::round::millis(started.elapsed().as_secs_f64() * 1000.0),
         warnings,
     })
 }

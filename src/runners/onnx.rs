@@ -209,7 +209,7 @@ impl ModelRunner for OnnxRunner {
         let result = session
             .run(values)
             .map_err(|e| RunnerError::Inference(e.to_string()));
-        let run_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let run_ms = crate::protocol::round::millis(started.elapsed().as_secs_f64() * 1000.0);
         let outputs = result.and_then(|outputs| {
             let mut out = Map::new();
             for (name, value) in &outputs {

@@ -88,7 +88,7 @@ impl ModelRunner for TorchRunner {
         let output = self.module.forward_is(&values).map_err(|e| {
             RunnerError::BadRequest(format!("forward failed: {}", first_line(&e.to_string())))
         })?;
-        let run_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let run_ms = crate::protocol::round::millis(started.elapsed().as_secs_f64() * 1000.0);
         let mut outputs = Map::new();
         match output {
             IValue::Tensor(t) => {

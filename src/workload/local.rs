@@ -1,7 +1,9 @@
-//! `cyberwave-cloud-node status` and `logs`: what an operator on the
-//! machine can see without a broker or a running node, straight from the
-//! records (and the queue) in the config dir. Logs are streamed (never read whole) and only
-//! from regular files; damaged records are listed with what they hide.
+//! `cyberwave-cloud-node status` and `logs`, the workloads' part: what an
+//! operator on the machine can see without a broker or a running node,
+//! straight from the records (and the queue) in the config dir, as JSON
+//! (the CLI makes the table). Logs are streamed (never read whole) and only
+//! from regular files, a model server's as well ([`stream`]); damaged
+//! records are listed with what they hide.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -9,9 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::paths::WorkloadPaths;
 use super::queue::WorkloadQueue;
-use super::record::{now_unix_ms, scan, WorkloadRecord, WorkloadState};
+use super::record::{load_json, scan, ExitFile, WorkloadRecord, WorkloadState};
 use crate::fsutil::{self, Links, ReadError};
 use crate::supervised::procfs;
 
@@ -28,96 +29,74 @@ pub enum LocalError {
     Unreadable(#[from] ReadError),
 }
 
+/// The state of a workload whose record says running but whose process
+/// has ended: the node has not seen it end (it is not running, or not yet).
+pub const ENDED_UNREPORTED: &str = "ended (not yet reported)";
+
 /// A record as the operator sees it: "running" only if the process is.
-fn effective_state(record: &WorkloadRecord) -> &'static str {
+pub fn effective_state(record: &WorkloadRecord) -> &'static str {
     match (
         record.state,
         record.supervisor_pid.zip(record.supervisor_start_time),
     ) {
         (WorkloadState::Running, Some((pid, start))) if !procfs::is_running(pid, start) => {
-            "ended (not yet reported)"
+            ENDED_UNREPORTED
         }
         (state, _) => state.name(),
     }
 }
 
-fn summary(record: &WorkloadRecord, now_ms: u64) -> Value {
+/// One workload as `status --json` lists it; `exit` is its shim's exit file.
+fn summary(record: &WorkloadRecord, exit: Option<&ExitFile>, now_ms: u64) -> Value {
+    let started = record.started_unix_ms.unwrap_or(record.created_unix_ms);
+    let ended = exit
+        .map(|e| e.ended_unix_ms)
+        .or(record.finished_unix_ms)
+        .unwrap_or(now_ms);
     json!({
         "request_id": record.request_id,
         "type": record.workload_type,
         "state": effective_state(record),
         "pid": record.pid,
+        "exit_code": exit.and_then(|e| e.exit_code),
+        "signal": exit.and_then(|e| e.signal.clone()),
+        "started_unix_ms": started,
+        "duration_seconds": ended.saturating_sub(started) as f64 / 1000.0,
         "age_seconds": (record.age_seconds(now_ms)).round(),
         "stdout_log": record.stdout_log,
         "stderr_log": record.stderr_log,
     })
 }
 
-/// The `status` text (or JSON lines with `json`).
-pub fn status(logs_dir: &Path, json: bool) -> String {
-    let now = now_unix_ms();
+/// What `status` lists of the workloads in `logs_dir`: the records, then
+/// the queue, as `status --json` prints them; and a line for each damaged
+/// record, with what it hides.
+pub fn status(logs_dir: &Path, now_ms: u64) -> (Vec<Value>, Vec<String>) {
     let (found, damaged) = scan(logs_dir);
-    let records: Vec<WorkloadRecord> = found.into_iter().map(|(_, r)| r).collect();
-    // Read only: the queue's files are the running node's to change.
-    let queued = WorkloadQueue::open(logs_dir, 0).summaries(now);
-    if json {
-        let mut all: Vec<Value> = records.iter().map(|r| summary(r, now)).collect();
-        all.extend(queued.iter().map(|q| {
-            json!({
-                "request_id": q["request_id"],
-                "type": q["type"],
-                "state": "queued",
-                "position": q["position"],
-                "pid": null,
-                "age_seconds": q["queued_for_seconds"],
-            })
-        }));
-        return format!("{}\n", Value::Array(all));
-    }
-    let damaged: String = damaged
+    let mut all: Vec<Value> = found
         .iter()
-        .map(|d| format!("damaged record: {}; {}\n", d.problem, d.story()))
+        .map(|(paths, record)| {
+            let exit = load_json::<ExitFile>(&paths.exit()).ok().flatten();
+            summary(record, exit.as_ref(), now_ms)
+        })
         .collect();
-    if records.is_empty() && queued.is_empty() {
-        return format!("no workloads recorded in {}\n{damaged}", logs_dir.display());
-    }
-    let mut out = format!(
-        "{:<10} {:<26} {:>8} {:>9}  {:<24} LOGS\n",
-        "TYPE", "STATE", "PID", "AGE", "REQUEST_ID"
-    );
-    for r in &records {
-        out.push_str(&format!(
-            "{:<10} {:<26} {:>8} {:>9}  {:<24} {}\n",
-            r.workload_type,
-            effective_state(r),
-            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            human_age(r.age_seconds(now)),
-            r.request_id,
-            r.stdout_log.display()
-        ));
-    }
-    for q in &queued {
-        out.push_str(&format!(
-            "{:<10} {:<26} {:>8} {:>9}  {:<24} -\n",
-            q["type"].as_str().unwrap_or_default(),
-            format!("queued (position {})", q["position"]),
-            "-",
-            human_age(q["queued_for_seconds"].as_f64().unwrap_or_default()),
-            q["request_id"].as_str().unwrap_or_default(),
-        ));
-    }
-    out.push_str(&damaged);
-    out
-}
-
-fn human_age(seconds: f64) -> String {
-    let s = seconds as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
-    }
+    // Read only: the queue's files are the running node's to change.
+    let queued = WorkloadQueue::open(logs_dir, 0).summaries(now_ms);
+    all.extend(queued.iter().map(|q| {
+        json!({
+            "request_id": q["request_id"],
+            "type": q["type"],
+            "state": "queued",
+            "position": q["position"],
+            "pid": null,
+            "age_seconds": q["queued_for_seconds"],
+        })
+    }));
+    let damaged = damaged
+        .iter()
+        .map(|d| format!("damaged record: {}; {}", d.problem, d.story()))
+        .collect();
+    (all, damaged)
 }
 
 /// Copies a workload's log to `out`; with `follow`, keeps copying new bytes
@@ -142,22 +121,37 @@ pub fn logs(
     } else {
         record.stdout_log.clone()
     };
-    let mut offset = copy_from(&path, 0, out)?;
-    while follow && still_running(&paths, &record) {
+    let supervisor = record.supervisor_pid.zip(record.supervisor_start_time);
+    let running = || follow && still_running(&paths.exit(), supervisor, record.state.is_active());
+    stream(&path, &running, out)
+}
+
+/// Copies the log at `path` to `out`, then keeps copying what is added
+/// while `running` says so (`logs --follow`), and what came last.
+pub fn stream(
+    path: &Path,
+    running: &dyn Fn() -> bool,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
+    let mut offset = copy_from(path, 0, out)?;
+    while running() {
         std::thread::sleep(Duration::from_millis(200));
-        offset = copy_from(&path, offset, out)?;
+        offset = copy_from(path, offset, out)?;
     }
-    copy_from(&path, offset, out)?;
+    copy_from(path, offset, out)?;
     Ok(())
 }
 
-fn still_running(paths: &WorkloadPaths, record: &WorkloadRecord) -> bool {
-    if paths.exit().exists() {
+/// Whether a supervised process (a workload, a model server) may still
+/// write its logs: no exit file yet, and its shim alive (`active`, the
+/// record's state, when the shim is not known yet).
+pub fn still_running(exit_file: &Path, supervisor: Option<(i32, u64)>, active: bool) -> bool {
+    if exit_file.exists() {
         return false;
     }
-    match record.supervisor_pid.zip(record.supervisor_start_time) {
+    match supervisor {
         Some((pid, start)) => procfs::is_running(pid, start),
-        None => record.state.is_active(),
+        None => active,
     }
 }
 
@@ -198,7 +192,7 @@ mod tests {
     #[test]
     fn status_lists_the_queue() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(status(dir.path(), false).starts_with("no workloads recorded"));
+        assert!(status(dir.path(), 0).0.is_empty());
         let mut queue = WorkloadQueue::open(dir.path(), 2);
         let params = serde_json::Map::new();
         queue
@@ -207,11 +201,11 @@ mod tests {
         queue
             .push(WorkloadKind::Simulate, "q-2", params, None)
             .unwrap();
-        let text = status(dir.path(), false);
-        assert!(text.contains("queued (position 2)"), "{text}");
-        assert!(text.contains("q-1") && text.contains("simulate"), "{text}");
-        let rows: Value = serde_json::from_str(&status(dir.path(), true)).unwrap();
+        let (rows, damaged) = status(dir.path(), crate::supervised::now_unix_ms());
+        assert!(damaged.is_empty());
         assert_eq!(rows[0]["state"], "queued");
+        assert_eq!(rows[0]["request_id"], "q-1");
+        assert_eq!(rows[1]["type"], "simulate");
         assert_eq!(rows[1]["position"], 2);
     }
 }

@@ -261,7 +261,7 @@ impl Workloads {
         let active = record.state.is_active();
         if active {
             tracing::info!(
-                pid = ?record.pid,
+                pid = record.pid,
                 request_id = %request_id,
                 "adopting {} workload left by an earlier run", record.workload_type
             );

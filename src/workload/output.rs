@@ -140,7 +140,7 @@ pub fn terminal_output(
     }
     if let Some(exit) = exit {
         output["resources"] = json!({
-            "cpu_seconds": exit.cpu_seconds,
+            "cpu_seconds": crate::protocol::round::decimals(exit.cpu_seconds, 3),
             "max_rss_bytes": exit.max_rss_bytes,
         });
         if let Some(gpus) = &record.gpus {

@@ -122,10 +122,9 @@ pub(super) fn run(args: &DoctorArgs) -> ExitCode {
     } else {
         Ok(render(&checks))
     };
-    let written = printed.and_then(|text| super::write_stdout(text.as_bytes()));
-    if let Err(error) = written {
-        // A closed pipe (`doctor | head`) is not a failed check.
-        tracing::debug!("doctor output not written: {error}");
+    match printed {
+        Ok(text) => super::output::write_stdout(text.as_bytes()),
+        Err(error) => return super::output::fail(&error),
     }
     if checks.iter().any(|c| c.status == Status::Fail) {
         ExitCode::FAILURE

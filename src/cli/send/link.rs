@@ -20,9 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, QoS, Transport,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, QoS};
 use serde_json::{json, Value};
 
 use super::render::Renderer;
@@ -438,30 +436,12 @@ fn client_options(
     node: &str,
     persistent: bool,
 ) -> Result<MqttOptions, SendError> {
-    let id = format!("cyberwave-send-{}", uuid::Uuid::new_v4().simple());
-    let mut options = MqttOptions::new(id, &settings.mqtt_host.value, settings.mqtt_port.value);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(!persistent);
-    let username = settings
-        .mqtt_username
-        .as_ref()
-        .map(|u| u.value.clone())
-        .unwrap_or_else(|| node.to_owned());
-    let password = settings
-        .mqtt_password
-        .as_ref()
-        .or(settings.api_token.as_ref())
-        .map(|p| p.value.expose().to_owned())
-        .unwrap_or_default();
-    options.set_credentials(username, password);
-    options.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
-    if settings.mqtt_use_tls.value {
-        crate::install_crypto_provider();
-        let ca = settings.mqtt_tls_ca_certs.as_ref().map(|c| c.value.clone());
-        options.set_transport(Transport::tls_with_config(crate::mqtt::tls_config(
-            ca.as_ref(),
-        )?));
-    }
+    let options = crate::cli::address::client_options(
+        settings,
+        node,
+        "cyberwave-send",
+        persistent,
+        32 * 1024 * 1024,
+    )?;
     Ok(options)
 }

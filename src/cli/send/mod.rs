@@ -196,15 +196,12 @@ pub(super) fn run(args: &super::SendArgs) -> ExitCode {
     };
     let settings = match Settings::load(&overrides, &Environment::from_process()) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return super::output::fail(&error.into()),
     };
     let timeout = match args.timeout {
         Some(t) if !(t > 0.0 && t.is_finite()) => {
-            eprintln!("error: --timeout must be a positive number of seconds, got {t}");
-            return ExitCode::FAILURE;
+            let error = anyhow::anyhow!("--timeout must be a positive number of seconds, got {t}");
+            return super::output::fail(&error);
         }
         t => t.map(std::time::Duration::from_secs_f64),
     };
@@ -225,16 +222,14 @@ pub(super) fn run(args: &super::SendArgs) -> ExitCode {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return super::output::fail(&error.into()),
     };
     match runtime.block_on(send(&settings, request)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(error.exit_code())
+            let code = error.exit_code();
+            super::output::fatal(&error.into());
+            ExitCode::from(code)
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::summary::{human_seconds, rounded, status_summary};
 use super::SendRequest;
+use crate::cli::output::{out, outln};
 
 /// The last lines of a failed workload's stderr that `--wait done` shows.
 const STDERR_LINES: usize = 20;
@@ -67,7 +68,7 @@ impl Renderer {
     /// ends.
     pub fn log(&mut self, message: &Value) {
         if self.json {
-            println!("{message}");
+            outln!("{message}");
             return;
         }
         let stream = message["stream"].as_str().unwrap_or("stdout").to_owned();
@@ -96,9 +97,7 @@ impl Renderer {
             if stream == "stderr" {
                 let _ = std::io::stderr().write_all(text.as_bytes());
             } else {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
+                crate::cli::output::write_stdout(text.as_bytes());
             }
         });
     }
@@ -107,7 +106,7 @@ impl Renderer {
     /// output so far.
     pub fn attached(&mut self, view: &Value, follow_logs: bool) {
         if self.json {
-            println!("{view}");
+            outln!("{view}");
             return;
         }
         let (kind, state) = (
@@ -163,7 +162,7 @@ impl Renderer {
     /// A response or event on the response topic.
     pub fn response(&mut self, message: &Value) {
         if self.json {
-            println!("{message}");
+            outln!("{message}");
             return;
         }
         let output = &message["output"];
@@ -180,23 +179,29 @@ impl Renderer {
                 message["error"].as_str().unwrap_or("(no message)")
             )),
             _ => match self.command.as_str() {
-                "status" => print!("{}", status_summary(output)),
+                "status" => out!("{}", status_summary(output)),
                 "cancel" => self.note(&format!(
                     "{} ({} {}); its end follows on its own request_id",
                     output["message"].as_str().unwrap_or("cancelled"),
                     output["workload_type"].as_str().unwrap_or("workload"),
                     output["workload_request_id"].as_str().unwrap_or("?")
                 )),
-                _ => println!("{}", pretty(output)),
+                _ => outln!("{}", pretty(output)),
             },
         }
     }
 
     fn started(&self, output: &Value) {
         let exe = "cyberwave-cloud-node";
+        // A deploy's started event has no workload_type: its process is a
+        // model server.
+        let kind = match output["workload_type"].as_str() {
+            Some(kind) => kind,
+            None if output["deployment_id"].is_string() => "model server",
+            None => "workload",
+        };
         let mut line = format!(
-            "started {} {} (pid {}); logs: {}",
-            output["workload_type"].as_str().unwrap_or("workload"),
+            "started {kind} {} (pid {}); logs: {}",
             self.request_id,
             output["pid"],
             output["stdout_log"].as_str().unwrap_or("?")
@@ -267,7 +272,7 @@ impl Renderer {
             ));
         }
         if !output["result"].is_null() {
-            println!("{}", pretty(&output["result"]));
+            outln!("{}", pretty(&output["result"]));
         }
     }
 

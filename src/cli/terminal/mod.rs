@@ -79,8 +79,8 @@ pub(super) struct TerminalArgs {
 enum ClientError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("no --node given and no node identity in {0}; start a node first or pass --node <uuid|slug>")]
-    NoNode(PathBuf),
+    #[error(transparent)]
+    NoNode(#[from] crate::cli::address::TargetError),
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error("cannot reach the MQTT broker at {broker}: {reason}")]
@@ -117,8 +117,9 @@ pub(super) fn run(args: &TerminalArgs) -> ExitCode {
     match open_and_run(args) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(error.exit_code())
+            let code = error.exit_code();
+            super::output::fatal(&error.into());
+            ExitCode::from(code)
         }
     }
 }

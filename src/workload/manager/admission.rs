@@ -341,7 +341,12 @@ impl Workloads {
                 entry.record = *record;
                 entry.tail = Some(OutputTail::load(&entry.paths));
                 let r = &entry.record;
-                tracing::info!(pid = ?r.pid, request_id, "{} workload started", r.workload_type);
+                tracing::info!(
+                    pid = r.pid,
+                    request_id,
+                    "{} workload started",
+                    r.workload_type
+                );
                 let mut output = json!({
                     "message": format!("{} workload started", r.workload_type),
                     "pid": r.pid,
