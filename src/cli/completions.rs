@@ -8,7 +8,8 @@ use super::Cli;
 
 /// `send`'s command argument: any non-empty name passes (the node judges
 /// it, and a newer node may know more), but the commands this version
-/// knows are offered to the shell, so `send <TAB>` lists them.
+/// knows are offered to the shell, so `send <TAB>` lists them (and
+/// `wait`).
 #[derive(Debug, Clone, Copy)]
 pub struct CommandName;
 
@@ -28,8 +29,12 @@ impl clap::builder::TypedValueParser for CommandName {
         &self,
     ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
         let names = crate::protocol::CommandKind::ALL.map(|kind| kind.name());
+        // `wait` is send's own: it attaches to a workload started earlier.
         Some(Box::new(
-            names.into_iter().map(clap::builder::PossibleValue::new),
+            names
+                .into_iter()
+                .chain(["wait"])
+                .map(clap::builder::PossibleValue::new),
         ))
     }
 }
