@@ -24,12 +24,14 @@ pub fn status_summary(status: &Value) -> String {
         .collect();
     let active = status["active_workloads"].as_array().map_or(&[][..], |a| a);
     let queued = status["queued_workloads"].as_array().map_or(&[][..], |a| a);
+    let queue = match status["max_queued_workloads"].as_u64() {
+        Some(0) | None => "no queue".to_owned(),
+        Some(room) => format!("{} queued (room for {room})", queued.len()),
+    };
     out.push_str(&format!(
-        "workloads: {} running of {} at a time, {} queued (room for {}); commands: {}\n",
+        "workloads: {} running of {} at a time, {queue}; commands: {}\n",
         active.len(),
         status["max_concurrent_workloads"],
-        queued.len(),
-        status["max_queued_workloads"],
         match templates.is_empty() {
             true => "none configured".to_owned(),
             false => templates.join(", "),

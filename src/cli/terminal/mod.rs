@@ -112,13 +112,31 @@ impl ClientError {
     }
 }
 
+impl ClientError {
+    /// The next step, where there is an obvious one.
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Refused { error, .. } if error == crate::terminal::DISABLED => Some(
+                "the node's operator enables it with `terminal: {enabled: true}` in the node's \
+                 cyberwave.yml (or CYBERWAVE_TERMINAL_ENABLED=true), then restarts the node",
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// `terminal` from the command line; the exit code is the remote shell's.
 pub(super) fn run(args: &TerminalArgs) -> ExitCode {
     match open_and_run(args) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = error.exit_code();
-            super::output::fatal(&error.into());
+            let hint = error.hint();
+            let error = anyhow::Error::from(error);
+            match hint {
+                Some(hint) => super::output::fatal(&super::output::with_hint(error, hint)),
+                None => super::output::fatal(&error),
+            }
             ExitCode::from(code)
         }
     }
