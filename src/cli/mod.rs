@@ -205,15 +205,49 @@ struct SendArgs {
     /// `started`, --wait done waits as long as the workload runs]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+/// Which broker a client command (`send`, `terminal`) goes through; see
+/// [`address`] for what is used when none is given.
+#[derive(Debug, Args)]
+struct BrokerArgs {
     /// Path to cyberwave.yml, for the broker settings
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// MQTT broker host [default: as `start`]
+    /// MQTT broker host [default: a standalone node's recorded address, else as `start`]
     #[arg(long, value_name = "HOST")]
     mqtt_host: Option<String>,
-    /// MQTT broker port [default: as `start`]
+    /// MQTT broker port [default: a standalone node's recorded address, else as `start`]
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     mqtt_port: Option<u16>,
+}
+
+impl BrokerArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            mqtt_host: self.mqtt_host.clone(),
+            mqtt_port: self.mqtt_port,
+            ..Overrides::default()
+        }
+    }
+
+    /// The same flags again, for a command line printed to re-attach.
+    fn as_flags(&self) -> String {
+        let mut flags = String::new();
+        if let Some(config) = &self.config {
+            flags.push_str(&format!(" --config {}", config.display()));
+        }
+        if let Some(host) = &self.mqtt_host {
+            flags.push_str(&format!(" --mqtt-host {host}"));
+        }
+        if let Some(port) = self.mqtt_port {
+            flags.push_str(&format!(" --mqtt-port {port}"));
+        }
+        flags
+    }
 }
 
 /// Flags that override every other settings source.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::address::{resolve_target, TargetError};
-use crate::config::{Environment, Overrides, Settings};
+use crate::config::{Environment, Settings};
 use crate::protocol::WorkloadKind;
 
 /// How long `send` waits for the first answer unless told otherwise.
@@ -188,13 +188,7 @@ pub async fn send(settings: &Settings, request: SendRequest) -> Result<u8, SendE
 /// `send` from the command line: settings, flags, then [`send`]; the exit
 /// code is the answer's.
 pub(super) fn run(args: &super::SendArgs) -> ExitCode {
-    let overrides = Overrides {
-        config: args.config.clone(),
-        mqtt_host: args.mqtt_host.clone(),
-        mqtt_port: args.mqtt_port,
-        ..Overrides::default()
-    };
-    let settings = match Settings::load(&overrides, &Environment::from_process()) {
+    let settings = match Settings::load(&args.broker.overrides(), &Environment::from_process()) {
         Ok(settings) => settings,
         Err(error) => return super::output::fail(&error.into()),
     };
@@ -240,15 +234,7 @@ fn reattach_flags(args: &super::SendArgs) -> String {
     if let Some(node) = &args.node {
         flags.push_str(&format!(" --node {node}"));
     }
-    if let Some(config) = &args.config {
-        flags.push_str(&format!(" --config {}", config.display()));
-    }
-    if let Some(host) = &args.mqtt_host {
-        flags.push_str(&format!(" --mqtt-host {host}"));
-    }
-    if let Some(port) = args.mqtt_port {
-        flags.push_str(&format!(" --mqtt-port {port}"));
-    }
+    flags.push_str(&args.broker.as_flags());
     flags
 }
 

@@ -18,7 +18,6 @@ mod target;
 mod tty;
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, Environment, Overrides, Settings};
+use crate::config::{ConfigError, Environment, Settings};
 use crate::mqtt::Topics;
 use escape::Escapes;
 
@@ -63,15 +62,8 @@ pub(super) struct TerminalArgs {
     /// The node's uuid or slug [default: the node whose identity is in the config dir]
     #[arg(long, value_name = "UUID|SLUG")]
     node: Option<String>,
-    /// Path to cyberwave.yml, for the broker settings
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// MQTT broker host [default: as `start`]
-    #[arg(long, value_name = "HOST")]
-    mqtt_host: Option<String>,
-    /// MQTT broker port [default: as `start`]
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    mqtt_port: Option<u16>,
+    #[command(flatten)]
+    broker: super::BrokerArgs,
 }
 
 /// Why a terminal session could not run.
@@ -143,13 +135,7 @@ pub(super) fn run(args: &TerminalArgs) -> ExitCode {
 }
 
 fn open_and_run(args: &TerminalArgs) -> Result<u8, ClientError> {
-    let overrides = Overrides {
-        config: args.config.clone(),
-        mqtt_host: args.mqtt_host.clone(),
-        mqtt_port: args.mqtt_port,
-        ..Overrides::default()
-    };
-    let settings = Settings::load(&overrides, &Environment::from_process())?;
+    let settings = Settings::load(&args.broker.overrides(), &Environment::from_process())?;
     let (node, settings) = target::resolve(&settings, args.node.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
