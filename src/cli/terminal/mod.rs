@@ -14,7 +14,6 @@
 //! terminal` runs in the remote shell; escapes are off then, as in ssh.
 
 mod escape;
-mod target;
 mod tty;
 
 use std::io::{IsTerminal, Read, Write};
@@ -27,6 +26,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::cli::address::{broker_hint, client_options, resolve_target, TargetError};
 use crate::config::{ConfigError, Environment, Settings};
 use crate::mqtt::Topics;
 use escape::Escapes;
@@ -72,11 +72,17 @@ enum ClientError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    NoNode(#[from] crate::cli::address::TargetError),
+    NoNode(#[from] TargetError),
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
-    #[error("cannot reach the MQTT broker at {broker}: {reason}")]
-    Unreachable { broker: String, reason: String },
+    #[error("cannot reach the MQTT broker at {broker}: {reason}\n{hint}")]
+    Unreachable {
+        broker: String,
+        reason: String,
+        /// Where host and port came from and how to find the right ones,
+        /// as `send` says it ([`crate::cli::address::broker_hint`]).
+        hint: String,
+    },
     #[error("node {node} refused the terminal: {error}")]
     Refused { node: String, error: String },
     #[error("no answer from node {node} within {}s: is it running and connected to the broker at {broker}?", OPEN_TIMEOUT.as_secs())]
@@ -136,12 +142,13 @@ pub(super) fn run(args: &TerminalArgs) -> ExitCode {
 
 fn open_and_run(args: &TerminalArgs) -> Result<u8, ClientError> {
     let settings = Settings::load(&args.broker.overrides(), &Environment::from_process())?;
-    let (node, settings) = target::resolve(&settings, args.node.as_deref())?;
+    let target = resolve_target(&settings, args.node.as_deref())?;
+    let hint = broker_hint(&target);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let session = Session::connect(&settings, node)?;
+        let session = Session::connect(&target.settings, target.node, hint)?;
         session.run().await
     })
 }
@@ -191,6 +198,8 @@ struct Session {
     topics: Topics,
     node: String,
     broker: String,
+    /// How to find the right broker, for a first connection that fails.
+    hint: String,
     session_id: String,
     request_id: String,
     phase: Phase,
@@ -208,9 +217,11 @@ struct Session {
 }
 
 impl Session {
-    fn connect(settings: &Settings, node: String) -> Result<Session, ClientError> {
-        let (client, mut eventloop) =
-            AsyncClient::new(target::client_options(settings, &node)?, 64);
+    fn connect(settings: &Settings, node: String, hint: String) -> Result<Session, ClientError> {
+        let (client, mut eventloop) = AsyncClient::new(
+            client_options(settings, &node, "cyberwave-terminal", false, 1024 * 1024)?,
+            64,
+        );
         let (events_tx, events) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -230,6 +241,7 @@ impl Session {
             events,
             topics: Topics::new(&settings.topic_prefix.value),
             broker: format!("{}:{}", settings.mqtt_host.value, settings.mqtt_port.value),
+            hint,
             node,
             session_id: uuid::Uuid::new_v4().to_string(),
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -381,6 +393,7 @@ impl Session {
             return Err(ClientError::Unreachable {
                 broker: self.broker.clone(),
                 reason: error.to_string(),
+                hint: self.hint.clone(),
             });
         }
         if self.connected {
