@@ -83,15 +83,16 @@ enum CliCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the workloads this node knows (from its records; no broker needed)
+    /// List the workloads and model deployments this node knows (from its records; no broker needed)
     Status {
         /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
     },
-    /// Print a workload's output (stdout unless --stderr)
+    /// Print the output of a workload or a model server (stdout unless --stderr)
     Logs {
-        /// The request_id the workload was started with
+        /// A workload's request_id, or a deployment's id
+        #[arg(value_name = "ID")]
         request_id: String,
         /// Print the stderr log instead of stdout
         #[arg(long)]
