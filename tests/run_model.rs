@@ -419,3 +419,33 @@ fn the_request_comes_from_stdin_with_a_dash_and_times_are_rounded() {
         }
     }
 }
+
+/// `--input -` reads at most its limit: an endless stdin is refused with
+/// the size, not read until memory runs out.
+#[test]
+fn an_endless_stdin_request_is_refused_at_the_limit() {
+    use std::process::{Command, Stdio};
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(common::node::NODE_BIN)
+        .args([
+            "run-model",
+            "--model",
+            &fixture("add_matmul.onnx"),
+            "--input",
+            "-",
+        ])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::from(std::fs::File::open("/dev/zero").unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the request from stdin is larger than 256 MiB"),
+        "{stderr}"
+    );
+}

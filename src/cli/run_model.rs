@@ -160,12 +160,34 @@ fn parse_options(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     Ok(options)
 }
 
+/// The largest request `--input` reads (stdin or a file): more than any
+/// tensor request a model server takes, and a bound on `--input - < /dev/zero`.
+const MAX_REQUEST_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads all of `source`, up to [`MAX_REQUEST_BYTES`].
+fn read_bounded(source: impl std::io::Read, what: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    source
+        .take(MAX_REQUEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the request from {what}"))?;
+    if text.len() as u64 > MAX_REQUEST_BYTES {
+        bail!(
+            "the request from {what} is larger than {} MiB",
+            MAX_REQUEST_BYTES / (1024 * 1024)
+        );
+    }
+    Ok(text)
+}
+
 fn read_request(input: &str) -> anyhow::Result<Map<String, Value>> {
     let text = if input == "-" || input == "@-" {
-        std::io::read_to_string(std::io::stdin()).context("cannot read the request from stdin")?
+        read_bounded(std::io::stdin(), "stdin")?
     } else if let Some(file) = input.strip_prefix('@') {
-        std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the request file {file}"))?
+        let opened = std::fs::File::open(file)
+            .with_context(|| format!("cannot read the request file {file}"))?;
+        read_bounded(opened, &format!("the request file {file}"))?
     } else {
         input.to_owned()
     };
