@@ -165,6 +165,13 @@ fn sd_notify_ready_once_subscribed_and_stopping_on_sigterm() {
     let node = Node::new()
         .env_var("NOTIFY_SOCKET", socket.to_str().unwrap())
         .env_var("CYBERWAVE_LOG_FORMAT", "json")
+        .env_var(
+            "CYBERWAVE_TRAINING_CMD",
+            &format!(
+                "echo \"${{NOTIFY_SOCKET-unset}}\" > {0}.tmp && mv {0}.tmp {0}",
+                dir.path().join("seen").display()
+            ),
+        )
         .args(["start", "--standalone", "--slug", "svc"])
         .args(["--mqtt-port", &port.to_string()])
         .spawn();
@@ -189,6 +196,22 @@ fn sd_notify_ready_once_subscribed_and_stopping_on_sigterm() {
         )
         .expect("a status answer");
     assert_eq!(answer["status"], "ok", "{answer}");
+    // systemd's socket is the node's: a workload does not inherit it.
+    let started = client
+        .request(
+            "cyberwave/cloud-node/svc/command",
+            "cyberwave/cloud-node/+/response",
+            &json!({"command": "training", "request_id": "no-notify"}),
+        )
+        .expect("a training answer");
+    assert_eq!(started["event"], "started", "{started}");
+    let seen = dir.path().join("seen");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = std::fs::read_to_string(&seen).unwrap_or_default();
+    assert_eq!(seen.trim(), "unset", "the workload saw NOTIFY_SOCKET");
 
     node.signal(Signal::SIGTERM);
     let n = listener.recv(&mut buf).expect("STOPPING=1 on SIGTERM");

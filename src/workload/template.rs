@@ -74,8 +74,10 @@ pub fn take_workload_token(params: &mut Map<String, Value>) -> Option<String> {
 }
 
 /// Variables the workload must not inherit from the node: the broker
-/// password is the node's alone (the API token is handed on on purpose).
-pub const WITHHELD_VARS: &[&str] = &["CYBERWAVE_MQTT_PASSWORD"];
+/// password is the node's alone (the API token is handed on on purpose),
+/// and `NOTIFY_SOCKET` is systemd's line to the node (`Type=notify`), not
+/// to the programs it runs.
+pub const WITHHELD_VARS: &[&str] = &["CYBERWAVE_MQTT_PASSWORD", "NOTIFY_SOCKET"];
 
 #[cfg(test)]
 mod tests {
