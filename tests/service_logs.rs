@@ -167,7 +167,7 @@ fn sd_notify_ready_once_subscribed_and_stopping_on_sigterm() {
         .env_var("CYBERWAVE_LOG_FORMAT", "json")
         .env_var(
             "CYBERWAVE_TRAINING_CMD",
-            &format!(
+            format!(
                 "echo \"${{NOTIFY_SOCKET-unset}}\" > {0}.tmp && mv {0}.tmp {0}",
                 dir.path().join("seen").display()
             ),
