@@ -252,10 +252,18 @@ fn reaped_instance_reregisters_and_moves_subscriptions() {
         "{}",
         s.node.stderr()
     );
-    assert!(s.node.wait_for_log(READY, Duration::from_secs(5)));
     let identity = read_identity(&s.node);
     let new_uuid = identity["uuid"].as_str().unwrap().to_owned();
     assert_ne!(new_uuid, s.uuid);
+    // The first `ready` line (old uuid) is already in the log: wait for the
+    // one naming the new uuid, logged once the broker acknowledged the new
+    // subscription. A command published before that would be lost.
+    let ready_again = format!("ready: listening on cyberwave/cloud-node/{new_uuid}/command");
+    assert!(
+        s.node.wait_for_log(&ready_again, Duration::from_secs(5)),
+        "{}",
+        s.node.stderr()
+    );
     assert_eq!(s.backend.created_count(), 2);
     let response_topic = format!("cyberwave/cloud-node/{new_uuid}/response");
     s.client.subscribe(&response_topic);
