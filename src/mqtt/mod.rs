@@ -3,9 +3,9 @@
 //! [`MqttLink::start`] spawns a task that owns rumqttc's event loop and does
 //! nothing but drive it: it forwards what arrives to the node over an
 //! unbounded channel (so a slow handler can never stall pings or acks),
-//! re-subscribes and re-announces presence on every ConnAck (a restarted
-//! broker without persistence has forgotten both), and reconnects with capped
-//! backoff. Incoming commands are acknowledged by the node only once handled
+//! re-subscribes on every ConnAck and re-announces presence once the SubAck
+//! comes (a restarted broker without persistence has forgotten both), and
+//! reconnects with capped backoff. Incoming commands are acknowledged by the node only once handled
 //! (manual acks), so a crash between delivery and handling makes the broker
 //! deliver the command again; the acks leave in arrival order ([`acks`]).
 //! Nothing here waits for room in rumqttc's request queue ([`queue`]): the
@@ -361,6 +361,10 @@ async fn drive(
                         "the broker refused a command subscription: check the MQTT user's ACL"
                     );
                 }
+                // `online` only once the broker has the subscriptions: a
+                // backend that sends a command on seeing it must not lose it.
+                let online = presence(&config.node, "online");
+                queue.essential(&config.presence_topic, online, true, Tracked::Untracked);
                 let _ = events.send(MqttEvent::Subscribed);
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
@@ -455,7 +459,7 @@ fn read_too_much(error: &ConnectionError) -> bool {
 
 /// Subscriptions go through the request queue from a separate task:
 /// awaiting queue space here, inside the only task that drains the queue,
-/// could deadlock. Presence waits its turn in the queue's backlog.
+/// could deadlock. Presence `online` follows the SUBACK.
 fn on_connect(queue: &Arc<Queue>, config: &MqttConfig) {
     let filters: Vec<rumqttc::SubscribeFilter> = config
         .subscriptions
@@ -466,8 +470,6 @@ fn on_connect(queue: &Arc<Queue>, config: &MqttConfig) {
     tokio::spawn(async move {
         let _ = client.subscribe_many(filters).await;
     });
-    let online = presence(&config.node, "online");
-    queue.essential(&config.presence_topic, online, true, Tracked::Untracked);
 }
 
 fn describe(error: &ConnectionError, config: &MqttConfig) -> String {
