@@ -220,8 +220,8 @@ fn rejected_heartbeats_stop_the_node_after_five_tries() {
     assert!(s
         .backend
         .wait_for_count("POST", &path, 1, Duration::from_secs(3)));
-    s.backend.set_reject_all(true);
     let before = s.backend.requests_matching("POST", &path).len();
+    s.backend.set_reject_all(true);
     let status = s
         .node
         .wait_exit(Duration::from_secs(15))

@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 
 const KNOWN_UUID: &str = "6c9b2d0f-4a3e-4f7b-8c8d-1e2f3a4b5c6d";
 
+/// Logged once the node no longer accepts commands; the earlier "SIGTERM
+/// received: stopping" line comes before that.
+const STOPPED_ACCEPTING: &str = "stopping: no new commands are accepted";
+
 fn presence(client: &TestClient, uuid: &str, state: &str) -> Option<Value> {
     client.recv_json_where(Duration::from_secs(5), |topic, v| {
         topic.ends_with(&format!("{uuid}/presence")) && v["state"] == state
@@ -180,7 +184,9 @@ fn sigterm_stops_gracefully_and_refuses_commands_meanwhile() {
         .set_delay("POST", "/terminated", Duration::from_millis(1000));
     let started = Instant::now();
     s.node.signal(Signal::SIGTERM);
-    assert!(s.node.wait_for_log("stopping", Duration::from_secs(2)));
+    assert!(s
+        .node
+        .wait_for_log(STOPPED_ACCEPTING, Duration::from_secs(2)));
     let refused = s.request(json!({"command": "status", "request_id": "late"}));
     assert_eq!(refused["status"], "error");
     assert!(
@@ -210,7 +216,9 @@ fn second_sigint_exits_at_once() {
     s.backend
         .set_delay("POST", "/terminated", Duration::from_secs(8));
     s.node.signal(Signal::SIGINT);
-    assert!(s.node.wait_for_log("stopping", Duration::from_secs(2)));
+    assert!(s
+        .node
+        .wait_for_log(STOPPED_ACCEPTING, Duration::from_secs(2)));
     let started = Instant::now();
     s.node.signal(Signal::SIGINT);
     let status = s

@@ -42,7 +42,7 @@ fn metrics_arrive_at_the_interval_and_status_shows_the_latest() {
     s.client.subscribe(&topic);
     let mut arrivals = Vec::new();
     let mut last = Value::Null;
-    while arrivals.len() < 3 {
+    while arrivals.len() < 5 {
         let sample = s
             .client
             .recv_json_where(Duration::from_secs(3), |t, _| t == topic)
@@ -50,10 +50,12 @@ fn metrics_arrive_at_the_interval_and_status_shows_the_latest() {
         arrivals.push(Instant::now());
         last = sample;
     }
-    let gap = arrivals[2].duration_since(arrivals[1]);
+    // Three intervals, not one: a single sample delayed on a busy machine
+    // moves one arrival, not the pace.
+    let span = arrivals[4].duration_since(arrivals[1]);
     assert!(
-        gap > Duration::from_millis(600) && gap < Duration::from_millis(1600),
-        "{gap:?}"
+        span > Duration::from_millis(2200) && span < Duration::from_millis(3800),
+        "three samples took {span:?}"
     );
     let percent = last["cpu"]["percent"].as_f64().unwrap();
     assert!((0.0..=100.0).contains(&percent));

@@ -394,19 +394,31 @@ fn a_session_outlives_a_broker_restart() {
     stdin.write_all(b"echo first-$((1+1))\n").unwrap();
     wait_text(&out, "first-2", "output");
 
+    let connections = s.client.connections();
     s.broker.restart();
     wait_text(&err, "back on the broker at 127.0.0.1", "stderr");
-    // The node reconnects on its own schedule; the shell is still there.
+    assert!(s
+        .client
+        .wait_connections(connections + 1, Duration::from_secs(10)));
+    // The node reconnects and resubscribes on its own schedule (the test
+    // broker forgets subscriptions); input sent before that would be lost.
+    // A status answered proves the subscription, which carries the
+    // terminal's input topic in the same SUBSCRIBE. The shell is still there.
     let deadline = Instant::now() + Duration::from_secs(15);
     while s
-        .node
-        .stderr()
-        .matches("connected to the MQTT broker")
-        .count()
-        < 2
+        .client
+        .request(
+            &s.topic(&s.uuid, "command"),
+            &s.response_topic(),
+            &serde_json::json!({"command": "status"}),
+        )
+        .is_none()
     {
-        assert!(Instant::now() < deadline, "the node did not reconnect");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            Instant::now() < deadline,
+            "the node did not resubscribe:\n{}",
+            s.node.stderr()
+        );
     }
     stdin.write_all(b"echo second-$((2+2))\nexit 6\n").unwrap();
     wait_text(&out, "second-4", "output");

@@ -156,7 +156,8 @@ fn workloads_are_detached_in_their_own_session() {
 
 #[test]
 fn duplicate_request_id_never_starts_twice() {
-    let s = training("echo run >> runs.txt; sleep 0.3");
+    // The workload waits for `go`, so the repeat surely finds it running.
+    let s = training("echo run >> runs.txt; while [ ! -e go ]; do sleep 0.05; done");
     s.request(json!({"command": "training", "request_id": "dup"}));
     let again = s.request(json!({"command": "training", "request_id": "dup"}));
     assert_eq!(again["status"], "error");
@@ -165,6 +166,7 @@ fn duplicate_request_id_never_starts_twice() {
         "{again}"
     );
     assert_eq!(again["output"]["workload_request_id"], "dup");
+    std::fs::write(s.node.workdir().join("go"), "").unwrap();
     event(&s, "dup", "completed", Duration::from_secs(5));
     let after = s.request(json!({"command": "training", "request_id": "dup"}));
     assert_eq!(after["output"]["state"], "completed");
@@ -231,10 +233,16 @@ fn cancel_by_request_id_ends_the_whole_group() {
 
 #[test]
 fn sigterm_ignoring_workload_is_killed_after_the_grace_period() {
-    let s = training("trap '' TERM; sleep 30 & wait; sleep 30");
+    // `trapped` says the shell ignores SIGTERM: a cancel sent before it
+    // would end the shell at once, whatever the node does.
+    let s = training("trap '' TERM; : > trapped; sleep 30 & wait; sleep 30");
     let started = s.request(json!({"command": "training", "request_id": "stubborn"}));
     let pid = started["output"]["pid"].as_i64().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let trapped = s.node.workdir().join("trapped");
+    assert!(
+        common::restart::wait_until(Duration::from_secs(5), || trapped.exists()),
+        "the workload never set its trap"
+    );
     let began = std::time::Instant::now();
     s.request(json!({"command": "cancel", "params": {"pid": pid, "grace_seconds": 1}}));
     let cancelled = event(&s, "stubborn", "cancelled", Duration::from_secs(6));
@@ -336,7 +344,6 @@ fn local_status_and_logs_commands() {
     let s = training("echo first; echo second; echo oops >&2; sleep 30");
     let started = s.request(json!({"command": "training", "request_id": "loc"}));
     let pid = started["output"]["pid"].as_i64().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let run = |args: &[&str]| {
         let out = std::process::Command::new(common::node::NODE_BIN)
             .args(args)
@@ -351,6 +358,12 @@ fn local_status_and_logs_commands() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // The workload writes its lines on its own time: wait until it has.
+    let written = common::restart::wait_until(Duration::from_secs(5), || {
+        run(&["logs", "loc"]).1 == "first\nsecond\n"
+            && run(&["logs", "loc", "--stderr"]).1 == "oops\n"
+    });
+    assert!(written, "{:?}", run(&["logs", "loc"]));
     let (code, table, _) = run(&["status"]);
     assert_eq!(code, Some(0));
     assert!(

@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::restart::{
-    alive, client_back, collect_stdout, logs_dir, more_terminals, outbox_files, restart,
+    alive, client_back, collect_stdout, go, logs_dir, more_terminals, outbox_files, restart,
     spawn_again, start_workload, stop_gracefully, terminal, training, wait_until, Gate, Reaper,
 };
 use common::scenario::Scenario;
@@ -22,16 +21,19 @@ use common::{Broker, FakeBackend};
 // ---------------------------------------------------------------------------
 // The outbox: broker outages and crashes
 
+/// A workload that ends (exit 0) once the test says [`go`], so that it
+/// surely ends while the broker is down, however slow the machine.
+const UNTIL_GO_THEN_EXIT_0: &str = "while [ ! -e go ]; do sleep 0.05; done; exit 0";
+
 #[test]
 fn event_of_a_workload_ending_while_the_broker_is_down_arrives_after_it_returns() {
     let broker = Broker::start();
     let gate = Gate::start(broker.port());
     let mut s = Scenario::start_with(broker, FakeBackend::start(), |n| {
-        n.env_var("CYBERWAVE_TRAINING_CMD", "sleep 1.5; exit 0")
+        n.env_var("CYBERWAVE_TRAINING_CMD", UNTIL_GO_THEN_EXIT_0)
             .env_var("CYBERWAVE_MQTT_PORT", gate.port().to_string())
     });
     let reaper = Reaper::new(&s);
-    let began = Instant::now();
     let pid = start_workload(&s, &reaper, "out-1")["pid"]
         .as_i64()
         .unwrap() as i32;
@@ -39,7 +41,7 @@ fn event_of_a_workload_ending_while_the_broker_is_down_arrives_after_it_returns(
 
     gate.close();
     s.broker.stop();
-    thread::sleep(Duration::from_millis(2500).saturating_sub(began.elapsed()));
+    go(&s);
     assert!(
         wait_until(Duration::from_secs(3), || !alive(pid)),
         "the workload did not end"
@@ -67,7 +69,7 @@ fn event_of_a_workload_ending_while_the_broker_is_down_arrives_after_it_returns(
 
 #[test]
 fn undelivered_event_survives_a_node_crash() {
-    const TEMPLATE: &str = "sleep 1; exit 5";
+    const TEMPLATE: &str = "while [ ! -e go ]; do sleep 0.05; done; exit 5";
     let mut s = training(TEMPLATE);
     let reaper = Reaper::new(&s);
     let pid = start_workload(&s, &reaper, "crash-1")["pid"]
@@ -75,6 +77,7 @@ fn undelivered_event_survives_a_node_crash() {
         .unwrap() as i32;
     let connections = s.client.connections();
     s.broker.stop();
+    go(&s);
     assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
     assert!(
         wait_until(Duration::from_secs(3), || outbox_files(&s).len() == 1),

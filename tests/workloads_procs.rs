@@ -198,13 +198,19 @@ fn cancel_is_reported_at_once_when_nobody_reaps_orphans() {
 #[test]
 fn a_cancel_outlives_a_node_restart() {
     // SIGTERM is ignored by the shell and, inherited, by every child.
-    let template = "trap '' TERM; while :; do sleep 0.1; done";
+    // `trapped` says the trap is set: a cancel sent before it would end the
+    // shell at once, whatever the node does.
+    let template = "trap '' TERM; : > trapped; while :; do sleep 0.1; done";
     let s = Scenario::start(|n| n.env_var("CYBERWAVE_TRAINING_CMD", template));
     let reaper = Reaper::new(&s);
     let pid = start_workload(&s, &reaper, "stubborn")["pid"]
         .as_i64()
         .unwrap() as i32;
-    std::thread::sleep(Duration::from_millis(100));
+    let trapped = s.node.workdir().join("trapped");
+    assert!(
+        wait_until(Duration::from_secs(5), || trapped.exists()),
+        "the workload never set its trap"
+    );
     let sent = Instant::now();
     let answer = s.request(json!({"command": "cancel", "params": {
         "workload_request_id": "stubborn", "grace_seconds": 3}}));

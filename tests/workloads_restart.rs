@@ -2,7 +2,7 @@
 //! workloads after a graceful stop or a SIGKILL, exit codes that arrive
 //! while no node is running, cancel of an adopted workload, and pids that
 //! are not (or no longer) the workload's: killed while the node was down,
-//! reused by a stranger, or pointing at one.
+//! or pointing at a stranger (a pid reused by one: `tests/pid_reuse.rs`).
 //!
 //! Every process a test leaves running (workloads, their supervisors, the
 //! strangers some tests start) is SIGKILLed by process group when the test
@@ -14,9 +14,9 @@ use std::thread;
 use std::time::Duration;
 
 use common::restart::{
-    active, again, alive, ask_status, group_alive, logs_dir, more_terminals, read_record,
-    record_path, request, restart, spawn_again, start_workload, stop_gracefully, stranger_with_pid,
-    terminal, training, wait_until, Gate, Reaper, Stranger,
+    active, again, alive, ask_status, go, logs_dir, more_terminals, read_record, record_path,
+    request, restart, spawn_again, start_workload, stop_gracefully, terminal, training, wait_until,
+    Gate, Reaper, Stranger,
 };
 use common::scenario::{Scenario, READY};
 use nix::sys::signal::{kill, Signal};
@@ -26,11 +26,11 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------
 // Adoption after a stop or a crash
 
-/// Starts `sleep 3; exit 4`, takes the node down with `down`, and checks
-/// that the next node adopts the workload and reports its true exit code
-/// exactly once.
+/// Starts a workload that exits 4 when told to, takes the node down with
+/// `down`, and checks that the next node adopts the workload and reports
+/// its true exit code exactly once.
 fn adopted_workload_reports_its_exit_code(down: impl FnOnce(&Scenario)) {
-    const TEMPLATE: &str = "sleep 3; exit 4";
+    const TEMPLATE: &str = "while [ ! -e go ]; do sleep 0.05; done; exit 4";
     let s = training(TEMPLATE);
     let reaper = Reaper::new(&s);
     let started = start_workload(&s, &reaper, "adopt-1");
@@ -48,6 +48,7 @@ fn adopted_workload_reports_its_exit_code(down: impl FnOnce(&Scenario)) {
     assert_eq!(listed[0]["type"], "training");
     assert_eq!(status["output"]["is_busy"], true, "{status}");
 
+    go(&s);
     let failed = terminal(&s.client, &node, "adopt-1", Duration::from_secs(6));
     assert_eq!(failed["event"], "failed", "{failed}");
     assert_eq!(failed["status"], "error");
@@ -82,13 +83,14 @@ fn workload_outlives_kill_9_and_is_adopted_with_its_exit_code() {
 
 #[test]
 fn exit_while_the_node_is_down_is_reported_by_the_next_node() {
-    const TEMPLATE: &str = "sleep 1; exit 0";
+    const TEMPLATE: &str = "while [ ! -e go ]; do sleep 0.05; done; exit 0";
     let s = training(TEMPLATE);
     let reaper = Reaper::new(&s);
     let pid = start_workload(&s, &reaper, "down-1")["pid"]
         .as_i64()
         .unwrap() as i32;
     stop_gracefully(&s);
+    go(&s);
     assert!(
         wait_until(Duration::from_secs(5), || !alive(pid)),
         "the workload did not end"
@@ -117,13 +119,14 @@ fn exit_while_the_node_is_down_is_reported_by_the_next_node() {
 /// the connection comes.
 #[test]
 fn exit_while_the_node_is_down_is_reported_once() {
-    const TEMPLATE: &str = "sleep 1; exit 0";
+    const TEMPLATE: &str = "while [ ! -e go ]; do sleep 0.05; done; exit 0";
     let s = training(TEMPLATE);
     let reaper = Reaper::new(&s);
     let pid = start_workload(&s, &reaper, "once-1")["pid"]
         .as_i64()
         .unwrap() as i32;
     stop_gracefully(&s);
+    go(&s);
     assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
 
     let gate = Gate::start(s.broker.port());
@@ -216,65 +219,6 @@ fn workload_killed_while_the_node_is_down_is_reported_not_adopted() {
     let status = ask_status(&s, &node);
     assert!(active(&status).is_empty(), "{status}");
     assert_eq!(status["output"]["is_busy"], false);
-}
-#[test]
-fn reused_pid_of_an_ended_workload_is_never_adopted_or_signalled() {
-    const TEMPLATE: &str = "sleep 30";
-    let s = training(TEMPLATE);
-    let reaper = Reaper::new(&s);
-    let pid = start_workload(&s, &reaper, "reuse-1")["pid"]
-        .as_i64()
-        .unwrap() as i32;
-    stop_gracefully(&s);
-    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
-    assert!(wait_until(Duration::from_secs(2), || logs_dir(&s)
-        .join("training_reuse-1.exit.json")
-        .exists()));
-
-    // Until its whole group is reaped, the number is still in use (as the
-    // group's id) and cannot be handed out again.
-    assert!(wait_until(Duration::from_secs(5), || !group_alive(pid)));
-    // The same pid, now a stranger leading a process group of its own.
-    let Some(mut stranger) = stranger_with_pid(pid) else {
-        eprintln!("skipped: cannot make a process with pid {pid} (needs root for ns_last_pid)");
-        return;
-    };
-    reaper.add(stranger.pid());
-
-    let node = restart(&s, TEMPLATE);
-    let failed = terminal(&s.client, &node, "reuse-1", Duration::from_secs(5));
-    assert_eq!(failed["event"], "failed", "{failed}");
-    assert_eq!(failed["output"]["signal"], "SIGKILL", "{failed}");
-    let status = ask_status(&s, &node);
-    assert!(active(&status).is_empty(), "{status}");
-
-    for (n, params) in [
-        json!({"pid": pid}),
-        json!({"workload_request_id": "reuse-1"}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let cancel = request(
-            &s,
-            &node,
-            json!({"command": "cancel", "request_id": format!("cancel-{n}"), "params": params}),
-        );
-        assert_eq!(cancel["status"], "error", "{cancel}");
-        assert!(
-            cancel["error"]
-                .as_str()
-                .unwrap()
-                .contains("nothing was signalled"),
-            "{cancel}"
-        );
-    }
-    thread::sleep(Duration::from_millis(200));
-    assert!(
-        stranger.alive(),
-        "the stranger with the reused pid was signalled"
-    );
 }
 
 /// The state a pid reuse leaves behind when it happens while the node still

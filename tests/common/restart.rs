@@ -154,6 +154,13 @@ pub fn training(template: &str) -> Scenario {
     Scenario::start(|n| n.env_var("CYBERWAVE_TRAINING_CMD", template))
 }
 
+/// Lets workloads that wait with `while [ ! -e go ]; ...` (in the node's
+/// directory) go on: they end when the test says so, not after a sleep that
+/// a slow machine may outlast.
+pub fn go(s: &Scenario) {
+    std::fs::write(s.node.workdir().join("go"), "").unwrap();
+}
+
 /// Where the node keeps workload records, exit files and output logs.
 pub fn logs_dir(s: &Scenario) -> PathBuf {
     s.node.config_dir().join("workload_logs")
