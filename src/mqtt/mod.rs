@@ -5,9 +5,10 @@
 //! unbounded channel (so a slow handler can never stall pings or acks),
 //! re-subscribes on every ConnAck and re-announces presence once the SubAck
 //! comes (a restarted broker without persistence has forgotten both), and
-//! reconnects with capped backoff. Incoming commands are acknowledged by the node only once handled
-//! (manual acks), so a crash between delivery and handling makes the broker
-//! deliver the command again; the acks leave in arrival order ([`acks`]).
+//! reconnects with capped backoff. Incoming commands are acknowledged by the
+//! node only once handled (manual acks), so a crash between delivery and
+//! handling makes the broker deliver the command again; the acks leave in
+//! arrival order ([`acks`]).
 //! Nothing here waits for room in rumqttc's request queue ([`queue`]): the
 //! node's loop must run on through a broker outage.
 //!
