@@ -158,23 +158,8 @@ fn broker_restart_then_status_is_answered() {
         .client
         .wait_connections(connections + 1, Duration::from_secs(10)));
     // The node resubscribes on its own reconnect; give it a few tries.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = s.client.request(
-            &s.topic(&s.uuid, "command"),
-            &s.response_topic(),
-            &json!({"command": "status"}),
-        );
-        if let Some(answer) = answer {
-            assert_eq!(answer["status"], "ok");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer after the restart:\n{}",
-            s.node.stderr()
-        );
-    }
+    let answer = s.status_once_subscribed(Duration::from_secs(10));
+    assert_eq!(answer["status"], "ok");
 }
 
 #[test]

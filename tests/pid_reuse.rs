@@ -13,11 +13,9 @@ use std::thread;
 use std::time::Duration;
 
 use common::restart::{
-    active, alive, ask_status, group_alive, logs_dir, request, restart, start_workload,
+    active, ask_status, group_alive, kill_while_the_node_is_down, request, restart, start_workload,
     stop_gracefully, stranger_with_pid, terminal, training, wait_until, Reaper,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::json;
 
 #[test]
@@ -29,11 +27,7 @@ fn reused_pid_of_an_ended_workload_is_never_adopted_or_signalled() {
         .as_i64()
         .unwrap() as i32;
     stop_gracefully(&s);
-    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
-    assert!(wait_until(Duration::from_secs(2), || logs_dir(&s)
-        .join("training_reuse-1.exit.json")
-        .exists()));
+    kill_while_the_node_is_down(&s, pid, "reuse-1");
 
     // Until its whole group is reaped, the number is still in use (as the
     // group's id) and cannot be handed out again.

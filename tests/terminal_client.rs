@@ -400,26 +400,11 @@ fn a_session_outlives_a_broker_restart() {
     assert!(s
         .client
         .wait_connections(connections + 1, Duration::from_secs(10)));
-    // The node reconnects and resubscribes on its own schedule (the test
-    // broker forgets subscriptions); input sent before that would be lost.
-    // A status answered proves the subscription, which carries the
-    // terminal's input topic in the same SUBSCRIBE. The shell is still there.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while s
-        .client
-        .request(
-            &s.topic(&s.uuid, "command"),
-            &s.response_topic(),
-            &serde_json::json!({"command": "status"}),
-        )
-        .is_none()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node did not resubscribe:\n{}",
-            s.node.stderr()
-        );
-    }
+    // The node resubscribes on its own schedule (the test broker forgets
+    // subscriptions); input sent before that would be lost. The terminal's
+    // input topic is in the same SUBSCRIBE as the command topics. The shell
+    // is still there.
+    s.status_once_subscribed(Duration::from_secs(15));
     stdin.write_all(b"echo second-$((2+2))\nexit 6\n").unwrap();
     wait_text(&out, "second-4", "output");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -14,13 +14,11 @@ use std::thread;
 use std::time::Duration;
 
 use common::restart::{
-    active, again, alive, ask_status, go, logs_dir, more_terminals, read_record, record_path,
-    request, restart, spawn_again, start_workload, stop_gracefully, terminal, training, wait_until,
-    Gate, Reaper, Stranger,
+    active, again, alive, ask_status, go, kill_while_the_node_is_down, logs_dir, more_terminals,
+    read_record, record_path, request, restart, spawn_again, start_workload, stop_gracefully,
+    terminal, training, wait_until, Gate, Reaper, Stranger,
 };
 use common::scenario::{Scenario, READY};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
@@ -198,14 +196,7 @@ fn workload_killed_while_the_node_is_down_is_reported_not_adopted() {
         .as_i64()
         .unwrap() as i32;
     stop_gracefully(&s);
-    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
-    assert!(
-        wait_until(Duration::from_secs(2), || logs_dir(&s)
-            .join("training_gone-1.exit.json")
-            .exists()),
-        "the supervisor wrote no exit file"
-    );
+    kill_while_the_node_is_down(&s, pid, "gone-1");
 
     let node = restart(&s, TEMPLATE);
     let failed = terminal(&s.client, &node, "gone-1", Duration::from_secs(5));

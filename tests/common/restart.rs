@@ -161,6 +161,19 @@ pub fn go(s: &Scenario) {
     std::fs::write(s.node.workdir().join("go"), "").unwrap();
 }
 
+/// SIGKILLs the training workload `request_id` (process group `pid`) while
+/// no node runs, and waits until it is gone and its supervisor has written
+/// the exit file.
+pub fn kill_while_the_node_is_down(s: &Scenario, pid: i32, request_id: &str) {
+    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+    let exit_file = logs_dir(s).join(format!("training_{request_id}.exit.json"));
+    assert!(
+        wait_until(Duration::from_secs(2), || exit_file.exists()),
+        "the supervisor wrote no exit file"
+    );
+}
+
 /// Where the node keeps workload records, exit files and output logs.
 pub fn logs_dir(s: &Scenario) -> PathBuf {
     s.node.config_dir().join("workload_logs")

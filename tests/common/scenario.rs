@@ -1,7 +1,7 @@
 //! The usual set-up of a node test: broker, fake backend, a node started
 //! against both and waited on until it is ready.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -88,6 +88,29 @@ impl Scenario {
 
     pub fn status(&self) -> Value {
         self.request(json!({"command": "status"}))
+    }
+
+    /// Asks `status` until it is answered, for up to `within`: after a
+    /// reconnect the node subscribes again on its own schedule, and a
+    /// command sent before that is lost. The answer proves the node's
+    /// subscriptions (all in one SUBSCRIBE) are back.
+    pub fn status_once_subscribed(&self, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = self.client.request(
+                &self.topic(&self.uuid, "command"),
+                &self.response_topic(),
+                &json!({"command": "status"}),
+            );
+            if let Some(answer) = answer {
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status unanswered for {within:?}; node log:\n{}",
+                self.node.stderr()
+            );
+        }
     }
 }
 
