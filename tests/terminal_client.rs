@@ -230,10 +230,9 @@ fn wait_prompt_after(tmux: &Tmux, line: &str) {
     }
 }
 
-/// Runs the client with `input` piped to it; (exit code, stdout, stderr).
-fn piped(home: &Path, args: &[&str], input: &str) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(common::node::NODE_BIN)
+/// Starts `terminal <args>` with HOME = `home` and its stdio piped.
+fn spawn_piped(home: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(common::node::NODE_BIN)
         .arg("terminal")
         .args(args)
         .env_clear()
@@ -243,7 +242,13 @@ fn piped(home: &Path, args: &[&str], input: &str) -> (i32, String, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the client with `input` piped to it; (exit code, stdout, stderr).
+fn piped(home: &Path, args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = spawn_piped(home, args);
     child
         .stdin
         .take()
@@ -377,17 +382,17 @@ fn a_session_outlives_a_broker_restart() {
     });
     let elsewhere = tempfile::tempdir().unwrap();
     let port = s.broker.port().to_string();
-    let mut child = Command::new(common::node::NODE_BIN)
-        .args(["terminal", "--node", &s.uuid, "--mqtt-host", "127.0.0.1"])
-        .args(["--mqtt-port", &port])
-        .env_clear()
-        .env("HOME", elsewhere.path())
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(
+        elsewhere.path(),
+        &[
+            "--node",
+            &s.uuid,
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &port,
+        ],
+    );
     let mut stdin = child.stdin.take().unwrap();
     let out = collect(child.stdout.take().unwrap());
     let err = collect(child.stderr.take().unwrap());
